@@ -1,0 +1,32 @@
+// What the process can see of the GPU: used by tools to report the device and
+// by [cuda] tests to skip cleanly on machines without one.
+#ifndef GQUANT_CUDA_DEVICE_CUH_
+#define GQUANT_CUDA_DEVICE_CUH_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace gquant::cuda {
+
+struct DeviceInfo {
+  int index;
+  std::string name;              // e.g. "NVIDIA H100 80GB HBM3"
+  int compute_capability_major;  // 9 for Hopper
+  int compute_capability_minor;
+  int multiprocessors;
+  int64_t global_memory_bytes;
+};
+
+// Number of usable CUDA devices; 0 when there is no driver or no GPU (never
+// an error, so callers can skip).
+int DeviceCount();
+
+// Returns InvalidArgument for an index outside [0, DeviceCount()), Internal
+// for a CUDA error.
+absl::StatusOr<DeviceInfo> GetDeviceInfo(int index);
+
+}  // namespace gquant::cuda
+
+#endif  // GQUANT_CUDA_DEVICE_CUH_

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs gquant's build and test dependencies from Debian 12's packages.
+# Runs apt-get only for what is missing, so repeated runs are quick. As root.
+set -euo pipefail
+packages=(cmake ninja-build g++ pkg-config libabsl-dev libeigen3-dev libre2-dev
+          nlohmann-json3-dev catch2 libbenchmark-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "gquant: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,211 @@
+// Every way a safetensors header can be wrong, each with the exact status code
+// and a message fragment. Files are built byte by byte.
+#include <cstdint>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gquant/safetensors.h"
+#include "test_util.h"
+
+namespace gquant {
+namespace {
+
+using ::gquant::testing::TempDir;
+using Code = absl::StatusCode;
+
+std::string LittleEndian64(uint64_t value) {
+  std::string bytes;
+  for (int i = 0; i < 8; ++i) bytes.push_back(static_cast<char>(value >> (8 * i)));
+  return bytes;
+}
+
+// 8-byte length of `header`, the header, then `payload_size` non-zero bytes.
+std::string Frame(const std::string& header, size_t payload_size = 0) {
+  return absl::StrCat(LittleEndian64(header.size()), header, std::string(payload_size, '\x5a'));
+}
+
+// A JSON object of the given entries.
+template <typename... Entries>
+std::string Obj(const Entries&... entries) {
+  return absl::StrCat("{", entries..., "}");
+}
+
+// One tensor entry of the header, as `"name":{...}`.
+std::string Entry(const std::string& name, const std::string& dtype, const std::string& shape,
+                  uint64_t begin, uint64_t end) {
+  return absl::StrCat("\"", name, "\":{\"dtype\":\"", dtype, "\",\"shape\":", shape,
+                      ",\"data_offsets\":[", begin, ",", end, "]}");
+}
+
+absl::Status Parse(const std::string& file) {
+  return ParseSafetensorsHeader(std::as_bytes(std::span<const char>(file)), "bad.safetensors")
+      .status();
+}
+
+struct Case {
+  const char* what;
+  std::string file;
+  Code code;
+  const char* message;  // a fragment the message must contain
+};
+
+std::vector<Case> MalformedCases() {
+  const std::string w = Entry("w", "F32", "[2]", 0, 8);
+  return {
+      {"empty file", "", Code::kDataLoss, "file too short"},
+      {"7-byte file", std::string(7, '\0'), Code::kDataLoss, "file too short"},
+      {"header cut short", Frame(Obj(w), 8).substr(0, 30), Code::kDataLoss, "truncated header"},
+      {"header length beyond the file", LittleEndian64(99'999'999) + "{}", Code::kDataLoss,
+       "truncated header"},
+      {"header length over 100 MB", LittleEndian64(100'000'001) + "{}", Code::kInvalidArgument,
+       "header too large"},
+      {"header length 2^64-1", LittleEndian64(UINT64_MAX) + "{}", Code::kInvalidArgument,
+       "header too large"},
+      {"empty header", Frame(""), Code::kDataLoss, "start with '{'"},
+      {"JSON array", Frame("[1,2]"), Code::kDataLoss, "start with '{'"},
+      {"leading space", Frame(" {}"), Code::kDataLoss, "start with '{'"},
+      {"invalid JSON", Frame("{\"w\":"), Code::kDataLoss, "invalid JSON"},
+      {"trailing garbage after JSON", Frame("{}  x"), Code::kDataLoss, "invalid JSON"},
+      {"invalid UTF-8 in a key", Frame("{\"\xff\":{}}"), Code::kDataLoss, "invalid JSON"},
+      {"duplicate tensor names", Frame(absl::StrCat("{", w, ",", w, "}"), 8), Code::kDataLoss,
+       "duplicate key 'w'"},
+      {"duplicate field",
+       Frame(R"({"w":{"dtype":"F32","dtype":"F32","shape":[],"data_offsets":[0,4]}})", 4),
+       Code::kDataLoss, "duplicate key 'dtype'"},
+      {"nesting too deep", Frame(R"({"w":{"shape":[[1]]}})"), Code::kDataLoss, "nested"},
+      {"unknown dtype", Frame(Obj(Entry("w", "F17", "[2]", 0, 8)), 8), Code::kInvalidArgument,
+       "unknown dtype 'F17'"},
+      {"unsupported dtype", Frame(Obj(Entry("w", "F4", "[2]", 0, 1)), 1), Code::kUnimplemented,
+       "'F4'"},
+      {"dtype not a string", Frame(R"({"w":{"dtype":5,"shape":[],"data_offsets":[0,4]}})", 4),
+       Code::kDataLoss, "dtype: expected a string"},
+      {"offsets past the end", Frame(Obj(w), 4), Code::kOutOfRange, "ends past it"},
+      {"overlapping tensors",
+       Frame(absl::StrCat("{", w, ",", Entry("v", "F32", "[2]", 4, 12), "}"), 12), Code::kDataLoss,
+       "'w' [0, 8] and 'v' [4, 12]: expected adjacent data, but got an overlap"},
+      {"hole between tensors",
+       Frame(absl::StrCat("{", w, ",", Entry("v", "F32", "[1]", 12, 16), "}"), 16), Code::kDataLoss,
+       "'w' [0, 8] and 'v' [12, 16]: expected adjacent data, but got a hole"},
+      {"first offset not 0", Frame(Obj(Entry("w", "F32", "[2]", 4, 12)), 12), Code::kDataLoss,
+       "begin at offset 0, but got 4"},
+      {"wrong byte size", Frame(Obj(Entry("w", "F32", "[2,3]", 0, 20)), 20), Code::kDataLoss,
+       "expected 24 bytes"},
+      {"negative dimension", Frame(Obj(Entry("w", "F32", "[2,-1]", 0, 8)), 8), Code::kDataLoss,
+       "non-negative int64 dimensions, but got -1"},
+      {"float dimension", Frame(Obj(Entry("w", "F32", "[2.0]", 0, 8)), 8), Code::kDataLoss,
+       "but got 2.0"},
+      {"dimension beyond int64", Frame(Obj(Entry("w", "U8", "[9223372036854775808]", 0, 8)), 8),
+       Code::kDataLoss, "non-negative int64"},
+      {"shape product overflow",
+       Frame(Obj(Entry("w", "F32", "[1099511627776,1099511627776]", 0, 8)), 8), Code::kDataLoss,
+       "overflows"},
+      {"byte size overflow", Frame(Obj(Entry("w", "F64", "[4611686018427387904]", 0, 8)), 8),
+       Code::kDataLoss, "overflows"},
+      {"shape not an array", Frame(R"({"w":{"dtype":"F32","shape":2,"data_offsets":[0,8]}})", 8),
+       Code::kDataLoss, "shape: expected an array"},
+      {"begin > end", Frame(Obj(Entry("w", "F32", "[0]", 8, 4)), 8), Code::kDataLoss,
+       "expected begin <= end, but got [8, 4]"},
+      {"negative offset", Frame(R"({"w":{"dtype":"U8","shape":[],"data_offsets":[-1,0]}})", 1),
+       Code::kDataLoss, "data_offsets: expected [begin, end]"},
+      {"data_offsets of wrong length",
+       Frame(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4,8]}})", 8), Code::kDataLoss,
+       "data_offsets: expected [begin, end]"},
+      {"trailing bytes", Frame(Obj(w), 9), Code::kDataLoss, "1 trailing bytes"},
+      {"buffer bytes but no tensors", Frame("{}      ", 8), Code::kDataLoss, "8 trailing bytes"},
+      {"metadata value not a string",
+       Frame(absl::StrCat(R"({"__metadata__":{"a":"b","n":1},)", w, "}"), 8), Code::kDataLoss,
+       "'__metadata__' key 'n': expected a string value, but got number"},
+      {"metadata not an object", Frame(absl::StrCat(R"({"__metadata__":"pt",)", w, "}"), 8),
+       Code::kDataLoss, "'__metadata__': expected an object"},
+      {"missing dtype", Frame(R"({"w":{"shape":[2],"data_offsets":[0,8]}})", 8), Code::kDataLoss,
+       "tensor 'w': missing field 'dtype'"},
+      {"missing data_offsets", Frame(R"({"w":{"dtype":"F32","shape":[2]}})", 8), Code::kDataLoss,
+       "missing field 'data_offsets'"},
+      {"extra field",
+       Frame(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"offsets":[0,8]}})", 8),
+       Code::kDataLoss, "extra field 'offsets'"},
+      {"tensor entry not an object", Frame(R"({"w":[1,2]})"), Code::kDataLoss,
+       "tensor 'w': expected an object, but got array"},
+  };
+}
+
+TEST_CASE("safetensors rejects malformed files", "[safetensors]") {
+  for (const Case& c : MalformedCases()) {
+    DYNAMIC_SECTION(c.what) {
+      const absl::Status status = Parse(c.file);
+      REQUIRE_STATUS_IS(status, c.code);
+      const std::string message(status.message());
+      INFO(message);
+      CHECK(message.find(c.message) != std::string::npos);
+      CHECK(message.rfind("safetensors 'bad.safetensors': ", 0) == 0);
+    }
+  }
+}
+
+TEST_CASE("safetensors malformed cases are distinct and many", "[safetensors]") {
+  const std::vector<Case> cases = MalformedCases();
+  REQUIRE(cases.size() >= 16);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    for (size_t j = i + 1; j < cases.size(); ++j) REQUIRE(cases[i].file != cases[j].file);
+  }
+}
+
+TEST_CASE("safetensors accepts the odd but valid corners", "[safetensors]") {
+  struct Valid {
+    const char* what;
+    std::string file;
+    size_t tensors;
+  };
+  const std::vector<Valid> valid = {
+      {"no tensors, no data", Frame("{}"), 0},
+      {"only metadata", Frame(R"({"__metadata__":{}})"), 0},
+      {"zero-sized tensors share an offset",
+       Frame(absl::StrCat("{", Entry("a", "F32", "[0,3]", 0, 0), ",", Entry("b", "U8", "[0]", 0, 0),
+                          ",", Entry("c", "I16", "[2]", 0, 4), ",",
+                          Entry("d", "F16", "[5,0]", 4, 4), "}"),
+             4),
+       4},
+      {"trailing JSON whitespace",
+       Frame(absl::StrCat(Obj(Entry("a", "U8", "[]", 0, 1)), " \n\t\r "), 1), 1},
+      {"offsets not in key order",
+       Frame(absl::StrCat("{", Entry("a", "U8", "[1]", 2, 3), ",", Entry("b", "U8", "[2]", 0, 2),
+                          "}"),
+             3),
+       2},
+      {"negative zero dimension", Frame(Obj(Entry("a", "U8", "[-0,2]", 0, 0))), 1},
+  };
+  for (const Valid& v : valid) {
+    DYNAMIC_SECTION(v.what) {
+      auto header =
+          ParseSafetensorsHeader(std::as_bytes(std::span<const char>(v.file)), "ok.safetensors");
+      REQUIRE_OK(header);
+      REQUIRE(header->tensors.size() == v.tensors);
+      uint64_t offset = 0;
+      for (const SafetensorsTensorInfo& t : header->tensors) {
+        REQUIRE(t.begin == offset);
+        offset = t.end;
+      }
+    }
+  }
+}
+
+TEST_CASE("SafetensorsFile::Open names the file in errors", "[safetensors]") {
+  TempDir dir;
+  const std::string path = dir.File("broken.safetensors");
+  {
+    std::ofstream out(path, std::ios::binary);
+    const std::string file = Frame(Obj(Entry("w", "F32", "[2]", 0, 8)), 4);
+    out.write(file.data(), static_cast<std::streamsize>(file.size()));
+  }
+  const absl::Status status = SafetensorsFile::Open(path).status();
+  REQUIRE_STATUS_IS(status, Code::kOutOfRange);
+  INFO(status.ToString());
+  REQUIRE(std::string(status.message()).find(path) != std::string::npos);
+  REQUIRE(std::string(status.message()).find("tensor 'w'") != std::string::npos);
+  REQUIRE_STATUS_IS(SafetensorsFile::Open(dir.path().string()), Code::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace gquant
