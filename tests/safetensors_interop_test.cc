@@ -1,6 +1,6 @@
 // Interoperability with the Python `safetensors` package. The same value
 // formula is used here and in tests/data/interop/check_interop.py:
-//  * "[.interop]" (hidden; run on the GPU machine's workflow) writes the file
+//  * "[.interop_safetensors]" (hidden; run on the GPU machine's workflow) writes the file
 //    that Python reads and checks, to $GQUANT_INTEROP_OUT;
 //  * the other case reads the committed file Python wrote and checks it.
 #include <cstdlib>
@@ -86,7 +86,7 @@ std::vector<std::byte> ExpectedBytes(const InteropTensor& t) {
   return out;
 }
 
-TEST_CASE("writes the file the Python safetensors package checks", "[.interop]") {
+TEST_CASE("writes the file the Python safetensors package checks", "[.interop_safetensors]") {
   const char* out = std::getenv("GQUANT_INTEROP_OUT");
   REQUIRE(out != nullptr);
   std::vector<SafetensorsTensorSpec> specs;

@@ -56,7 +56,8 @@ TINY_31B = dict(
               hidden_size_per_layer_input=0, use_bidirectional_attention="vision",
               max_position_embeddings=4096),
 )
-# E2B-like: per-layer embeddings, KV sharing of the last 3 layers (sliding
+# E2B-like: per-layer embeddings (32 wide, so the PLE tensors split into the
+# recipes' groups of 32 as the real 256-wide ones do), KV sharing of the last 3 layers (sliding
 # layers 4,5 share layer 2; full layer 6 shares layer 3), double-wide MLP on
 # shared layers; text-only model so names carry "model.".
 TINY_E2B = dict(
@@ -64,7 +65,7 @@ TINY_E2B = dict(
     text=dict(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=7,
               num_attention_heads=4, num_key_value_heads=1, head_dim=32, global_head_dim=64,
               sliding_window=8, layer_types=[S_, S_, S_, F_, S_, S_, F_],
-              final_logit_softcapping=30.0, hidden_size_per_layer_input=16,
+              final_logit_softcapping=30.0, hidden_size_per_layer_input=32,
               vocab_size_per_layer_input=512, num_kv_shared_layers=3, use_double_wide_mlp=True,
               max_position_embeddings=4096),
 )
@@ -215,9 +216,9 @@ def main():
     args = parser.parse_args()
     torch.use_deterministic_algorithms(True, warn_only=True)
     failures = 0
-    for i, name in enumerate(args.only):
+    for name in args.only:
         try:
-            make_fixture(name, CONFIGS[name], args.out, args.seed + i)
+            make_fixture(name, CONFIGS[name], args.out, args.seed + list(CONFIGS).index(name))
         except Exception:  # report every config, then fail
             traceback.print_exc()
             failures += 1

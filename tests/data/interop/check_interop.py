@@ -4,7 +4,7 @@
 
     python3 check_interop.py CPP_FILE OUT_DIR
 
-Reads CPP_FILE (written by gquant: `gquant_tests "[.interop]"` with
+Reads CPP_FILE (written by gquant: `gquant_tests "[.interop_safetensors]"` with
 GQUANT_INTEROP_OUT set) with safetensors.torch and checks every value against
 the formula below; writes OUT_DIR/python_written.safetensors with the same
 tensors for gquant's reader test (tests/safetensors_interop_test.cc) and

@@ -1,0 +1,355 @@
+#include "gquant/quantized_checkpoint.h"
+
+#include <cmath>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "gquant/dtype.h"
+#include "gquant/status.h"
+#include "gquant/tensor.h"
+
+namespace gquant {
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+constexpr std::string_view kInt4Type = "Int4Tensor";
+constexpr std::string_view kIntxType = "IntxUnpackedToInt8Tensor";
+
+void PutBF16(std::byte* dst, float value) {
+  const uint16_t bits = FloatToBFloat16(value);
+  std::memcpy(dst, &bits, 2);
+}
+
+Json TorchDtype(const std::string& name) { return Json{{"_type", "torch.dtype"}, {"_data", name}}; }
+
+// torchao's block_size: 1 along every dim but the last.
+Json BlockSize(size_t rank, int64_t group_size) {
+  Json block = Json::array();
+  for (size_t i = 0; i + 1 < rank; ++i) block.push_back(1);
+  block.push_back(group_size);
+  return block;
+}
+
+absl::Status MetadataError(const std::string& fqn, const std::string& what) {
+  return absl::DataLossError(absl::StrFormat("quantized weight '%s': %s", fqn, what));
+}
+
+// Reads one stored part, checking its dtype and shape.
+absl::StatusOr<Tensor> GetPart(const Checkpoint& checkpoint, const std::string& name,
+                               std::initializer_list<DType> dtypes,
+                               const std::vector<int64_t>& shape) {
+  GQ_ASSIGN_OR_RETURN(Tensor tensor, checkpoint.Get(name));
+  bool dtype_ok = false;
+  for (DType d : dtypes) dtype_ok |= tensor.dtype() == d;
+  if (!dtype_ok || tensor.shape() != shape) {
+    return absl::DataLossError(
+        absl::StrFormat("tensor '%s': expected shape %s, but got %s %s", name, ShapeToString(shape),
+                        DTypeName(tensor.dtype()), ShapeToString(tensor.shape())));
+  }
+  return tensor;
+}
+
+// Shapes of the stored parts for a logical [.., N, K] weight.
+struct PartShapes {
+  std::vector<int64_t> qdata, scale;  // zero_point has scale's shape
+};
+PartShapes PartShapesOf(const std::vector<int64_t>& shape, bool int4, int64_t group_size) {
+  std::vector<int64_t> lead(shape.begin(), shape.end() - 2);
+  const int64_t n = shape[shape.size() - 2], k = shape.back(), g = k / group_size;
+  PartShapes parts{lead, lead};
+  parts.qdata.insert(parts.qdata.end(), {n, int4 ? k / 2 : k});
+  if (int4) {
+    parts.scale.insert(parts.scale.end(), {g, n});  // transposed, as torchao stores it
+  } else {
+    parts.scale.insert(parts.scale.end(), {n, g});
+  }
+  return parts;
+}
+
+}  // namespace
+
+absl::StatusOr<FlattenedNames> FlattenedNamesOf(std::string_view fqn) {
+  const size_t dot = fqn.rfind('.');
+  if (dot == std::string_view::npos || dot == 0 || dot + 1 == fqn.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("weight '%s': expected '<module>.<param>' to flatten", std::string(fqn)));
+  }
+  const std::string prefix =
+      absl::StrCat(std::string(fqn.substr(0, dot)), "._", std::string(fqn.substr(dot + 1)), "_");
+  return FlattenedNames{prefix + "qdata", prefix + "scale", prefix + "zero_point"};
+}
+
+absl::StatusOr<QuantizedLayout> QuantizedLayout::Create(std::string fqn, std::vector<int64_t> shape,
+                                                        const QuantConfig& config) {
+  GQ_RETURN_IF_ERROR(Annotate(ValidateQuantConfig(config), "weight '", fqn, "'"));
+  GQ_RETURN_IF_ERROR(FlattenedNamesOf(fqn).status());
+  if (shape.size() != 2 && shape.size() != 3) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("weight '%s': expected a 2-D [N, K] or 3-D [E, N, K] shape, but got %s",
+                        fqn, ShapeToString(shape)));
+  }
+  GQ_RETURN_IF_ERROR(Annotate(NumElements(shape).status(), "weight '", fqn, "'"));
+  QuantizedLayout layout;
+  layout.cols_ = shape.back();
+  layout.rows_ = shape[shape.size() - 2];
+  layout.matrices_ = shape.size() == 3 ? shape[0] : 1;
+  auto group_size = ResolveGroupSize(config, layout.cols_);
+  GQ_RETURN_IF_ERROR(Annotate(group_size.status(), "weight '", fqn, "'"));
+  layout.config_ = config;
+  layout.config_.group_size = static_cast<int>(*group_size);
+  if (config.bits == 4 && layout.cols_ % 2 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("weight '%s': 4-bit packing needs an even number of columns, but got %d",
+                        fqn, layout.cols_));
+  }
+  layout.fqn_ = std::move(fqn);
+  layout.shape_ = std::move(shape);
+  return layout;
+}
+
+std::vector<SafetensorsTensorSpec> QuantizedLayout::Specs() const {
+  const FlattenedNames names = *FlattenedNamesOf(fqn_);  // checked in Create
+  const bool int4 = config_.bits == 4;
+  const PartShapes parts = PartShapesOf(shape_, int4, config_.group_size);
+  return {{names.qdata, int4 ? DType::kU8 : DType::kI8, parts.qdata},
+          {names.scale, DType::kBF16, parts.scale},
+          {names.zero_point, int4 ? DType::kBF16 : DType::kI8, parts.scale}};
+}
+
+int64_t QuantizedLayout::num_bytes() const {
+  int64_t total = 0;
+  for (const SafetensorsTensorSpec& spec : Specs()) {
+    total += *NumElements(spec.shape) * DTypeSize(spec.dtype);
+  }
+  return total;
+}
+
+std::string QuantizedLayout::MetadataJson() const {
+  const Json block = BlockSize(shape_.size(), config_.group_size);
+  Json entry;
+  if (config_.bits == 4) {
+    entry = Json{
+        {"_type", kInt4Type},
+        {"_data",
+         {{"activation_dtype", TorchDtype("bfloat16")}, {"block_size", block}, {"shape", shape_}}},
+        {"_tensor_data_names", {"qdata", "scale", "zero_point"}}};
+  } else {
+    entry = Json{{"_type", kIntxType},
+                 {"_data",
+                  {{"target_dtype", TorchDtype(absl::StrCat("int", config_.bits))},
+                   {"block_size", block},
+                   {"dtype", TorchDtype("bfloat16")},
+                   {"activation_quantization", nullptr}}},
+                 {"_tensor_data_names", {"qdata", "scale", "zero_point"}}};
+  }
+  return entry.dump();
+}
+
+PackedWeight::PackedWeight(QuantizedLayout layout) : layout_(std::move(layout)) {
+  const std::vector<SafetensorsTensorSpec> specs = layout_.Specs();
+  std::vector<std::byte>* buffers[] = {&qdata_, &scale_, &zero_point_};
+  for (int i = 0; i < 3; ++i) {
+    buffers[i]->resize(*NumElements(specs[i].shape) * DTypeSize(specs[i].dtype));
+  }
+}
+
+absl::Status PackedWeight::Pack(int64_t matrix, int64_t row_begin, int64_t rows,
+                                std::span<const int8_t> codes, std::span<const float> scale,
+                                std::span<const float> zero_point) {
+  const QuantizedLayout& l = layout_;
+  const int64_t g_count = l.groups(), total_rows = l.rows(), cols = l.cols();
+  if (matrix < 0 || matrix >= l.matrices() || row_begin < 0 || rows < 0 ||
+      row_begin + rows > total_rows || static_cast<int64_t>(codes.size()) != rows * cols ||
+      static_cast<int64_t>(scale.size()) != rows * g_count ||
+      static_cast<int64_t>(zero_point.size()) != rows * g_count) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("weight '%s': Pack(matrix %d, rows [%d, %d)) does not fit %s or its spans",
+                        l.fqn(), matrix, row_begin, row_begin + rows, ShapeToString(l.shape())));
+  }
+  const int64_t base_row = matrix * total_rows + row_begin;
+  if (l.config().bits == 4) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const int8_t* row_codes = codes.data() + r * cols;
+      std::byte* out = qdata_.data() + (base_row + r) * (cols / 2);
+      for (int64_t j = 0; j < cols / 2; ++j) {
+        out[j] =
+            static_cast<std::byte>((row_codes[2 * j] & 0xf) | ((row_codes[2 * j + 1] & 0xf) << 4));
+      }
+      for (int64_t g = 0; g < g_count; ++g) {
+        // [E, G, N]: group-major within the matrix.
+        const int64_t at = (matrix * g_count + g) * total_rows + row_begin + r;
+        PutBF16(scale_.data() + 2 * at, scale[r * g_count + g]);
+        PutBF16(zero_point_.data() + 2 * at, zero_point[r * g_count + g]);
+      }
+    }
+    return absl::OkStatus();
+  }
+  std::memcpy(qdata_.data() + base_row * cols, codes.data(), codes.size());
+  for (int64_t i = 0; i < rows * g_count; ++i) {
+    const float z = zero_point[i];
+    if (z != std::nearbyint(z) || z < -128 || z > 127) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("weight '%s': Intx zero point %g is not an int8 integer", l.fqn(), z));
+    }
+    const int64_t at = base_row * g_count + i;
+    PutBF16(scale_.data() + 2 * at, scale[i]);
+    zero_point_[at] = static_cast<std::byte>(static_cast<int8_t>(z));
+  }
+  return absl::OkStatus();
+}
+
+// ---- reading ----
+
+absl::StatusOr<QuantizedCheckpoint> QuantizedCheckpoint::Open(const std::string& path) {
+  GQ_ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::Open(path));
+  QuantizedCheckpoint result(std::move(checkpoint));
+  const std::map<std::string, std::string> metadata = result.checkpoint_.metadata();
+  const auto names_it = metadata.find("tensor_names");
+  if (names_it == metadata.end()) {  // a plain checkpoint
+    for (const std::string& name : result.checkpoint_.TensorNames()) {
+      const SafetensorsTensorInfo* info = result.checkpoint_.Find(name);
+      result.names_.push_back(name);
+      result.infos_[name] = {name, QuantizedWeightInfo::Kind::kPlain, info->shape, 0, 0};
+    }
+    return result;
+  }
+  if (const auto it = metadata.find("gquant.convention");
+      it != metadata.end() && it->second != kGquantConvention) {
+    return absl::UnimplementedError(
+        absl::StrFormat("checkpoint '%s': unknown gquant.convention '%s' (this build reads '%s')",
+                        path, it->second, std::string(kGquantConvention)));
+  }
+  const Json names = Json::parse(names_it->second, nullptr, /*allow_exceptions=*/false);
+  if (!names.is_array()) return MetadataError("tensor_names", "expected a JSON list");
+  for (const Json& name_json : names) {
+    if (!name_json.is_string()) return MetadataError("tensor_names", "expected strings");
+    const std::string fqn = name_json.get<std::string>();
+    const auto entry_it = metadata.find(fqn);
+    if (entry_it == metadata.end()) return MetadataError(fqn, "no metadata entry");
+    const Json entry = Json::parse(entry_it->second, nullptr, false);
+    if (!entry.is_object() || !entry.contains("_type") || !entry["_type"].is_string()) {
+      return MetadataError(fqn, "metadata entry is not an object with a string _type");
+    }
+    const std::string type = entry["_type"].get<std::string>();
+    QuantizedWeightInfo info{fqn};
+    if (type == "Tensor") {
+      const SafetensorsTensorInfo* stored = result.checkpoint_.Find(fqn);
+      if (stored == nullptr) return MetadataError(fqn, "listed but not stored");
+      info.shape = stored->shape;
+    } else if (type == kInt4Type || type == kIntxType) {
+      const Json& data = entry.value("_data", Json());
+      const Json& block = data.value("block_size", Json());
+      if (!block.is_array() || block.empty() || !block.back().is_number_integer() ||
+          block.back().get<int64_t>() <= 0) {
+        return MetadataError(fqn, "missing or bad _data.block_size");
+      }
+      info.group_size = block.back().get<int64_t>();
+      GQ_ASSIGN_OR_RETURN(const FlattenedNames parts, FlattenedNamesOf(fqn));
+      const SafetensorsTensorInfo* qdata = result.checkpoint_.Find(parts.qdata);
+      if (qdata == nullptr || qdata->shape.size() < 2) {
+        return MetadataError(fqn, absl::StrCat("missing or bad '", parts.qdata, "'"));
+      }
+      info.shape = qdata->shape;
+      if (type == kInt4Type) {
+        info.kind = QuantizedWeightInfo::Kind::kInt4;
+        info.bits = 4;
+        info.shape.back() *= 2;
+      } else {
+        info.kind = QuantizedWeightInfo::Kind::kIntx;
+        const std::string target = data.value("target_dtype", Json()).value("_data", "");
+        if (target.size() != 4 || target.rfind("int", 0) != 0 || target[3] < '1' ||
+            target[3] > '8') {
+          return MetadataError(fqn, absl::StrCat("bad target_dtype '", target, "'"));
+        }
+        info.bits = target[3] - '0';
+      }
+      if (info.shape.back() % info.group_size != 0) {
+        return MetadataError(fqn, "block size does not divide the last dimension");
+      }
+      const PartShapes shapes =
+          PartShapesOf(info.shape, info.bits == 4 && type == kInt4Type, info.group_size);
+      for (const auto& [name, shape] :
+           {std::pair{parts.scale, shapes.scale}, std::pair{parts.zero_point, shapes.scale}}) {
+        const SafetensorsTensorInfo* part = result.checkpoint_.Find(name);
+        if (part == nullptr || part->shape != shape) {
+          return MetadataError(fqn, absl::StrCat("missing or mis-shaped '", name, "'"));
+        }
+      }
+    } else {
+      return absl::UnimplementedError(
+          absl::StrFormat("quantized weight '%s': unsupported _type '%s'", fqn, type));
+    }
+    result.names_.push_back(fqn);
+    result.infos_[fqn] = std::move(info);
+  }
+  return result;
+}
+
+const QuantizedWeightInfo* QuantizedCheckpoint::Find(std::string_view fqn) const {
+  const auto it = infos_.find(fqn);
+  return it == infos_.end() ? nullptr : &it->second;
+}
+
+std::string QuantizedCheckpoint::recipe_json() const {
+  const auto metadata = checkpoint_.metadata();
+  const auto it = metadata.find("gquant.recipe");
+  return it == metadata.end() ? "" : it->second;
+}
+
+absl::StatusOr<std::vector<float>> QuantizedCheckpoint::Dequantize(std::string_view fqn) const {
+  const QuantizedWeightInfo* info = Find(fqn);
+  if (info == nullptr) {
+    return absl::NotFoundError(absl::StrFormat("checkpoint '%s': no weight '%s'",
+                                               checkpoint_.directory(), std::string(fqn)));
+  }
+  if (info->kind == QuantizedWeightInfo::Kind::kPlain) {
+    GQ_ASSIGN_OR_RETURN(const Tensor tensor, checkpoint_.Get(fqn));
+    return tensor.ToFloat();
+  }
+  const bool int4 = info->kind == QuantizedWeightInfo::Kind::kInt4;
+  const PartShapes shapes = PartShapesOf(info->shape, int4, info->group_size);
+  GQ_ASSIGN_OR_RETURN(const FlattenedNames parts, FlattenedNamesOf(fqn));
+  GQ_ASSIGN_OR_RETURN(const Tensor qdata, GetPart(checkpoint_, parts.qdata,
+                                                  {int4 ? DType::kU8 : DType::kI8}, shapes.qdata));
+  GQ_ASSIGN_OR_RETURN(
+      const Tensor scale_part,
+      GetPart(checkpoint_, parts.scale, {DType::kBF16, DType::kF16, DType::kF32}, shapes.scale));
+  GQ_ASSIGN_OR_RETURN(const Tensor zero_part,
+                      GetPart(checkpoint_, parts.zero_point,
+                              {DType::kBF16, DType::kF16, DType::kF32, DType::kI8}, shapes.scale));
+  GQ_ASSIGN_OR_RETURN(const std::vector<float> stored_scale, scale_part.ToFloat());
+  GQ_ASSIGN_OR_RETURN(const std::vector<float> stored_zero, zero_part.ToFloat());
+
+  const int64_t n = info->shape[info->shape.size() - 2], k = info->shape.back();
+  const int64_t g_count = k / info->group_size;
+  const int64_t matrices = info->shape.size() == 3 ? info->shape[0] : 1;
+  const QuantConfig config{info->bits, static_cast<int>(info->group_size), false,
+                           QuantMethod::kMinMax};
+  std::vector<float> out(matrices * n * k);
+  std::vector<int8_t> codes(n * k);
+  std::vector<float> scale(n * g_count), zero(n * g_count);
+  const auto* q = reinterpret_cast<const uint8_t*>(qdata.bytes().data());
+  for (int64_t e = 0; e < matrices; ++e) {
+    for (int64_t r = 0; r < n; ++r) {
+      for (int64_t c = 0; c < k; ++c) {
+        const int64_t i = (e * n + r) * k + c;
+        codes[r * k + c] = int4 ? static_cast<int8_t>((q[i / 2] >> (4 * (i & 1))) & 0xf)
+                                : static_cast<int8_t>(q[i]);
+      }
+      for (int64_t g = 0; g < g_count; ++g) {
+        const int64_t at = int4 ? (e * g_count + g) * n + r : (e * n + r) * g_count + g;
+        scale[r * g_count + g] = stored_scale[at];
+        zero[r * g_count + g] = stored_zero[at];
+      }
+    }
+    GQ_RETURN_IF_ERROR(Annotate(gquant::Dequantize(config, n, k, codes, scale, zero,
+                                                   std::span<float>(out).subspan(e * n * k, n * k)),
+                                "weight '", std::string(fqn), "'"));
+  }
+  return out;
+}
+
+}  // namespace gquant

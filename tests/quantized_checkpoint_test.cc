@@ -1,0 +1,203 @@
+#include "gquant/quantized_checkpoint.h"
+
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gquant/dtype.h"
+#include "gquant/safetensors.h"
+#include "test_util.h"
+
+namespace gquant {
+namespace {
+
+using Json = nlohmann::json;
+
+// Random unpacked quantizer output for a [matrices, rows, cols] weight: codes
+// in range, bf16-exact scales, zeros as the format stores them.
+struct Unpacked {
+  std::vector<int8_t> codes;
+  std::vector<float> scale, zero;
+};
+Unpacked RandomUnpacked(std::mt19937_64& rng, const QuantizedLayout& layout) {
+  const CodeRange range = CodeRangeOf(layout.config());
+  const int64_t n = layout.matrices() * layout.rows();
+  std::uniform_int_distribution<int> code(range.quant_min, range.quant_max);
+  std::uniform_real_distribution<float> positive(0.001f, 0.5f);
+  std::uniform_real_distribution<float> real_zero(0.0f, 15.0f);
+  Unpacked u;
+  u.codes.resize(n * layout.cols());
+  for (int8_t& c : u.codes) c = static_cast<int8_t>(code(rng));
+  u.scale.resize(n * layout.groups());
+  u.zero.resize(u.scale.size());
+  for (size_t i = 0; i < u.scale.size(); ++i) {
+    u.scale[i] = BFloat16ToFloat(FloatToBFloat16(positive(rng)));
+    // 4-bit zeros may be non-integers (HQQ); Intx zeros are int8 integers.
+    u.zero[i] = layout.config().bits == 4 ? BFloat16ToFloat(FloatToBFloat16(real_zero(rng)))
+                                          : static_cast<float>(code(rng));
+  }
+  return u;
+}
+
+// Packs `u` in two row blocks per matrix, writes the file, and returns its path.
+std::string WritePacked(const testing::TempDir& dir, const QuantizedLayout& layout,
+                        const Unpacked& u, bool with_marker) {
+  PackedWeight packed(layout);
+  const int64_t k = layout.cols(), g = layout.groups(), rows = layout.rows();
+  for (int64_t m = 0; m < layout.matrices(); ++m) {
+    for (int64_t r0 : {int64_t{0}, rows / 2}) {
+      const int64_t n = r0 == 0 ? rows / 2 : rows - rows / 2;
+      const int64_t row = m * rows + r0;
+      REQUIRE_OK(packed.Pack(m, r0, n, std::span(u.codes).subspan(row * k, n * k),
+                             std::span(u.scale).subspan(row * g, n * g),
+                             std::span(u.zero).subspan(row * g, n * g)));
+    }
+  }
+  std::map<std::string, std::string> metadata = {
+      {"tensor_names", Json::array({layout.fqn()}).dump()}, {layout.fqn(), layout.MetadataJson()}};
+  if (with_marker) metadata["gquant.convention"] = std::string(kGquantConvention);
+  const std::string path = dir.File("q.safetensors");
+  auto writer = SafetensorsWriter::Create(path, layout.Specs(), metadata);
+  REQUIRE_OK(writer);
+  const auto specs = layout.Specs();
+  REQUIRE_OK((*writer)->WriteTensor(specs[0].name, packed.qdata()));
+  REQUIRE_OK((*writer)->WriteTensor(specs[1].name, packed.scale()));
+  REQUIRE_OK((*writer)->WriteTensor(specs[2].name, packed.zero_point()));
+  REQUIRE_OK((*writer)->Commit());
+  return path;
+}
+
+TEST_CASE("flattened names follow torchao", "[quantized_checkpoint]") {
+  auto names = FlattenedNamesOf("model.layers.3.mlp.down_proj.weight");
+  REQUIRE_OK(names);
+  REQUIRE(names->qdata == "model.layers.3.mlp.down_proj._weight_qdata");
+  REQUIRE(names->scale == "model.layers.3.mlp.down_proj._weight_scale");
+  REQUIRE(names->zero_point == "model.layers.3.mlp.down_proj._weight_zero_point");
+  REQUIRE(FlattenedNamesOf("a.experts.gate_up_proj")->qdata == "a.experts._gate_up_proj_qdata");
+  REQUIRE_STATUS_IS(FlattenedNamesOf("weight"), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("layouts match the torchao / ExecuTorch shapes and dtypes", "[quantized_checkpoint]") {
+  auto int4 = QuantizedLayout::Create("m.w", {96, 256}, {4, 32, false, QuantMethod::kMinMax});
+  REQUIRE_OK(int4);
+  auto specs = int4->Specs();
+  REQUIRE(specs[0].dtype == DType::kU8);
+  REQUIRE(specs[0].shape == std::vector<int64_t>{96, 128});
+  REQUIRE(specs[1].dtype == DType::kBF16);
+  REQUIRE(specs[1].shape == std::vector<int64_t>{8, 96});  // [G, N]
+  REQUIRE(specs[2].dtype == DType::kBF16);
+  REQUIRE(int4->num_bytes() == 96 * 128 + 2 * 8 * 96 * 2);
+  const Json meta = Json::parse(int4->MetadataJson());
+  REQUIRE(meta["_type"] == "Int4Tensor");
+  REQUIRE(meta["_data"]["block_size"] == Json::array({1, 32}));
+  REQUIRE(meta["_data"]["shape"] == Json::array({96, 256}));
+  REQUIRE(meta["_data"]["activation_dtype"]["_data"] == "bfloat16");
+
+  auto int8 = QuantizedLayout::Create("m.w", {4, 96, 256}, {8, kPerRowGroupSize, true});
+  REQUIRE_OK(int8);
+  REQUIRE(int8->config().group_size == 256);
+  specs = int8->Specs();
+  REQUIRE(specs[0].dtype == DType::kI8);
+  REQUIRE(specs[0].shape == std::vector<int64_t>{4, 96, 256});
+  REQUIRE(specs[1].shape == std::vector<int64_t>{4, 96, 1});  // [E, N, G]
+  REQUIRE(specs[2].dtype == DType::kI8);
+  const Json meta8 = Json::parse(int8->MetadataJson());
+  REQUIRE(meta8["_type"] == "IntxUnpackedToInt8Tensor");
+  REQUIRE(meta8["_data"]["target_dtype"]["_data"] == "int8");
+  REQUIRE(meta8["_data"]["block_size"] == Json::array({1, 1, 256}));
+
+  REQUIRE_STATUS_IS(QuantizedLayout::Create("m.w", {256}, {}), absl::StatusCode::kInvalidArgument);
+  REQUIRE_STATUS_IS(QuantizedLayout::Create("m.w", {8, 100}, {4, 32}),
+                    absl::StatusCode::kInvalidArgument);  // 100 % 32
+  REQUIRE_STATUS_IS(QuantizedLayout::Create("m.w", {8, 33}, {4, kPerRowGroupSize}),
+                    absl::StatusCode::kInvalidArgument);  // odd K for nibbles
+}
+
+TEST_CASE("int4 nibbles: even element low, odd element high", "[quantized_checkpoint]") {
+  auto layout = QuantizedLayout::Create("m.w", {1, 4}, {4, kPerRowGroupSize});
+  REQUIRE_OK(layout);
+  PackedWeight packed(*layout);
+  const std::vector<int8_t> codes = {1, 2, 15, 4};
+  REQUIRE_OK(packed.Pack(0, 0, 1, codes, std::vector<float>{0.5f}, std::vector<float>{8.0f}));
+  REQUIRE(packed.qdata()[0] == std::byte{0x21});
+  REQUIRE(packed.qdata()[1] == std::byte{0x4f});
+}
+
+TEST_CASE("packed weights round trip through a file to (q - z) * s", "[quantized_checkpoint]") {
+  auto rng = testing::MakeRng();
+  struct Case {
+    std::vector<int64_t> shape;
+    QuantConfig config;
+  };
+  const Case cases[] = {
+      {{37, 128}, {4, 32, false}}, {{3, 17, 64}, {4, 64, true}},
+      {{29, 96}, {8, 32, true}},   {{11, 256}, {8, kPerRowGroupSize, true}},
+      {{13, 64}, {6, 32, false}},  {{2, 9, 128}, {5, 128, false}},
+  };
+  for (const Case& c : cases) {
+    INFO(ShapeToString(c.shape) << " bits " << c.config.bits);
+    testing::TempDir dir;
+    auto layout = QuantizedLayout::Create("model.layers.0.mlp.up_proj.weight", c.shape, c.config);
+    REQUIRE_OK(layout);
+    const Unpacked u = RandomUnpacked(rng, *layout);
+    for (bool marker : {true, false}) {  // files without gquant's marker read the same
+      const std::string path = WritePacked(dir, *layout, u, marker);
+      auto file = QuantizedCheckpoint::Open(path);
+      REQUIRE_OK(file);
+      const QuantizedWeightInfo* info = file->Find(layout->fqn());
+      REQUIRE(info != nullptr);
+      REQUIRE(info->shape == c.shape);
+      REQUIRE(info->bits == c.config.bits);
+      auto values = file->Dequantize(layout->fqn());
+      REQUIRE_OK(values);
+      REQUIRE(values->size() == u.codes.size());
+      const int64_t k = layout->cols(), gs = layout->config().group_size;
+      for (size_t i = 0; i < values->size(); ++i) {
+        const size_t group = (i / k) * layout->groups() + (i % k) / gs;
+        const double expected = (static_cast<double>(u.codes[i]) - u.zero[group]) * u.scale[group];
+        REQUIRE(std::fabs((*values)[i] - expected) <= 1e-6 * std::fabs(expected) + 1e-30);
+      }
+    }
+  }
+}
+
+TEST_CASE("quantized checkpoint metadata errors", "[quantized_checkpoint]") {
+  testing::TempDir dir;
+  auto layout = QuantizedLayout::Create("m.w", {4, 64}, {4, 32});
+  REQUIRE_OK(layout);
+  auto rng = testing::MakeRng();
+  const std::string good = WritePacked(dir, *layout, RandomUnpacked(rng, *layout), true);
+  auto write_with = [&](const std::map<std::string, std::string>& metadata) {
+    auto source = SafetensorsFile::Open(good);
+    REQUIRE_OK(source);
+    std::vector<SafetensorsTensorSpec> specs;
+    for (const auto& t : source->tensors()) specs.push_back({t.name, t.dtype, t.shape});
+    const std::string path = dir.File("bad.safetensors");
+    auto writer = SafetensorsWriter::Create(path, specs, metadata);
+    REQUIRE_OK(writer);
+    for (const auto& t : source->tensors())
+      REQUIRE_OK((*writer)->WriteTensor(t.name, source->Get(t.name)->bytes()));
+    REQUIRE_OK((*writer)->Commit());
+    return QuantizedCheckpoint::Open(path).status();
+  };
+  const std::string names = Json::array({"m.w"}).dump();
+  REQUIRE_STATUS_IS(write_with({{"tensor_names", names},
+                                {"m.w", layout->MetadataJson()},
+                                {"gquant.convention", "torchao-native"}}),
+                    absl::StatusCode::kUnimplemented);
+  REQUIRE_STATUS_IS(write_with({{"tensor_names", names}, {"m.w", R"({"_type":"NVFP4Tensor"})"}}),
+                    absl::StatusCode::kUnimplemented);
+  REQUIRE_STATUS_IS(write_with({{"tensor_names", names}}), absl::StatusCode::kDataLoss);
+  REQUIRE_STATUS_IS(write_with({{"tensor_names", "not json"}}), absl::StatusCode::kDataLoss);
+  REQUIRE_STATUS_IS(
+      write_with({{"tensor_names", names},
+                  {"m.w", R"({"_type":"Int4Tensor","_data":{"block_size":[1,48]}})"}}),
+      absl::StatusCode::kDataLoss);  // 48 does not divide 64
+  REQUIRE_STATUS_IS(
+      write_with({{"tensor_names", Json::array({"m.v"}).dump()}, {"m.v", layout->MetadataJson()}}),
+      absl::StatusCode::kDataLoss);  // parts not stored
+}
+
+}  // namespace
+}  // namespace gquant

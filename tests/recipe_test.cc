@@ -1,0 +1,365 @@
+#include "gquant/recipe.h"
+
+#include <algorithm>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "test_util.h"
+
+namespace gquant {
+namespace {
+
+using ::gquant::testing::TempDir;
+
+constexpr QuantConfig kInt8PerRow{
+    .bits = 8, .group_size = kPerRowGroupSize, .symmetric = true, .method = QuantMethod::kMinMax};
+constexpr QuantConfig kInt8{
+    .bits = 8, .group_size = 32, .symmetric = true, .method = QuantMethod::kMinMax};
+constexpr QuantConfig kInt4{
+    .bits = 4, .group_size = 32, .symmetric = false, .method = QuantMethod::kMinMax};
+constexpr QuantConfig kInt4Hqq{
+    .bits = 4, .group_size = 32, .symmetric = false, .method = QuantMethod::kHqq};
+
+struct Expectation {
+  std::string name;
+  std::optional<QuantConfig> default_config;  // nullopt: keep
+  std::optional<QuantConfig> sensitive_config;
+};
+
+std::string Describe(const std::optional<QuantConfig>& config) {
+  if (!config.has_value()) return "keep";
+  return absl::StrCat("bits=", config->bits, " group_size=", config->group_size,
+                      " symmetric=", config->symmetric,
+                      " method=", std::string(QuantMethodName(config->method)));
+}
+
+void CheckTable(const std::string& prefix, int num_layers,
+                const std::vector<Expectation>& expectations) {
+  absl::StatusOr<Recipe> default_recipe = Recipe::Load("default");
+  absl::StatusOr<Recipe> sensitive_recipe = Recipe::Load("sensitive");
+  REQUIRE_OK(default_recipe);
+  REQUIRE_OK(sensitive_recipe);
+  for (const Expectation& e : expectations) {
+    const std::string name = prefix + e.name;
+    INFO(name << " (" << num_layers << " layers)");
+    const RecipeMatch d = default_recipe->Match(name, num_layers);
+    const RecipeMatch s = sensitive_recipe->Match(name, num_layers);
+    INFO("default: rule " << d.rule_index << " " << Describe(d.config));
+    INFO("sensitive: rule " << s.rule_index << " " << Describe(s.config));
+    CHECK(d.config == e.default_config);
+    CHECK(s.config == e.sensitive_config);
+  }
+}
+
+// One layer's names for a dense layer; v_proj/down_proj follow `edge`.
+std::vector<Expectation> DenseLayer(int layer, bool edge) {
+  const std::string l = absl::StrCat("layers.", layer, ".");
+  const QuantConfig vd = edge ? kInt8 : kInt4Hqq;
+  return {
+      {l + "self_attn.v_proj.weight", kInt4, vd},
+      {l + "mlp.down_proj.weight", kInt4, vd},
+      {l + "self_attn.q_proj.weight", kInt4, kInt4Hqq},
+      {l + "self_attn.k_proj.weight", kInt4, kInt4Hqq},
+      {l + "self_attn.o_proj.weight", kInt4, kInt4Hqq},
+      {l + "mlp.gate_proj.weight", kInt4, kInt4Hqq},
+      {l + "mlp.up_proj.weight", kInt4, kInt4Hqq},
+      {l + "self_attn.q_norm.weight", std::nullopt, std::nullopt},
+      {l + "self_attn.k_norm.weight", std::nullopt, std::nullopt},
+      {l + "input_layernorm.weight", std::nullopt, std::nullopt},
+      {l + "post_feedforward_layernorm.weight", std::nullopt, std::nullopt},
+      {l + "layer_scalar", std::nullopt, std::nullopt},
+  };
+}
+
+std::vector<Expectation> Layers(const std::vector<std::pair<int, bool>>& layers) {
+  std::vector<Expectation> all;
+  for (const auto& [layer, edge] : layers) {
+    std::vector<Expectation> one = DenseLayer(layer, edge);
+    all.insert(all.end(), one.begin(), one.end());
+  }
+  return all;
+}
+
+TEST_CASE("bundled recipes on the 31B layout", "[recipe]") {
+  std::vector<Expectation> table =
+      Layers({{0, true}, {14, true}, {15, false}, {44, false}, {45, true}, {59, true}});
+  table.push_back({"embed_tokens.weight", kInt8PerRow, kInt8PerRow});
+  table.push_back({"norm.weight", std::nullopt, std::nullopt});
+  CheckTable("model.language_model.", 60, table);
+  // Created by the quantize tool from the tied embedding; no prefix.
+  CheckTable("", 60, {{"lm_head.weight", kInt4, kInt4Hqq}});
+}
+
+TEST_CASE("bundled recipes on the E2B layout", "[recipe]") {
+  std::vector<Expectation> table =
+      Layers({{0, true}, {7, true}, {8, false}, {26, false}, {27, true}, {34, true}});
+  table.insert(table.end(),
+               {
+                   {"embed_tokens.weight", kInt8PerRow, kInt8PerRow},
+                   // Not the embedding rule: "embed_tokens_per_layer" != "embed_tokens".
+                   {"embed_tokens_per_layer.weight", kInt4, kInt4Hqq},
+                   {"per_layer_model_projection.weight", kInt4, kInt4Hqq},
+                   {"per_layer_projection_norm.weight", std::nullopt, std::nullopt},
+                   {"layers.3.per_layer_input_gate.weight", kInt4, kInt4Hqq},
+                   {"layers.3.per_layer_projection.weight", kInt4, kInt4Hqq},
+                   {"layers.3.post_per_layer_input_norm.weight", std::nullopt, std::nullopt},
+                   {"norm.weight", std::nullopt, std::nullopt},
+               });
+  CheckTable("model.", 35, table);
+}
+
+TEST_CASE("bundled recipes on MoE names", "[recipe]") {
+  // 26B-A4B style, 30 layers: edges are 0..6 and 23..29.
+  CheckTable("model.", 30,
+             {
+                 {"layers.0.experts.gate_up_proj", kInt4, kInt4Hqq},
+                 // Expert tensors have no ".weight", so the edge int8 rule skips them.
+                 {"layers.0.experts.down_proj", kInt4, kInt4Hqq},
+                 {"layers.10.experts.down_proj", kInt4, kInt4Hqq},
+                 {"layers.0.mlp.down_proj.weight", kInt4, kInt8},
+                 {"layers.6.mlp.down_proj.weight", kInt4, kInt8},
+                 {"layers.7.mlp.down_proj.weight", kInt4, kInt4Hqq},
+                 {"layers.23.self_attn.v_proj.weight", kInt4, kInt8},
+                 {"layers.0.router.proj.weight", std::nullopt, std::nullopt},
+                 {"layers.0.router.scale", std::nullopt, std::nullopt},
+                 {"layers.0.router.per_expert_scale", std::nullopt, std::nullopt},
+                 {"layers.0.layer_scalar", std::nullopt, std::nullopt},
+                 // The MoE block's extra norms carry a numeric suffix.
+                 {"layers.0.post_feedforward_layernorm_1.weight", std::nullopt, std::nullopt},
+                 {"layers.0.post_feedforward_layernorm_2.weight", std::nullopt, std::nullopt},
+                 {"layers.0.pre_feedforward_layernorm_2.weight", std::nullopt, std::nullopt},
+             });
+}
+
+TEST_CASE("bundled recipe names", "[recipe]") {
+  std::vector<std::string_view> names = BundledRecipeNames();
+  CHECK(std::find(names.begin(), names.end(), "default") != names.end());
+  CHECK(std::find(names.begin(), names.end(), "sensitive") != names.end());
+  CHECK_FALSE(BundledRecipeJson("no_such_recipe").has_value());
+}
+
+TEST_CASE("first match wins; no match keeps", "[recipe]") {
+  absl::StatusOr<Recipe> recipe = Recipe::FromJson(R"({"name": "t", "rules": [
+      {"pattern": "a\\..*", "config": null},
+      {"pattern": ".*\\.weight", "config": {"bits": 8}},
+      {"pattern": "a\\.b\\.weight", "config": {"bits": 4}}]})",
+                                                   "test");
+  REQUIRE_OK(recipe);
+  CHECK(recipe->Match("a.b.weight", 0) == RecipeMatch{0, std::nullopt});
+  const QuantConfig int8_asym{.bits = 8, .group_size = 32};
+  CHECK(recipe->Match("c.weight", 0) == RecipeMatch{1, int8_asym});
+  // Full match: a prefix or a substring is not enough.
+  CHECK(recipe->Match("c.weight.bias", 0) == RecipeMatch{});
+  CHECK(recipe->Match("c.weight", 0).rule_index == 1);
+  CHECK(recipe->Match("xa.weight", 0).rule_index == 1);
+  CHECK(recipe->Match("", 0) == RecipeMatch{});
+  CHECK(recipe->Match("c.bias", 0).rule_index == -1);
+}
+
+TEST_CASE("a rule with a layer filter needs a layer index", "[recipe]") {
+  absl::StatusOr<Recipe> recipe = Recipe::FromJson(R"({"name": "t", "rules": [
+      {"pattern": ".*", "layers": [[0, 10]], "config": {"bits": 8}},
+      {"pattern": ".*", "layers": {"first": 0.5}, "config": {"bits": 6}},
+      {"pattern": ".*", "config": {"bits": 4}}]})",
+                                                   "test");
+  REQUIRE_OK(recipe);
+  CHECK(recipe->Match("model.layers.3.mlp.weight", 10).rule_index == 0);
+  CHECK(recipe->Match("model.layers.50.mlp.weight", 200).rule_index == 1);
+  CHECK(recipe->Match("model.layers.150.mlp.weight", 200).rule_index == 2);
+  CHECK(recipe->Match("model.norm.weight", 10).rule_index == 2);
+  CHECK(recipe->Match("model.layers.3", 10).rule_index == 2);
+}
+
+TEST_CASE("LayerIndexOf", "[recipe]") {
+  CHECK(LayerIndexOf("model.layers.12.mlp") == 12);
+  CHECK(LayerIndexOf("layers.0.x") == 0);
+  CHECK(LayerIndexOf("model.language_model.layers.59.self_attn.v_proj.weight") == 59);
+  CHECK(LayerIndexOf("layers.x.") == std::nullopt);
+  CHECK(LayerIndexOf("model.layers.3") == std::nullopt);
+  CHECK(LayerIndexOf("model.layers..3.") == std::nullopt);
+  CHECK(LayerIndexOf("model.norm.weight") == std::nullopt);
+  CHECK(LayerIndexOf("a.layers.1.b.layers.2.c") == 1);
+  // As re.search: the first place the pattern matches, past a non-match.
+  CHECK(LayerIndexOf("layers.x.layers.4.y") == 4);
+  CHECK(LayerIndexOf("model.layers.2147483647.x") == 2147483647);
+  CHECK(LayerIndexOf("model.layers.2147483648.x") == std::nullopt);
+  CHECK(LayerIndexOf("model.layers.99999999999999999999.x") == std::nullopt);
+}
+
+TEST_CASE("LayerFilter::Contains", "[recipe]") {
+  const LayerFilter edges{.first_fraction = 0.25, .last_fraction = 0.25};
+  auto members = [&](int num_layers) {
+    std::vector<int> in;
+    for (int layer = 0; layer < num_layers; ++layer) {
+      if (edges.Contains(layer, num_layers)) in.push_back(layer);
+    }
+    return in;
+  };
+  auto span = [](int first, int last, std::vector<int> into) {
+    for (int layer = first; layer <= last; ++layer) into.push_back(layer);
+    return into;
+  };
+  CHECK(members(60) == span(45, 59, span(0, 14, {})));
+  CHECK(members(35) == span(27, 34, span(0, 7, {})));
+  CHECK(members(42) == span(32, 41, span(0, 9, {})));
+  CHECK(members(3).empty());
+  CHECK_FALSE(edges.Contains(60, 60));  // outside the model
+  CHECK_FALSE(edges.Contains(-1, 60));
+
+  const LayerFilter first_only{.first_fraction = 0.5};
+  CHECK(first_only.Contains(4, 10));
+  CHECK_FALSE(first_only.Contains(5, 10));
+  CHECK_FALSE(first_only.Contains(9, 10));
+
+  const LayerFilter ranges{.ranges = {{0, 0}, {3, 5}}};
+  CHECK(ranges.Contains(0, 0));
+  CHECK(ranges.Contains(4, 10));
+  CHECK_FALSE(ranges.Contains(2, 10));
+  CHECK_FALSE(ranges.Contains(6, 10));
+}
+
+TEST_CASE("invalid recipes", "[recipe]") {
+  struct Case {
+    std::string json;
+    std::vector<std::string> substrings;
+  };
+  constexpr char kFront[] = R"({"name": "t", "rules": [{"pattern": "x", "config": null}, )";
+  auto rule = [&](const std::string& r) { return absl::StrCat(kFront, r, "]}"); };
+  auto config = [&](const std::string& c) {
+    return rule(absl::StrCat(R"({"pattern": ".*", "config": )", c, "}"));
+  };
+  auto layers = [&](const std::string& l) {
+    return rule(absl::StrCat(R"({"pattern": ".*", "config": null, "layers": )", l, "}"));
+  };
+  const std::vector<Case> cases = {
+      {rule(R"({"pattern": "(", "config": null})"),
+       {"recipe 'test': rule 1: field 'pattern'", "missing )"}},
+      {rule(R"({"pattern": "x", "config": null, "layer": [1]})"),
+       {"rule 1: unknown field 'layer'"}},
+      {config(R"({"bits": 4, "gs": 32})"), {"rule 1: unknown field 'config.gs'"}},
+      {config(R"({"bits": 3})"), {"rule 1: field 'config.bits'", "got 3"}},
+      {config(R"({"bits": 7})"), {"rule 1: field 'config.bits'", "got 7"}},
+      {config(R"({"bits": 4.0})"), {"rule 1: field 'config.bits'", "got 4.0"}},
+      {config(R"({"bits": "4"})"), {"rule 1: field 'config.bits'"}},
+      {config(R"({"group_size": 32})"), {"rule 1: field 'config.bits'", "missing"}},
+      {config(R"({"bits": 4, "group_size": 0})"), {"rule 1: field 'config.group_size'", "got 0"}},
+      {config(R"({"bits": 4, "group_size": -32})"), {"rule 1: field 'config.group_size'", "-32"}},
+      {config(R"({"bits": 4, "group_size": 32.0})"), {"rule 1: field 'config.group_size'"}},
+      {config(R"({"bits": 4, "group_size": "per_col"})"),
+       {"rule 1: field 'config.group_size'", "per_col"}},
+      {config(R"({"bits": 4, "symmetric": "true"})"), {"rule 1: field 'config.symmetric'"}},
+      {config(R"({"bits": 4, "method": "gptq"})"), {"rule 1: field 'config.method'", "gptq"}},
+      // Asymmetric HQQ exists for 4-bit only (ValidateQuantConfig).
+      {config(R"({"bits": 8, "method": "hqq"})"), {"rule 1: field 'config'"}},
+      {config(R"("int4")"), {"rule 1: field 'config'", "an object or null"}},
+      {rule(R"({"pattern": "x"})"), {"rule 1: field 'config'", "missing"}},
+      {rule(R"({"config": null})"), {"rule 1: field 'pattern'", "missing"}},
+      {rule(R"({"pattern": 5, "config": null})"), {"rule 1: field 'pattern'"}},
+      {layers("[[5, 2]]"), {"rule 1: field 'layers[0]'", "[5,2]"}},
+      {layers("[1, [2, 3, 4]]"), {"rule 1: field 'layers[1]'"}},
+      {layers("[-1]"), {"rule 1: field 'layers[0]'"}},
+      {layers("[1.5]"), {"rule 1: field 'layers[0]'"}},
+      {layers("[]"), {"rule 1: field 'layers'"}},
+      {layers("null"), {"rule 1: field 'layers'"}},
+      {layers(R"({"first": 0.75})"), {"rule 1: field 'layers.first'", "0.75"}},
+      {layers(R"({"last": -0.1})"), {"rule 1: field 'layers.last'"}},
+      {layers(R"({"first": "0.25"})"), {"rule 1: field 'layers.first'"}},
+      {layers("{}"), {"rule 1: field 'layers'"}},
+      {layers(R"({"first": 0.25, "middle": 0.1})"), {"rule 1: unknown field 'layers.middle'"}},
+      {R"({"name": "t", "rules": []})", {"recipe 'test': field 'rules'", "non-empty"}},
+      {R"({"name": "t"})", {"field 'rules'", "missing"}},
+      {R"({"name": "t", "rules": {}})", {"field 'rules'"}},
+      {R"({"name": "t", "rules": [5]})", {"field 'rules[0]'"}},
+      {R"({"rules": [{"pattern": "x", "config": null}]})", {"field 'name'", "missing"}},
+      {R"({"name": "", "rules": [{"pattern": "x", "config": null}]})", {"field 'name'"}},
+      {R"({"name": "t", "version": 1, "rules": [{"pattern": "x", "config": null}]})",
+       {"unknown field 'version'"}},
+      {R"({"name": "t", "description": 1, "rules": [{"pattern": "x", "config": null}]})",
+       {"field 'description'"}},
+      {R"({"name": "t", "rules": [{"pattern": "x", "config": null, "config": {"bits": 4}}]})",
+       {"duplicate key 'config'"}},
+      {R"({"name": "t", "rules": [)", {"recipe 'test': invalid JSON"}},
+      {"[1]", {"recipe 'test': expected a JSON object"}},
+  };
+  for (const Case& c : cases) {
+    INFO(c.json);
+    absl::StatusOr<Recipe> recipe = Recipe::FromJson(c.json, "test");
+    REQUIRE_STATUS_IS(recipe, absl::StatusCode::kInvalidArgument);
+    for (const std::string& substring : c.substrings) {
+      INFO(recipe.status().message());
+      CHECK(absl::StrContains(recipe.status().message(), substring));
+    }
+  }
+  REQUIRE_OK(Recipe::FromJson(rule(R"({"pattern": "y", "config": {"bits": 4}})"), "test"));
+}
+
+void CheckRoundTrip(const Recipe& recipe) {
+  const std::string json = recipe.ToJson();
+  INFO(json);
+  CHECK(json.find('\n') == std::string::npos);  // compact
+  absl::StatusOr<Recipe> again = Recipe::FromJson(json, "round trip");
+  REQUIRE_OK(again);
+  CHECK(again->name() == recipe.name());
+  CHECK(again->description() == recipe.description());
+  CHECK(again->rules() == recipe.rules());
+  CHECK(again->ToJson() == json);
+}
+
+TEST_CASE("ToJson round-trips", "[recipe]") {
+  for (const char* name : {"default", "sensitive"}) {
+    absl::StatusOr<Recipe> recipe = Recipe::Load(name);
+    REQUIRE_OK(recipe);
+    CheckRoundTrip(*recipe);
+  }
+  absl::StatusOr<Recipe> custom = Recipe::FromJson(R"({"name": "custom", "rules": [
+      {"pattern": "a", "layers": [0, [3, 3], [45, 59]], "config": {"bits": 6, "group_size": 64,
+       "symmetric": true, "method": "hqq"}},
+      {"pattern": "b", "layers": {"last": 0.125}, "config": {"bits": 5, "group_size": "per_row"}},
+      {"pattern": "c", "config": null}]})",
+                                                   "custom");
+  REQUIRE_OK(custom);
+  CHECK(custom->description().empty());
+  REQUIRE(custom->rules().size() == 3);
+  CHECK(custom->rules()[0].layers->ranges ==
+        std::vector<std::pair<int, int>>{{0, 0}, {3, 3}, {45, 59}});
+  CHECK(custom->rules()[1].layers->last_fraction == 0.125);
+  CHECK(custom->rules()[1].config->group_size == kPerRowGroupSize);
+  CheckRoundTrip(*custom);
+}
+
+TEST_CASE("Load", "[recipe]") {
+  absl::StatusOr<Recipe> bundled = Recipe::Load("sensitive");
+  REQUIRE_OK(bundled);
+  CHECK(bundled->name() == "sensitive");
+  CHECK_FALSE(bundled->description().empty());
+  REQUIRE(bundled->rules().size() == 6);
+  CHECK(bundled->rules()[3].layers == LayerFilter{.first_fraction = 0.25, .last_fraction = 0.25});
+
+  TempDir dir;
+  const std::string path = dir.File("mine.json");
+  std::ofstream(path) << R"({"name": "mine", "rules": [{"pattern": ".*", "config": {"bits": 8}}]})";
+  absl::StatusOr<Recipe> from_file = Recipe::Load(path);
+  REQUIRE_OK(from_file);
+  CHECK(from_file->name() == "mine");
+  CHECK(from_file->Match("w", 1).config == QuantConfig{.bits = 8});
+
+  const std::string bad = dir.File("bad.json");
+  std::ofstream(bad) << R"({"name": "bad", "rules": [{"pattern": "x", "config": {"bits": 3}}]})";
+  absl::StatusOr<Recipe> invalid = Recipe::Load(bad);
+  REQUIRE_STATUS_IS(invalid, absl::StatusCode::kInvalidArgument);
+  CHECK(absl::StrContains(invalid.status().message(), bad));
+
+  absl::StatusOr<Recipe> missing = Recipe::Load("no_such_recipe");
+  REQUIRE_STATUS_IS(missing, absl::StatusCode::kNotFound);
+  CHECK(absl::StrContains(missing.status().message(), "'no_such_recipe'"));
+  CHECK(absl::StrContains(missing.status().message(), "default"));
+  REQUIRE_STATUS_IS(Recipe::Load(dir.File("missing.json")), absl::StatusCode::kNotFound);
+  REQUIRE_STATUS_IS(Recipe::Load(dir.path().string()), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace gquant
