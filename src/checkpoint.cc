@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "gquant/mapped_file.h"
 #include "gquant/status.h"
+#include "strict_json.h"
 
 namespace gquant {
 namespace {
@@ -20,28 +21,6 @@ using Json = nlohmann::json;
 struct StringHash {
   using is_transparent = void;
   size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-};
-
-// nlohmann silently keeps the last of two equal keys; a repeated weight_map
-// key would hide a tensor, so record duplicates at any depth.
-class DuplicateKeyGuard {
- public:
-  bool operator()(int depth, Json::parse_event_t event, Json& parsed) {
-    if (event == Json::parse_event_t::object_start) {
-      if (keys_.size() < static_cast<size_t>(depth) + 2) keys_.resize(depth + 2);
-      keys_[depth + 1].clear();
-    } else if (event == Json::parse_event_t::key && error_.empty()) {
-      if (!keys_[depth].insert(parsed.get<std::string>()).second) {
-        error_ = absl::StrCat("duplicate key '", parsed.get<std::string>(), "'");
-      }
-    }
-    return true;
-  }
-  const std::string& error() const { return error_; }
-
- private:
-  std::vector<std::set<std::string>> keys_;
-  std::string error_;
 };
 
 // Shard names come from a possibly untrusted index; refuse anything that could
@@ -64,14 +43,10 @@ struct Index {
 
 absl::StatusOr<Index> ParseIndex(std::span<const std::byte> bytes) {
   const char* text = reinterpret_cast<const char*>(bytes.data());
-  DuplicateKeyGuard guard;
-  Json root;
-  try {
-    root = Json::parse(text, text + bytes.size(), std::ref(guard));
-  } catch (const Json::exception& e) {
-    return absl::DataLossError(absl::StrCat("invalid JSON: ", e.what()));
-  }
-  if (!guard.error().empty()) return absl::DataLossError(guard.error());
+  absl::StatusOr<Json> parsed =
+      internal::ParseStrictJson<Json>(std::string_view(text, bytes.size()));
+  if (!parsed.ok()) return absl::DataLossError(parsed.status().message());
+  const Json root = std::move(*parsed);
   if (!root.is_object()) {
     return absl::DataLossError(absl::StrCat("expected a JSON object, but got ", root.type_name()));
   }

@@ -9,12 +9,12 @@
 #include <fstream>
 #include <initializer_list>
 #include <nlohmann/json.hpp>
-#include <set>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "gquant/status.h"
+#include "strict_json.h"
 
 namespace gquant {
 namespace {
@@ -22,28 +22,6 @@ namespace {
 namespace fs = std::filesystem;
 // Ordered, so unknown keys are reported and ToJson is written in file order.
 using Json = nlohmann::ordered_json;
-
-// nlohmann keeps one of two equal keys silently; a repeated "config" would
-// hide half of a rule, so duplicates are an error at any depth.
-class DuplicateKeyGuard {
- public:
-  bool operator()(int depth, Json::parse_event_t event, Json& parsed) {
-    if (event == Json::parse_event_t::object_start) {
-      if (keys_.size() < static_cast<size_t>(depth) + 2) keys_.resize(depth + 2);
-      keys_[depth + 1].clear();
-    } else if (event == Json::parse_event_t::key && error_.empty()) {
-      if (!keys_[depth].insert(parsed.get<std::string>()).second) {
-        error_ = absl::StrCat("duplicate key '", parsed.get<std::string>(), "'");
-      }
-    }
-    return true;
-  }
-  const std::string& error() const { return error_; }
-
- private:
-  std::vector<std::set<std::string>> keys_;
-  std::string error_;
-};
 
 // A JSON value for an error message, shortened so a huge object stays legible.
 std::string Describe(const Json& value) {
@@ -260,17 +238,9 @@ struct Recipe::State {
 
 absl::StatusOr<Recipe> Recipe::FromJson(std::string_view json, std::string_view source) {
   const ErrorContext ctx(absl::StrFormat("recipe '%s': ", source));
-  DuplicateKeyGuard guard;
-  Json root;
-  try {
-    root = Json::parse(json.begin(), json.end(), std::ref(guard));
-  } catch (const Json::exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("recipe '%s': invalid JSON: %s", source, e.what()));
-  }
-  if (!guard.error().empty()) {
-    return absl::InvalidArgumentError(absl::StrFormat("recipe '%s': %s", source, guard.error()));
-  }
+  absl::StatusOr<Json> parsed = internal::ParseStrictJson<Json>(json);
+  if (!parsed.ok()) return Annotate(parsed.status(), "recipe '", std::string(source), "'");
+  const Json root = std::move(*parsed);
   if (!root.is_object()) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "recipe '%s': expected a JSON object, but got %s", source, root.type_name()));
