@@ -23,8 +23,9 @@ namespace {
 
 constexpr int64_t kRows = 21504;
 constexpr int64_t kCols = 5376;
-// HQQ runs ~20 solver passes with a pow per large residual: a row slice keeps
-// one iteration around a second.
+// HQQ makes ~22 passes over the weight, with scalar inner loops (a pow call
+// per residual above the shrink threshold, rare at this weight scale): it
+// runs on a 1024-row slice, ~0.3 s per call on one core.
 constexpr int64_t kHqqRows = 1024;
 
 const std::vector<uint16_t>& Weight() {

@@ -67,9 +67,9 @@ CodeRange CodeRangeOf(const QuantConfig& config) {
 
 absl::StatusOr<int64_t> ResolveGroupSize(const QuantConfig& config, int64_t cols) {
   if (config.group_size < 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "group size: expected a positive size or %d (per row), but got %d", kPerRowGroupSize,
-        config.group_size));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("group size: expected a positive size or %d (per row), but got %d",
+                        kPerRowGroupSize, config.group_size));
   }
   if (cols <= 0) {
     return absl::InvalidArgumentError(

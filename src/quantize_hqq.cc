@@ -246,8 +246,8 @@ GQ_TARGET_CLONES float RefitScaleRow(const float* w, int64_t cols, int64_t group
 }
 
 GQ_TARGET_CLONES void WriteScaleOnlyRow(const float* w, int64_t cols, int64_t group, float qmin,
-                                        float qmax, float offset, const float* scale,
-                                        int8_t* codes, float* scale_out, float* zero_out) {
+                                        float qmax, float offset, const float* scale, int8_t* codes,
+                                        float* scale_out, float* zero_out) {
   for (int64_t g = 0; g * group < cols; ++g) {
     const float s = scale[g];
     // Codes from the float32 s (as torchao returns them); the scale is then

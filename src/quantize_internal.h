@@ -21,8 +21,8 @@
 // Hot kernels are compiled for several x86-64 levels and picked at load time
 // (GCC function multiversioning): the baseline x86-64 has no vector
 // round-to-integer (SSE4.1 roundps), so std::nearbyint would be a libm call
-// per element. No level with FMA is listed: a fused x*r+z would round
-// differently from the reference.
+// per element. No level with FMA is listed: GCC would fuse HQQ's
+// W * s_inv + z, which then rounds differently from the reference.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
 #define GQ_TARGET_CLONES __attribute__((target_clones("avx2", "arch=x86-64-v2", "default")))
 #else

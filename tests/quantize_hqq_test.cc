@@ -4,6 +4,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -55,8 +56,8 @@ struct Quantized {
   std::vector<float> zero;
 };
 
-Quantized RunHqq(const QuantConfig& config, const std::vector<float>& w, int64_t rows,
-                 int64_t cols, const HqqOptions& hqq = {}, ThreadPool* pool = nullptr,
+Quantized RunHqq(const QuantConfig& config, const std::vector<float>& w, int64_t rows, int64_t cols,
+                 const HqqOptions& hqq = {}, ThreadPool* pool = nullptr,
                  ErrorStats* stats = nullptr) {
   const int64_t groups = rows * cols / config.group_size;
   Quantized q{std::vector<int8_t>(w.size(), 0x5a),
@@ -67,8 +68,7 @@ Quantized RunHqq(const QuantConfig& config, const std::vector<float>& w, int64_t
   options.pool = pool;
   options.error_stats = stats;
   const std::vector<std::byte> bytes = ToBytes(w);
-  REQUIRE_OK(
-      Quantize(config, DType::kF32, bytes, rows, cols, {q.codes, q.scale, q.zero}, options));
+  REQUIRE_OK(Quantize(config, DType::kF32, bytes, rows, cols, {q.codes, q.scale, q.zero}, options));
   return q;
 }
 
@@ -107,8 +107,8 @@ double SolverError(const std::vector<float>& w, int64_t group, const std::vector
   double sum = 0;
   for (size_t i = 0; i < w.size(); ++i) {
     const size_t g = i / group;
-    const float wq = std::clamp(static_cast<float>(RoundHalfEven(w[i] * s_inv[g] + z[g])), 0.0f,
-                                15.0f);
+    const float wq =
+        std::clamp(static_cast<float>(RoundHalfEven(w[i] * s_inv[g] + z[g])), 0.0f, 15.0f);
     sum += std::fabs(w[i] - (wq - z[g]) / s_inv[g]);
   }
   return sum / static_cast<double>(w.size());
@@ -138,8 +138,8 @@ AsymmetricReference ReferenceAsymmetric(const std::vector<float>& w, int64_t gro
       wr[i] = (wq[i] - z[g]) / s_inv[g];
       const float x = w[i] - wr[i];
       const float sign = static_cast<float>((x > 0) - (x < 0));
-      we[i] = sign * std::max(std::fabs(x) - inv_beta * std::pow(std::fabs(x), opt.lp_norm - 1.0f),
-                              0.0f);
+      we[i] = sign *
+              std::max(std::fabs(x) - inv_beta * std::pow(std::fabs(x), opt.lp_norm - 1.0f), 0.0f);
     }
     std::vector<float> next(groups);
     for (size_t g = 0; g < groups; ++g) {
@@ -194,9 +194,7 @@ Quantized ReferenceScaleOnly(const std::vector<float>& w, int64_t group, int bit
     for (size_t i = g * group; i < (g + 1) * group; ++i) amax = std::max(amax, std::fabs(w[i]));
     s[g] = std::max(amax / qabs, FLT_EPSILON);
   }
-  auto code = [&](size_t i, float sg) {
-    return std::clamp(RoundHalfEven(w[i] / sg), qmin, qmax);
-  };
+  auto code = [&](size_t i, float sg) { return std::clamp(RoundHalfEven(w[i] / sg), qmin, qmax); };
   for (int it = 0; it < 20; ++it) {
     std::vector<float> next(groups);
     float max_change = 0;
@@ -295,7 +293,7 @@ TEST_CASE("HQQ one-past-best quirk versus keep_best_iterate", "[quantize]") {
     if (ref_best.solver_error < ref_quirk.solver_error) ++differing;
   }
   WARN("HQQ: keep_best_iterate differed from the reference quirk on " << differing
-                                                                       << " random matrices");
+                                                                      << " random matrices");
   REQUIRE(differing > 0);
 }
 
@@ -391,14 +389,14 @@ TEST_CASE("acceptance: HQQ int4 beats min-max int4 on heavy-tailed weights", "[q
   auto mae = [&](const QuantConfig& config) {
     Quantized q{std::vector<int8_t>(w.size()), std::vector<float>(w.size() / 32),
                 std::vector<float>(w.size() / 32)};
-    REQUIRE_OK(Quantize(config, DType::kBF16, bytes, kRows, kCols, {q.codes, q.scale, q.zero},
-                        options));
+    REQUIRE_OK(
+        Quantize(config, DType::kBF16, bytes, kRows, kCols, {q.codes, q.scale, q.zero}, options));
     return MeanAbsError(config, w, kRows, kCols, q);
   };
   const double hqq = mae(kHqqInt4);
   const double minmax = mae(QuantConfig{4, 32, false, QuantMethod::kMinMax});
-  WARN("HQQ/min-max MAE ratio " << hqq / minmax << " (weights " << sigma << " * t(3); HQQ "
-                                << hqq << ", min-max " << minmax << ")");
+  WARN("HQQ/min-max MAE ratio " << hqq / minmax << " (weights " << sigma << " * t(3); HQQ " << hqq
+                                << ", min-max " << minmax << ")");
   REQUIRE(hqq < minmax);
 }
 

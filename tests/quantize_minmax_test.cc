@@ -4,8 +4,10 @@
 #include <cfloat>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gquant/dtype.h"
@@ -99,7 +101,7 @@ struct Quantized {
 };
 
 struct ReferenceOptions {
-  bool bf16_reciprocal = true;     // r = bf16(1 / s_bf16) (§2.6), or 1 / s_bf16
+  bool bf16_reciprocal = true;       // r = bf16(1 / s_bf16) (§2.6), or 1 / s_bf16
   bool zero_from_fp32_scale = true;  // z from the float32 s (§2.6), or from bf16(s)
 };
 
@@ -166,8 +168,8 @@ Quantized RunQuantize(const QuantConfig& config, const Matrix& m, ThreadPool* po
     QuantizeOptions options;
     options.pool = pool;
     options.error_stats = run == 0 ? stats : nullptr;
-    REQUIRE_OK(Quantize(config, m.dtype, m.bytes, m.rows, m.cols, {q.codes, q.scale, q.zero},
-                        options));
+    REQUIRE_OK(
+        Quantize(config, m.dtype, m.bytes, m.rows, m.cols, {q.codes, q.scale, q.zero}, options));
   }
   REQUIRE(runs[0].codes == runs[1].codes);
   REQUIRE(runs[0].scale == runs[1].scale);
@@ -243,9 +245,9 @@ TEST_CASE("min-max matches the reference for odd shapes and group sizes", "[quan
     int group_size;
   };
   // Runtime group sizes (not 32/64), tails shorter than a vector, one column.
-  for (const Shape& s : {Shape{5, 100, kPerRowGroupSize}, Shape{7, 144, 48}, Shape{2, 16, 16},
-                         Shape{9, 1, kPerRowGroupSize}, Shape{3, 5376, kPerRowGroupSize},
-                         Shape{4, 96, 3}}) {
+  for (const Shape& s :
+       {Shape{5, 100, kPerRowGroupSize}, Shape{7, 144, 48}, Shape{2, 16, 16},
+        Shape{9, 1, kPerRowGroupSize}, Shape{3, 5376, kPerRowGroupSize}, Shape{4, 96, 3}}) {
     const int64_t group = s.group_size == kPerRowGroupSize ? s.cols : s.group_size;
     for (DType dtype : {DType::kBF16, DType::kF32}) {
       const Matrix m = Encode(dtype, s.rows, s.cols, RandomWeights(rng, s.rows, s.cols, group));
@@ -296,8 +298,8 @@ TEST_CASE("min-max reads unaligned source bytes", "[quantize]") {
     std::memcpy(shifted.data() + 1, m.bytes.data(), m.bytes.size());
     const QuantConfig config = MinMax(4, 32, false);
     Quantized q{std::vector<int8_t>(m.values.size()), std::vector<float>(6), std::vector<float>(6)};
-    REQUIRE_OK(Quantize(config, dtype, std::span(shifted).subspan(1), 3, 64,
-                        {q.codes, q.scale, q.zero}));
+    REQUIRE_OK(
+        Quantize(config, dtype, std::span(shifted).subspan(1), 3, 64, {q.codes, q.scale, q.zero}));
     RequireSame(q, ReferenceMinMax(config, m));
   }
 }
@@ -317,11 +319,11 @@ TEST_CASE("min-max edge groups: zero, constant, one-signed, outlier", "[quantize
   std::normal_distribution<float> normal;
   std::vector<float> row(5 * 32);
   for (float& x : row) x = normal(rng);
-  std::fill(row.begin(), row.begin() + 32, 0.0f);                // group 0: all zero
-  std::fill(row.begin() + 32, row.begin() + 64, 0.75f);          // group 1: constant
+  std::fill(row.begin(), row.begin() + 32, 0.0f);                     // group 0: all zero
+  std::fill(row.begin() + 32, row.begin() + 64, 0.75f);               // group 1: constant
   for (int i = 64; i < 96; ++i) row[i] = -std::fabs(row[i]) - 0.01f;  // group 2: all negative
   for (int i = 96; i < 128; ++i) row[i] = std::fabs(row[i]) + 0.01f;  // group 3: all positive
-  row[140] = 5e4f;                                                // group 4: one outlier
+  row[140] = 5e4f;                                                    // group 4: one outlier
 
   SECTION("asymmetric int4") {
     const Quantized q = QuantizeRow(MinMax(4, 32, false), row);
@@ -435,16 +437,14 @@ TEST_CASE("Quantize rejects bad shapes, sizes, dtypes and configs", "[quantize]"
   REQUIRE_OK(Quantize(ok, DType::kBF16, weight, 4, 64, {codes, scale, zero}));
   const auto kInvalid = absl::StatusCode::kInvalidArgument;
   // cols not a multiple of the group size
-  REQUIRE_STATUS_IS(Quantize(MinMax(4, 48, false), DType::kBF16, weight, 4, 64,
-                             {codes, scale, zero}),
-                    kInvalid);
+  REQUIRE_STATUS_IS(
+      Quantize(MinMax(4, 48, false), DType::kBF16, weight, 4, 64, {codes, scale, zero}), kInvalid);
   // span sizes
   std::vector<int8_t> short_codes(4 * 64 - 1);
   std::vector<float> long_scale(9);
   REQUIRE_STATUS_IS(Quantize(ok, DType::kBF16, weight, 4, 64, {short_codes, scale, zero}),
                     kInvalid);
-  REQUIRE_STATUS_IS(Quantize(ok, DType::kBF16, weight, 4, 64, {codes, long_scale, zero}),
-                    kInvalid);
+  REQUIRE_STATUS_IS(Quantize(ok, DType::kBF16, weight, 4, 64, {codes, long_scale, zero}), kInvalid);
   REQUIRE_STATUS_IS(Quantize(ok, DType::kBF16, weight, 4, 64, {codes, scale, long_scale}),
                     kInvalid);
   REQUIRE_STATUS_IS(Quantize(ok, DType::kF32, weight, 4, 64, {codes, scale, zero}), kInvalid);
@@ -454,12 +454,10 @@ TEST_CASE("Quantize rejects bad shapes, sizes, dtypes and configs", "[quantize]"
   std::vector<std::byte> bytes8(4 * 64);
   REQUIRE_STATUS_IS(Quantize(ok, DType::kI8, bytes8, 4, 64, {codes, scale, zero}), kInvalid);
   // configs
-  REQUIRE_STATUS_IS(Quantize(MinMax(3, 32, false), DType::kBF16, weight, 4, 64,
-                             {codes, scale, zero}),
-                    kInvalid);
-  REQUIRE_STATUS_IS(Quantize(MinMax(4, -32, false), DType::kBF16, weight, 4, 64,
-                             {codes, scale, zero}),
-                    kInvalid);
+  REQUIRE_STATUS_IS(
+      Quantize(MinMax(3, 32, false), DType::kBF16, weight, 4, 64, {codes, scale, zero}), kInvalid);
+  REQUIRE_STATUS_IS(
+      Quantize(MinMax(4, -32, false), DType::kBF16, weight, 4, 64, {codes, scale, zero}), kInvalid);
   REQUIRE_STATUS_IS(Quantize(QuantConfig{8, 32, false, QuantMethod::kHqq}, DType::kBF16, weight, 4,
                              64, {codes, scale, zero}),
                     kInvalid);
