@@ -35,6 +35,15 @@ absl::StatusOr<QuantMethod> QuantMethodFromName(std::string_view name) {
       std::string(name)));
 }
 
+std::string QuantConfigToString(const QuantConfig& config) {
+  return absl::StrFormat("int%d %s %s %s", config.bits,
+                         config.group_size == kPerRowGroupSize
+                             ? std::string("per-row")
+                             : absl::StrCat("g", config.group_size),
+                         config.symmetric ? "sym" : "asym",
+                         std::string(QuantMethodName(config.method)));
+}
+
 absl::Status ValidateQuantConfig(const QuantConfig& config) {
   if (config.bits != 4 && config.bits != 5 && config.bits != 6 && config.bits != 8) {
     return absl::InvalidArgumentError(absl::StrFormat(

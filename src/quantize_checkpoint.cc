@@ -47,12 +47,7 @@ struct PlannedTensor {
 };
 
 std::string ConfigToString(const std::optional<QuantConfig>& config) {
-  if (!config) return "keep";
-  return absl::StrFormat(
-      "int%d %s %s %s", config->bits,
-      config->group_size == kPerRowGroupSize ? std::string("per-row")
-                                             : absl::StrCat("g", config->group_size),
-      config->symmetric ? "sym" : "asym", std::string(QuantMethodName(config->method)));
+  return config ? QuantConfigToString(*config) : "keep";
 }
 
 // The model's layer count and whether lm_head is tied, from config.json when

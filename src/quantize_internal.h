@@ -25,7 +25,10 @@
 // W * s_inv + z, which then rounds differently from the reference.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
 #define GQ_TARGET_CLONES __attribute__((target_clones("avx2", "arch=x86-64-v2", "default")))
+// Hand-written kernels for one level, taken only where the CPU has it.
+#define GQ_HAVE_AVX2_KERNELS 1
 #else
+#define GQ_HAVE_AVX2_KERNELS 0
 #define GQ_TARGET_CLONES
 #endif
 

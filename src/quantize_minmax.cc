@@ -11,6 +11,8 @@
 // first and take the f32 path. The kernel is compute-bound (a row slice that
 // fits in L2 runs only ~10% faster than the whole 231 MB matrix), so the
 // loops are shaped for instruction count: integer reductions, int16 codes.
+// BF16 int4 asymmetric gs32 rows (the Gemma recipes' bulk) take a
+// hand-written AVX2 kernel instead on CPUs that have AVX2.
 #include <algorithm>
 #include <atomic>
 #include <cfloat>
@@ -22,6 +24,10 @@
 
 #include "gquant/thread_pool.h"
 #include "quantize_internal.h"
+
+#if GQ_HAVE_AVX2_KERNELS
+#include <immintrin.h>
+#endif
 
 namespace gquant::internal_quantize {
 namespace {
@@ -241,6 +247,148 @@ GQ_ALWAYS_INLINE bool QuantizeRow(const Bits* __restrict x, int64_t group, int64
   return true;
 }
 
+#if GQ_HAVE_AVX2_KERNELS
+// Hand-written AVX2 form of QuantizeRow<uint16_t, 32, false> for 4-bit
+// asymmetric configs (the Gemma recipes' int4 gs32 from bf16), bit-identical
+// to it and about 1.6-2x as fast on the 21504 x 5376 bench tensor. Eight
+// groups are reduced together by one transposing tree whose result is already
+// the eight groups' extremes in one vector, the layout the (vector) scale and
+// zero formulas need, and the codes loop needs no per-element permutes.
+
+// Reduces v[j] (16 lanes each) to lane j of the result, for j < 8: three
+// unpack levels interleave the vectors while halving the lanes, then the two
+// 128-bit halves are combined.
+template <typename Max>
+__attribute__((target("avx2"))) GQ_ALWAYS_INLINE __m128i ReduceEight(const __m256i* v, Max max) {
+  __m256i t[4], u[2];
+  for (int i = 0; i < 4; ++i) {
+    t[i] = max(_mm256_unpacklo_epi16(v[2 * i], v[2 * i + 1]),
+               _mm256_unpackhi_epi16(v[2 * i], v[2 * i + 1]));
+  }
+  for (int i = 0; i < 2; ++i) {
+    u[i] = max(_mm256_unpacklo_epi32(t[2 * i], t[2 * i + 1]),
+               _mm256_unpackhi_epi32(t[2 * i], t[2 * i + 1]));
+  }
+  const __m256i w = max(_mm256_unpacklo_epi64(u[0], u[1]), _mm256_unpackhi_epi64(u[0], u[1]));
+  return _mm256_castsi256_si128(
+      max(w, _mm256_permute2x128_si256(w, w, 0x01)));  // both halves hold the result
+}
+
+// The reductions' operations (named types: a lambda would not inherit the
+// target attribute).
+struct MaxSigned {
+  __attribute__((target("avx2"))) __m256i operator()(__m256i a, __m256i b) const {
+    return _mm256_max_epi16(a, b);
+  }
+};
+struct MaxUnsigned {
+  __attribute__((target("avx2"))) __m256i operator()(__m256i a, __m256i b) const {
+    return _mm256_max_epu16(a, b);
+  }
+};
+
+// float -> nearest bf16 -> float on 8 lanes, as RoundToBFloat16.
+__attribute__((target("avx2"))) GQ_ALWAYS_INLINE __m256 RoundToBFloat16x8(__m256 f) {
+  __m256i u = _mm256_castps_si256(f);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  u = _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
+  return _mm256_castsi256_ps(_mm256_and_si256(u, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+
+// round(x * r) of 8 bf16 patterns already shifted to float bits.
+__attribute__((target("avx2"))) GQ_ALWAYS_INLINE __m256i Code32(__m256 r, __m256i bits) {
+  return _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(bits), r));
+}
+
+__attribute__((target("avx2"), noinline)) bool QuantizeRowBf16Gs32Avx2(const uint16_t* x,
+                                                                       int64_t num_groups,
+                                                                       const Constants& k,
+                                                                       Scratch<uint16_t>& s,
+                                                                       const RowOut& out) {
+  constexpr int kGroup = 32;
+  float* __restrict scale = s.scale.data();
+  float* __restrict reciprocal = s.reciprocal.data();
+  int32_t* __restrict zero = s.zero.data();
+
+  // 1+2. Extremes, scale and zero of eight groups at a time (see BitsTraits
+  // and QuantizeRow for the formulas; max_ps/min_ps equal std::max/min here
+  // because no lane is NaN once the row is known finite).
+  const __m256 divisor = _mm256_set1_ps(k.divisor), qmin = _mm256_set1_ps(k.qmin),
+               qmax = _mm256_set1_ps(k.qmax), eps = _mm256_set1_ps(FLT_MIN),
+               one = _mm256_set1_ps(1.0f);
+  __m128i bad = _mm_setzero_si128();
+  for (int64_t b = 0; b < num_groups; b += 8) {
+    const int64_t count = std::min<int64_t>(8, num_groups - b);
+    const uint16_t* src = x + b * kGroup;
+    alignas(32) uint16_t padded[8 * kGroup];
+    if (count < 8) {  // zero groups are finite and their results unused
+      std::memset(padded, 0, sizeof(padded));
+      std::memcpy(padded, src, count * kGroup * sizeof(uint16_t));
+      src = padded;
+    }
+    __m256i hi[8], lo[8];
+    for (int j = 0; j < 8; ++j) {
+      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + j * kGroup));
+      const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + j * kGroup + 16));
+      hi[j] = _mm256_max_epi16(a, c);
+      lo[j] = _mm256_max_epu16(a, c);
+    }
+    const __m128i hi8 = _mm_max_epi16(ReduceEight(hi, MaxSigned()), _mm_setzero_si128());
+    const __m128i lo8 =
+        _mm_max_epu16(ReduceEight(lo, MaxUnsigned()), _mm_set1_epi16(static_cast<int16_t>(0x8000)));
+    // hi8 >= 0x7f80 (signed) or lo8 >= 0xff80 (unsigned; lo8 >= 0x8000, so
+    // as signed lanes that is lo8 > -129).
+    bad = _mm_or_si128(bad, _mm_or_si128(_mm_cmpgt_epi16(hi8, _mm_set1_epi16(0x7f7f)),
+                                         _mm_cmpgt_epi16(lo8, _mm_set1_epi16(-129))));
+    const __m256 mx = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(hi8), 16));
+    const __m256 mn = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(lo8), 16));
+    const __m256 sg = _mm256_max_ps(_mm256_div_ps(_mm256_sub_ps(mx, mn), divisor), eps);
+    const __m256 rounded =
+        _mm256_round_ps(_mm256_div_ps(mn, sg), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 z = _mm256_min_ps(_mm256_max_ps(_mm256_sub_ps(qmin, rounded), qmin), qmax);
+    const __m256 sb = RoundToBFloat16x8(sg);
+    const __m256 r = RoundToBFloat16x8(_mm256_div_ps(one, sb));
+    alignas(32) float sb_lanes[8], r_lanes[8];
+    alignas(32) int32_t z_lanes[8];
+    _mm256_store_ps(sb_lanes, sb);
+    _mm256_store_ps(r_lanes, r);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(z_lanes), _mm256_cvttps_epi32(z));
+    std::memcpy(scale + b, sb_lanes, count * sizeof(float));
+    std::memcpy(reciprocal + b, r_lanes, count * sizeof(float));
+    std::memcpy(zero + b, z_lanes, count * sizeof(int32_t));
+  }
+  if (!_mm_testz_si128(bad, bad)) return false;
+  for (int64_t g = 0; g < num_groups; ++g) {
+    out.scale[g] = scale[g];
+    out.zero[g] = static_cast<float>(zero[g]);
+  }
+
+  // 3. Codes. Interleaving zeros below each bf16 (unpack) gives its float
+  // bits, and packs undoes the unpacks' in-lane order, so no permutes are
+  // needed until the final int8 pack. cvtps_epi32 rounds in the current
+  // rounding mode, as std::nearbyint does. |round(x * r)| <= 16 and z is in
+  // [0, 15], so adding z and clamping in int8 lanes is exact.
+  const __m256i code_min = _mm256_set1_epi8(static_cast<int8_t>(k.qmin));
+  const __m256i code_max = _mm256_set1_epi8(static_cast<int8_t>(k.qmax));
+  const __m256i zeros = _mm256_setzero_si256();
+  for (int64_t g = 0; g < num_groups; ++g) {
+    const uint16_t* xg = x + g * kGroup;
+    const __m256 r = _mm256_set1_ps(reciprocal[g]);
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg));
+    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + 16));
+    const __m256i qa = _mm256_packs_epi32(Code32(r, _mm256_unpacklo_epi16(zeros, a)),
+                                          Code32(r, _mm256_unpackhi_epi16(zeros, a)));
+    const __m256i qc = _mm256_packs_epi32(Code32(r, _mm256_unpacklo_epi16(zeros, c)),
+                                          Code32(r, _mm256_unpackhi_epi16(zeros, c)));
+    __m256i q = _mm256_permute4x64_epi64(_mm256_packs_epi16(qa, qc), 0xd8);
+    q = _mm256_add_epi8(q, _mm256_set1_epi8(static_cast<int8_t>(zero[g])));
+    q = _mm256_min_epi8(_mm256_max_epi8(q, code_min), code_max);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.codes + g * kGroup), q);
+  }
+  return true;
+}
+#endif  // GQ_HAVE_AVX2_KERNELS
+
 template <typename Bits, bool kStats>
 GQ_ALWAYS_INLINE bool QuantizeRowAnyGroup(const Bits* x, int64_t group, int64_t num_groups,
                                           const Constants& k, Scratch<Bits>& s, const RowOut& out) {
@@ -262,6 +410,11 @@ template <typename Bits>
 GQ_ALWAYS_INLINE int64_t QuantizeRowsOf(const QuantJob& job, const Constants& k, RowErrorSums& sums,
                                         int64_t begin, int64_t end) {
   Scratch<Bits> scratch(job.cols, job.num_groups);
+#if GQ_HAVE_AVX2_KERNELS
+  static const bool has_avx2 = __builtin_cpu_supports("avx2");
+  const bool avx2_row = std::is_same_v<Bits, uint16_t> && has_avx2 && job.config.bits == 4 &&
+                        !job.config.symmetric && job.group == 32 && !sums.enabled();
+#endif
   for (int64_t r = begin; r < end; ++r) {
     const std::byte* row = job.Row(r);
     const Bits* x = reinterpret_cast<const Bits*>(row);
@@ -277,6 +430,14 @@ GQ_ALWAYS_INLINE int64_t QuantizeRowsOf(const QuantJob& job, const Constants& k,
                      job.out.zero_point.data() + g0,
                      sums.enabled() ? &sums.reference_sq[r] : nullptr,
                      sums.enabled() ? &sums.error_sq[r] : nullptr};
+#if GQ_HAVE_AVX2_KERNELS
+    if constexpr (std::is_same_v<Bits, uint16_t>) {
+      if (avx2_row) {
+        if (!QuantizeRowBf16Gs32Avx2(x, job.num_groups, k, scratch, out)) return r;
+        continue;
+      }
+    }
+#endif
     const bool ok =
         sums.enabled()
             ? QuantizeRowAnyGroup<Bits, true>(x, job.group, job.num_groups, k, scratch, out)

@@ -383,6 +383,47 @@ TEST_CASE("min-max rounds ties half to even", "[quantize]") {
   REQUIRE(qz.codes[1] == 14);  // 12.5 -> 12 + 2
 }
 
+TEST_CASE("bf16 int4 gs32: the AVX2 rows equal the portable rows", "[quantize]") {
+  // On AVX2 CPUs bf16 int4 asymmetric gs32 rows without statistics take a
+  // hand-written kernel; with statistics they take the portable loops, so the
+  // two runs compare the kernels directly (on other CPUs both are portable).
+  // The groups below add what random weights rarely hit: ties in x * r and in
+  // mn / s, huge values whose range overflows to inf, and subnormals. 21
+  // groups per row leave a partial batch of five after two batches of eight.
+  auto rng = MakeRng();
+  constexpr int64_t kRows = 7, kCols = 21 * 32;
+  std::vector<float> w = RandomWeights(rng, kRows, kCols, 32);
+  std::uniform_int_distribution<int> half_steps(-31, 31);
+  for (int64_t start = 0; start < kRows * kCols; start += 32 * 3) {
+    float* g = &w[start];
+    switch (start / (32 * 3) % 4) {
+      case 0:  // mn = -7.5, mx = 7.5: s = r = 1, z = 8 (a tie), x.5 ties
+        for (int i = 0; i < 32; ++i) g[i] = 0.5f * static_cast<float>(half_steps(rng) / 2);
+        g[0] = -7.5f;
+        g[1] = 7.5f;
+        break;
+      case 1:  // near the bf16 maximum: mx - mn = inf
+        for (int i = 0; i < 32; ++i) g[i] = (i % 2 ? 3e38f : -3e38f) * (0.5f + (i % 7) / 14.0f);
+        break;
+      case 2:  // subnormals and zeros: s = eps
+        for (int i = 0; i < 32; ++i) g[i] = (i % 3 - 1) * 1e-39f * (i % 5);
+        break;
+      default:  // ties at a power-of-two scale: mn = -2^-10 * 2.5
+        for (int i = 0; i < 32; ++i) {
+          g[i] = std::ldexp(0.5f * static_cast<float>(half_steps(rng) / 2 + 2), -10);
+        }
+        g[0] = std::ldexp(-2.5f, -10);
+        g[1] = std::ldexp(12.5f, -10);
+    }
+  }
+  const QuantConfig config = MinMax(4, 32, false);
+  const Matrix m = Encode(DType::kBF16, kRows, kCols, w);
+  ErrorStats stats;
+  const Quantized portable = RunQuantize(config, m, nullptr, &stats);
+  RequireSame(RunQuantize(config, m), portable);
+  RequireSame(portable, ReferenceMinMax(config, m));
+}
+
 TEST_CASE("symmetric extremes: +a clamps to qmax, -a reaches qmin", "[quantize]") {
   // a = 7.5 (int4) and 127.5 (int8) give s = 1 and r = 1.
   std::vector<float> row4 = {7.5f, -7.5f, 6.5f, -6.5f, 0.5f, -0.5f};
@@ -577,6 +618,19 @@ TEST_CASE("ErrorStats matches a direct computation", "[quantize]") {
       RequireSame(RunQuantize(config, m), q);
     }
   }
+}
+
+}  // namespace
+}  // namespace gquant
+
+namespace gquant {
+namespace {
+
+TEST_CASE("QuantConfigToString names every field", "[quantize]") {
+  REQUIRE(QuantConfigToString({4, 32, false, QuantMethod::kMinMax}) == "int4 g32 asym min_max");
+  REQUIRE(QuantConfigToString({8, kPerRowGroupSize, true, QuantMethod::kMinMax}) ==
+          "int8 per-row sym min_max");
+  REQUIRE(QuantConfigToString({6, 128, true, QuantMethod::kHqq}) == "int6 g128 sym hqq");
 }
 
 }  // namespace

@@ -27,6 +27,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
 
 #include "absl/status/status.h"
@@ -57,6 +58,9 @@ struct QuantConfig {
 
   friend bool operator==(const QuantConfig&, const QuantConfig&) = default;
 };
+
+// "int4 g32 asym min_max", "int8 per-row sym min_max": for reports.
+std::string QuantConfigToString(const QuantConfig& config);
 
 // Returns InvalidArgument (naming the field) for bits outside {4,5,6,8}, a
 // negative group size, or HQQ asymmetric with bits != 4 (ExecuTorch offers

@@ -36,8 +36,8 @@ ABSL_FLAG(bool, hqq_best_iterate, false,
 
 namespace {
 
-// Renders progress on stderr: an updating bar on a terminal, or a line per 5%
-// when stderr is a file or pipe (CI logs).
+// Renders progress on stderr: an updating bar on a terminal, or, when stderr
+// is a file or pipe (CI logs), a line per 5% at most every 2 s, and the last.
 class ProgressPrinter {
  public:
   ProgressPrinter() : tty_(isatty(STDERR_FILENO)), start_(std::chrono::steady_clock::now()) {}
@@ -56,8 +56,10 @@ class ProgressPrinter {
                    std::string(kWidth - filled, ' ').c_str(), (long long)p.tensors_done,
                    (long long)p.tensors_total, rates.c_str(), p.current.c_str());
       if (p.tensors_done == p.tensors_total) std::fprintf(stderr, "\n");
-    } else if (const int step = static_cast<int>(fraction * 20); step > last_step_) {
+    } else if (const int step = static_cast<int>(fraction * 20);
+               step > last_step_ && (seconds - last_print_ >= 2.0 || fraction == 1.0)) {
       last_step_ = step;
+      last_print_ = seconds;
       std::fprintf(stderr, "quantized %lld/%lld tensors (%d%%), %s\n", (long long)p.tensors_done,
                    (long long)p.tensors_total, step * 5, rates.c_str());
     }
@@ -68,6 +70,7 @@ class ProgressPrinter {
   bool tty_;
   std::chrono::steady_clock::time_point start_;
   int last_step_ = -1;
+  double last_print_ = 0;
 };
 
 void PrintDryRun(const gquant::Recipe& recipe, const gquant::QuantizeReport& report) {
@@ -76,8 +79,8 @@ void PrintDryRun(const gquant::Recipe& recipe, const gquant::QuantizeReport& rep
         t.rule_index < 0
             ? "no rule"
             : absl::StrFormat("rule %d '%s'", t.rule_index, recipe.rules()[t.rule_index].pattern);
-    std::printf("%-60s %-28s %s\n", t.name.c_str(), rule.c_str(),
-                t.config ? absl::StrFormat("int%d", t.config->bits).c_str() : "keep");
+    std::printf("%-60s %-44s %s\n", t.name.c_str(), rule.c_str(),
+                t.config ? gquant::QuantConfigToString(*t.config).c_str() : "keep");
   }
 }
 
