@@ -36,12 +36,11 @@ absl::StatusOr<QuantMethod> QuantMethodFromName(std::string_view name) {
 }
 
 std::string QuantConfigToString(const QuantConfig& config) {
-  return absl::StrFormat("int%d %s %s %s", config.bits,
-                         config.group_size == kPerRowGroupSize
-                             ? std::string("per-row")
-                             : absl::StrCat("g", config.group_size),
-                         config.symmetric ? "sym" : "asym",
-                         std::string(QuantMethodName(config.method)));
+  return absl::StrFormat(
+      "int%d %s %s %s", config.bits,
+      config.group_size == kPerRowGroupSize ? std::string("per-row")
+                                            : absl::StrCat("g", config.group_size),
+      config.symmetric ? "sym" : "asym", std::string(QuantMethodName(config.method)));
 }
 
 absl::Status ValidateQuantConfig(const QuantConfig& config) {
@@ -139,6 +138,21 @@ absl::Status NonFiniteError(const QuantJob& job, int64_t row) {
     }
   }
   return absl::InternalError(absl::StrFormat("row %d was flagged non-finite but is finite", row));
+}
+
+void RowErrorSums::AddRow(const QuantJob& job, int64_t r, const float* w, const int8_t* codes) {
+  const float* scale = job.out.scale.data() + r * job.num_groups;
+  const float* zero = job.out.zero_point.data() + r * job.num_groups;
+  double ref = 0, err = 0;
+  for (int64_t i = 0; i < job.cols; ++i) {
+    const int64_t g = i / job.group;
+    const float deq = (static_cast<float>(codes[i]) - zero[g]) * scale[g];
+    const double d = static_cast<double>(w[i]) - deq;
+    ref += static_cast<double>(w[i]) * w[i];
+    err += d * d;
+  }
+  reference_sq[r] = ref;
+  error_sq[r] = err;
 }
 
 void RowErrorSums::AddTo(ErrorStats* stats) const {

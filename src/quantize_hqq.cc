@@ -198,17 +198,7 @@ absl::Status QuantizeAsymmetric(const QuantJob& job) {
     int8_t* codes = job.out.codes.data() + r * job.cols;
     WriteAsymmetricRow(w, job.cols, job.group, &s_inv[g0], &zero[g0], codes,
                        job.out.scale.data() + g0, job.out.zero_point.data() + g0);
-    if (!sums.enabled()) return;
-    double ref = 0, err = 0;
-    for (int64_t i = 0; i < job.cols; ++i) {
-      const int64_t g = g0 + i / job.group;
-      const float deq = (static_cast<float>(codes[i]) - job.out.zero_point[g]) * job.out.scale[g];
-      const double d = static_cast<double>(w[i]) - deq;
-      ref += static_cast<double>(w[i]) * w[i];
-      err += d * d;
-    }
-    sums.reference_sq[r] = ref;
-    sums.error_sq[r] = err;
+    if (sums.enabled()) sums.AddRow(job, r, w, codes);
   });
   sums.AddTo(job.options.error_stats);
   return absl::OkStatus();
@@ -301,17 +291,7 @@ absl::Status QuantizeScaleOnly(const QuantJob& job) {
     int8_t* codes = job.out.codes.data() + r * job.cols;
     WriteScaleOnlyRow(w, job.cols, job.group, qmin, qmax, offset, &scale[g0], codes,
                       job.out.scale.data() + g0, job.out.zero_point.data() + g0);
-    if (!sums.enabled()) return;
-    double ref = 0, err = 0;
-    for (int64_t i = 0; i < job.cols; ++i) {
-      const int64_t g = g0 + i / job.group;
-      const float deq = (static_cast<float>(codes[i]) - offset) * job.out.scale[g];
-      const double d = static_cast<double>(w[i]) - deq;
-      ref += static_cast<double>(w[i]) * w[i];
-      err += d * d;
-    }
-    sums.reference_sq[r] = ref;
-    sums.error_sq[r] = err;
+    if (sums.enabled()) sums.AddRow(job, r, w, codes);
   });
   sums.AddTo(job.options.error_stats);
   return absl::OkStatus();

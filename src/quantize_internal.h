@@ -85,6 +85,8 @@ struct RowErrorSums {
       : reference_sq(job.options.error_stats ? job.rows : 0),
         error_sq(job.options.error_stats ? job.rows : 0) {}
   bool enabled() const { return !error_sq.empty(); }
+  // Row r's sums from its written codes, scale and zero_point (in job.out).
+  void AddRow(const QuantJob& job, int64_t r, const float* w, const int8_t* codes);
   void AddTo(ErrorStats* stats) const;
 };
 

@@ -12,6 +12,7 @@
 #include "gquant/dtype.h"
 #include "gquant/quantize.h"
 #include "gquant/thread_pool.h"
+#include "quantize_test_util.h"
 #include "test_util.h"
 
 namespace gquant {
@@ -19,15 +20,8 @@ namespace {
 
 using ::gquant::testing::MakeRng;
 
-double RoundHalfEven(double v) {
-  const double f = std::floor(v);
-  const double frac = v - f;
-  if (frac > 0.5) return f + 1;
-  if (frac < 0.5) return f;
-  return std::fmod(f, 2.0) == 0 ? f : f + 1;
-}
-
-float Bf16(float v) { return BFloat16ToFloat(FloatToBFloat16(v)); }
+using ::gquant::testing::Bf16;
+using ::gquant::testing::RoundHalfEven;
 
 std::vector<std::byte> ToBytes(const std::vector<float>& values) {
   std::vector<std::byte> bytes(values.size() * 4);

@@ -13,6 +13,7 @@
 #include "gquant/dtype.h"
 #include "gquant/quantize.h"
 #include "gquant/thread_pool.h"
+#include "quantize_test_util.h"
 #include "test_util.h"
 
 namespace gquant {
@@ -83,16 +84,8 @@ std::vector<float> RandomWeights(std::mt19937_64& rng, int64_t rows, int64_t col
 
 // ---- reference ----
 
-// Round half to even, by hand (no nearbyint).
-double RoundHalfEven(double v) {
-  const double f = std::floor(v);
-  const double frac = v - f;
-  if (frac > 0.5) return f + 1;
-  if (frac < 0.5) return f;
-  return std::fmod(f, 2.0) == 0 ? f : f + 1;
-}
-
-float Bf16(float v) { return BFloat16ToFloat(FloatToBFloat16(v)); }
+using ::gquant::testing::Bf16;
+using ::gquant::testing::RoundHalfEven;
 
 struct Quantized {
   std::vector<int8_t> codes;
