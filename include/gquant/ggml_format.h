@@ -104,7 +104,9 @@ void QuantizeRowQ6K(const float* src, std::byte* dst, int64_t n);
 
 // ggml's scalar conversions: fp32 -> fp16 (round to nearest even; NaN becomes
 // 0x7E00 with its sign) and fp32 -> bf16 (round to nearest even; NaN keeps its
-// top bits with the quiet bit forced).
+// top bits with the quiet bit forced). They equal dtype.h's FloatToHalf /
+// FloatToBFloat16 on every non-NaN input (tested); they exist only so F16/BF16
+// GGUF payloads match ggml's bytes for NaN too.
 uint16_t Fp32ToFp16(float value);
 uint16_t Fp32ToBf16(float value);
 }  // namespace ggml_ref

@@ -12,13 +12,13 @@
 
 using namespace gquant;  // a one-file generator
 
-#define CHECK_OK(expr)                                                    \
-  do {                                                                    \
-    absl::Status s_ = (expr);                                             \
-    if (!s_.ok()) {                                                       \
-      std::fprintf(stderr, "%s\n", s_.ToString().c_str());                \
-      return 1;                                                           \
-    }                                                                     \
+#define CHECK_OK(expr)                                     \
+  do {                                                     \
+    absl::Status s_ = (expr);                              \
+    if (!s_.ok()) {                                        \
+      std::fprintf(stderr, "%s\n", s_.ToString().c_str()); \
+      return 1;                                            \
+    }                                                      \
   } while (0)
 
 int main(int argc, char** argv) {
