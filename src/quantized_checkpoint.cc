@@ -270,7 +270,7 @@ absl::StatusOr<QuantizedCheckpoint> QuantizedCheckpoint::Open(const std::string&
         return MetadataError(fqn, "block size does not divide the last dimension");
       }
       const PartShapes shapes =
-          PartShapesOf(info.shape, info.bits == 4 && type == kInt4Type, info.group_size);
+          PartShapesOf(info.shape, info.kind == QuantizedWeightInfo::Kind::kInt4, info.group_size);
       for (const auto& [name, shape] :
            {std::pair{parts.scale, shapes.scale}, std::pair{parts.zero_point, shapes.scale}}) {
         const SafetensorsTensorInfo* part = result.checkpoint_.Find(name);
