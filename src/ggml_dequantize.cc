@@ -14,28 +14,6 @@
 #include "gquant/ggml_format.h"
 
 namespace gquant::ggml_ref {
-namespace {
-
-template <typename Block>
-Block LoadBlock(const std::byte* src, int64_t index) {
-  Block block;
-  std::memcpy(&block, src + index * static_cast<int64_t>(sizeof(Block)), sizeof(Block));
-  return block;
-}
-
-// ggml's get_scale_min_k4: the 6-bit scale and min of sub-block j (0..7) of a
-// Q4_K/Q5_K super-block (spec §5.1).
-void ScaleMinK4(int j, const uint8_t* scales, uint8_t* sc, uint8_t* m) {
-  if (j < 4) {
-    *sc = scales[j] & 63;
-    *m = scales[j + 4] & 63;
-  } else {
-    *sc = (scales[j + 4] & 0xF) | ((scales[j - 4] >> 6) << 4);
-    *m = (scales[j + 4] >> 4) | ((scales[j - 0] >> 6) << 4);
-  }
-}
-
-}  // namespace
 
 void DequantizeRowF32(const std::byte* src, float* dst, int64_t n) {
   std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
@@ -59,7 +37,7 @@ void DequantizeRowBF16(const std::byte* src, float* dst, int64_t n) {
 
 void DequantizeRowQ8_0(const std::byte* src, float* dst, int64_t n) {
   for (int64_t i = 0; i < n / kQK; ++i) {
-    const auto block = LoadBlock<BlockQ8_0>(src, i);
+    const auto block = LoadGgmlBlock<BlockQ8_0>(src, i);
     const float d = HalfToFloat(block.d);
     for (int j = 0; j < kQK; ++j) dst[i * kQK + j] = block.qs[j] * d;
   }
@@ -67,7 +45,7 @@ void DequantizeRowQ8_0(const std::byte* src, float* dst, int64_t n) {
 
 void DequantizeRowQ4_0(const std::byte* src, float* dst, int64_t n) {
   for (int64_t i = 0; i < n / kQK; ++i) {
-    const auto block = LoadBlock<BlockQ4_0>(src, i);
+    const auto block = LoadGgmlBlock<BlockQ4_0>(src, i);
     const float d = HalfToFloat(block.d);
     for (int j = 0; j < kQK / 2; ++j) {
       const int x0 = (block.qs[j] & 0x0F) - 8;
@@ -80,7 +58,7 @@ void DequantizeRowQ4_0(const std::byte* src, float* dst, int64_t n) {
 
 void DequantizeRowQ4_1(const std::byte* src, float* dst, int64_t n) {
   for (int64_t i = 0; i < n / kQK; ++i) {
-    const auto block = LoadBlock<BlockQ4_1>(src, i);
+    const auto block = LoadGgmlBlock<BlockQ4_1>(src, i);
     const float d = HalfToFloat(block.d);
     const float m = HalfToFloat(block.m);
     for (int j = 0; j < kQK / 2; ++j) {
@@ -94,7 +72,7 @@ void DequantizeRowQ4_1(const std::byte* src, float* dst, int64_t n) {
 
 void DequantizeRowQ5_0(const std::byte* src, float* dst, int64_t n) {
   for (int64_t i = 0; i < n / kQK; ++i) {
-    const auto block = LoadBlock<BlockQ5_0>(src, i);
+    const auto block = LoadGgmlBlock<BlockQ5_0>(src, i);
     const float d = HalfToFloat(block.d);
     uint32_t qh;
     std::memcpy(&qh, block.qh, sizeof(qh));
@@ -111,7 +89,7 @@ void DequantizeRowQ5_0(const std::byte* src, float* dst, int64_t n) {
 
 void DequantizeRowQ5_1(const std::byte* src, float* dst, int64_t n) {
   for (int64_t i = 0; i < n / kQK; ++i) {
-    const auto block = LoadBlock<BlockQ5_1>(src, i);
+    const auto block = LoadGgmlBlock<BlockQ5_1>(src, i);
     const float d = HalfToFloat(block.d);
     const float m = HalfToFloat(block.m);
     uint32_t qh;
@@ -129,7 +107,7 @@ void DequantizeRowQ5_1(const std::byte* src, float* dst, int64_t n) {
 
 void DequantizeRowQ4K(const std::byte* src, float* dst, int64_t n) {
   for (int64_t i = 0; i < n / kQKK; ++i) {
-    const auto block = LoadBlock<BlockQ4K>(src, i);
+    const auto block = LoadGgmlBlock<BlockQ4K>(src, i);
     const float d = HalfToFloat(block.d);
     const float min = HalfToFloat(block.dmin);
     float* y = dst + i * kQKK;
@@ -153,7 +131,7 @@ void DequantizeRowQ4K(const std::byte* src, float* dst, int64_t n) {
 
 void DequantizeRowQ5K(const std::byte* src, float* dst, int64_t n) {
   for (int64_t i = 0; i < n / kQKK; ++i) {
-    const auto block = LoadBlock<BlockQ5K>(src, i);
+    const auto block = LoadGgmlBlock<BlockQ5K>(src, i);
     const float d = HalfToFloat(block.d);
     const float min = HalfToFloat(block.dmin);
     float* y = dst + i * kQKK;
@@ -179,7 +157,7 @@ void DequantizeRowQ5K(const std::byte* src, float* dst, int64_t n) {
 
 void DequantizeRowQ6K(const std::byte* src, float* dst, int64_t n) {
   for (int64_t i = 0; i < n / kQKK; ++i) {
-    const auto block = LoadBlock<BlockQ6K>(src, i);
+    const auto block = LoadGgmlBlock<BlockQ6K>(src, i);
     const float d = HalfToFloat(block.d);
     float* y = dst + i * kQKK;
     const uint8_t* ql = block.ql;
@@ -207,7 +185,7 @@ void DequantizeRowQ6K(const std::byte* src, float* dst, int64_t n) {
 
 void DequantizeRowQ8K(const std::byte* src, float* dst, int64_t n) {
   for (int64_t i = 0; i < n / kQKK; ++i) {
-    const auto block = LoadBlock<BlockQ8K>(src, i);
+    const auto block = LoadGgmlBlock<BlockQ8K>(src, i);
     for (int j = 0; j < kQKK; ++j) dst[i * kQKK + j] = block.d * block.qs[j];
   }
 }

@@ -27,7 +27,6 @@ namespace {
 using Json = nlohmann::ordered_json;
 
 constexpr std::string_view kLmHead = "lm_head.weight";
-constexpr std::string_view kGquantVersion = "0.1.0";
 
 // Files copied beside the weights when present (Hugging Face names).
 constexpr const char* kAuxiliaryFiles[] = {"config.json",           "generation_config.json",
@@ -140,22 +139,6 @@ absl::StatusOr<PackedWeight> QuantizeTensor(const Tensor& input, const Quantized
   return packed;
 }
 
-std::map<std::string, std::string> OutputMetadata(const Recipe& recipe,
-                                                  const std::vector<PlannedTensor>& plan) {
-  std::map<std::string, std::string> metadata;
-  Json names = Json::array();
-  for (const PlannedTensor& p : plan) {
-    names.push_back(p.report.name);
-    metadata[p.report.name] = p.layout ? p.layout->MetadataJson() : R"({"_type":"Tensor"})";
-  }
-  metadata["tensor_names"] = names.dump();
-  metadata["format"] = "pt";
-  metadata["gquant.convention"] = std::string(kGquantConvention);
-  metadata["gquant.recipe"] = recipe.ToJson();
-  metadata["gquant.version"] = std::string(kGquantVersion);
-  return metadata;
-}
-
 absl::Status CopyAuxiliaryFiles(const std::string& from, const std::string& to) {
   for (const char* file : kAuxiliaryFiles) {
     const std::filesystem::path source = std::filesystem::path(from) / file;
@@ -232,22 +215,18 @@ absl::StatusOr<QuantizeReport> QuantizeCheckpoint(const Recipe& recipe,
     return absl::InternalError(absl::StrFormat("cannot create output directory '%s': %s",
                                                options.output_dir, error.message()));
   }
-  std::vector<SafetensorsTensorSpec> specs;
+  std::vector<QuantizedCheckpointEntry> entries;
   std::multimap<std::string, size_t> by_source;
   for (size_t i = 0; i < plan.size(); ++i) {
     const TensorReport& r = plan[i].report;
     by_source.emplace(r.source, i);
-    if (plan[i].layout) {
-      for (SafetensorsTensorSpec& spec : plan[i].layout->Specs()) specs.push_back(std::move(spec));
-    } else {
-      specs.push_back({r.name, r.dtype, r.shape});
-    }
+    entries.push_back({r.name, plan[i].layout, r.dtype, r.shape});
   }
   const std::string output_file =
       (std::filesystem::path(options.output_dir) / "model.safetensors").string();
-  GQ_ASSIGN_OR_RETURN(
-      std::unique_ptr<SafetensorsWriter> writer,
-      SafetensorsWriter::Create(output_file, std::move(specs), OutputMetadata(recipe, plan)));
+  GQ_ASSIGN_OR_RETURN(std::unique_ptr<QuantizedCheckpointWriter> writer,
+                      QuantizedCheckpointWriter::Create(output_file, entries,
+                                                        {{"gquant.recipe", recipe.ToJson()}}));
 
   ThreadPool pool(options.threads);
   QuantizeProgress progress;
@@ -259,7 +238,7 @@ absl::StatusOr<QuantizeReport> QuantizeCheckpoint(const Recipe& recipe,
       PlannedTensor& p = plan[it->second];
       progress.current = p.report.name;
       if (!p.layout) {
-        GQ_RETURN_IF_ERROR(writer->WriteTensor(p.report.name, input.bytes()));
+        GQ_RETURN_IF_ERROR(writer->WritePlain(p.report.name, input.bytes()));
       } else {
         ErrorStats stats;
         auto packed = QuantizeTensor(input, *p.layout, options, &pool, &stats);
@@ -267,10 +246,7 @@ absl::StatusOr<QuantizeReport> QuantizeCheckpoint(const Recipe& recipe,
           return Annotate(packed.status(), "tensor '", p.report.name, "' (rule ",
                           p.report.rule_index, ")");
         }
-        const std::vector<SafetensorsTensorSpec> parts = p.layout->Specs();
-        GQ_RETURN_IF_ERROR(writer->WriteTensor(parts[0].name, packed->qdata()));
-        GQ_RETURN_IF_ERROR(writer->WriteTensor(parts[1].name, packed->scale()));
-        GQ_RETURN_IF_ERROR(writer->WriteTensor(parts[2].name, packed->zero_point()));
+        GQ_RETURN_IF_ERROR(writer->WritePacked(*packed));
         p.report.relative_error = stats.RelativeError();
         p.report.snr_db = stats.SnrDb();
       }

@@ -17,9 +17,22 @@ using Json = nlohmann::ordered_json;
 
 constexpr std::string_view kInt4Type = "Int4Tensor";
 constexpr std::string_view kIntxType = "IntxUnpackedToInt8Tensor";
+constexpr std::string_view kMinType = "GquantMinTensor";
 
-void PutBF16(std::byte* dst, float value) {
-  const uint16_t bits = FloatToBFloat16(value);
+using Kind = QuantizedWeightInfo::Kind;
+
+Kind KindOf(const QuantConfig& config, const StorageFormat& format) {
+  if (format.zero_form == ZeroForm::kMin) return Kind::kMin;
+  return config.bits == 4 ? Kind::kInt4 : Kind::kIntx;
+}
+
+// Stores `value` as one element of `dtype` (BF16, F16 or F32) at `dst`.
+void PutScalar(DType dtype, std::byte* dst, float value) {
+  if (dtype == DType::kF32) {
+    std::memcpy(dst, &value, 4);
+    return;
+  }
+  const uint16_t bits = dtype == DType::kF16 ? FloatToHalf(value) : FloatToBFloat16(value);
   std::memcpy(dst, &bits, 2);
 }
 
@@ -52,16 +65,20 @@ absl::StatusOr<Tensor> GetPart(const Checkpoint& checkpoint, const std::string& 
   return tensor;
 }
 
+// Whether two codes share a byte (element 2j low nibble, 2j+1 high).
+bool PacksNibbles(Kind kind, int bits) { return bits == 4 && kind != Kind::kIntx; }
+
 // Shapes of the stored parts for a logical [.., N, K] weight.
 struct PartShapes {
-  std::vector<int64_t> qdata, scale;  // zero_point has scale's shape
+  std::vector<int64_t> qdata, scale;  // zero_point / min has scale's shape
 };
-PartShapes PartShapesOf(const std::vector<int64_t>& shape, bool int4, int64_t group_size) {
+PartShapes PartShapesOf(const std::vector<int64_t>& shape, Kind kind, int bits,
+                        int64_t group_size) {
   std::vector<int64_t> lead(shape.begin(), shape.end() - 2);
   const int64_t n = shape[shape.size() - 2], k = shape.back(), g = k / group_size;
   PartShapes parts{lead, lead};
-  parts.qdata.insert(parts.qdata.end(), {n, int4 ? k / 2 : k});
-  if (int4) {
+  parts.qdata.insert(parts.qdata.end(), {n, PacksNibbles(kind, bits) ? k / 2 : k});
+  if (kind == Kind::kInt4) {
     parts.scale.insert(parts.scale.end(), {g, n});  // transposed, as torchao stores it
   } else {
     parts.scale.insert(parts.scale.end(), {n, g});
@@ -79,12 +96,24 @@ absl::StatusOr<FlattenedNames> FlattenedNamesOf(std::string_view fqn) {
   }
   const std::string prefix =
       absl::StrCat(std::string(fqn.substr(0, dot)), "._", std::string(fqn.substr(dot + 1)), "_");
-  return FlattenedNames{prefix + "qdata", prefix + "scale", prefix + "zero_point"};
+  return FlattenedNames{prefix + "qdata", prefix + "scale", prefix + "zero_point", prefix + "min"};
 }
 
 absl::StatusOr<QuantizedLayout> QuantizedLayout::Create(std::string fqn, std::vector<int64_t> shape,
-                                                        const QuantConfig& config) {
+                                                        const QuantConfig& config,
+                                                        const StorageFormat& format) {
   GQ_RETURN_IF_ERROR(Annotate(ValidateQuantConfig(config), "weight '", fqn, "'"));
+  if (format.scale_dtype != DType::kBF16 && format.scale_dtype != DType::kF16 &&
+      format.scale_dtype != DType::kF32) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("weight '%s': scale dtype must be BF16, F16 or F32, but got %s", fqn,
+                        DTypeName(format.scale_dtype)));
+  }
+  if (format.zero_form == ZeroForm::kMin && config.bits > 6) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "weight '%s': the min form stores unsigned codes in int8, so bits must be 4..6, not %d",
+        fqn, config.bits));
+  }
   GQ_RETURN_IF_ERROR(FlattenedNamesOf(fqn).status());
   if (shape.size() != 2 && shape.size() != 3) {
     return absl::InvalidArgumentError(
@@ -100,6 +129,7 @@ absl::StatusOr<QuantizedLayout> QuantizedLayout::Create(std::string fqn, std::ve
   GQ_RETURN_IF_ERROR(Annotate(group_size.status(), "weight '", fqn, "'"));
   layout.config_ = config;
   layout.config_.group_size = static_cast<int>(*group_size);
+  layout.format_ = format;
   if (config.bits == 4 && layout.cols_ % 2 != 0) {
     return absl::InvalidArgumentError(
         absl::StrFormat("weight '%s': 4-bit packing needs an even number of columns, but got %d",
@@ -112,11 +142,23 @@ absl::StatusOr<QuantizedLayout> QuantizedLayout::Create(std::string fqn, std::ve
 
 std::vector<SafetensorsTensorSpec> QuantizedLayout::Specs() const {
   const FlattenedNames names = *FlattenedNamesOf(fqn_);  // checked in Create
-  const bool int4 = config_.bits == 4;
-  const PartShapes parts = PartShapesOf(shape_, int4, config_.group_size);
-  return {{names.qdata, int4 ? DType::kU8 : DType::kI8, parts.qdata},
-          {names.scale, DType::kBF16, parts.scale},
-          {names.zero_point, int4 ? DType::kBF16 : DType::kI8, parts.scale}};
+  const Kind kind = KindOf(config_, format_);
+  const PartShapes parts = PartShapesOf(shape_, kind, config_.bits, config_.group_size);
+  const DType scale = format_.scale_dtype;
+  switch (kind) {
+    case Kind::kInt4:
+      return {{names.qdata, DType::kU8, parts.qdata},
+              {names.scale, scale, parts.scale},
+              {names.zero_point, scale, parts.scale}};
+    case Kind::kMin:
+      return {{names.qdata, DType::kU8, parts.qdata},
+              {names.scale, scale, parts.scale},
+              {names.min, scale, parts.scale}};
+    default:
+      return {{names.qdata, DType::kI8, parts.qdata},
+              {names.scale, scale, parts.scale},
+              {names.zero_point, DType::kI8, parts.scale}};
+  }
 }
 
 int64_t QuantizedLayout::num_bytes() const {
@@ -130,7 +172,12 @@ int64_t QuantizedLayout::num_bytes() const {
 std::string QuantizedLayout::MetadataJson() const {
   const Json block = BlockSize(shape_.size(), config_.group_size);
   Json entry;
-  if (config_.bits == 4) {
+  const Kind kind = KindOf(config_, format_);
+  if (kind == Kind::kMin) {
+    entry = Json{{"_type", kMinType},
+                 {"_data", {{"bits", config_.bits}, {"block_size", block}, {"shape", shape_}}},
+                 {"_tensor_data_names", {"qdata", "scale", "min"}}};
+  } else if (kind == Kind::kInt4) {
     entry = Json{
         {"_type", kInt4Type},
         {"_data",
@@ -170,7 +217,10 @@ absl::Status PackedWeight::Pack(int64_t matrix, int64_t row_begin, int64_t rows,
                         l.fqn(), matrix, row_begin, row_begin + rows, ShapeToString(l.shape())));
   }
   const int64_t base_row = matrix * total_rows + row_begin;
-  if (l.config().bits == 4) {
+  const Kind kind = KindOf(l.config(), l.format());
+  const DType scale_dtype = l.format().scale_dtype;
+  const int scale_bytes = DTypeSize(scale_dtype);
+  if (PacksNibbles(kind, l.config().bits)) {
     for (int64_t r = 0; r < rows; ++r) {
       const int8_t* row_codes = codes.data() + r * cols;
       std::byte* out = qdata_.data() + (base_row + r) * (cols / 2);
@@ -178,28 +228,73 @@ absl::Status PackedWeight::Pack(int64_t matrix, int64_t row_begin, int64_t rows,
         out[j] =
             static_cast<std::byte>((row_codes[2 * j] & 0xf) | ((row_codes[2 * j + 1] & 0xf) << 4));
       }
-      for (int64_t g = 0; g < g_count; ++g) {
-        // [E, G, N]: group-major within the matrix.
-        const int64_t at = (matrix * g_count + g) * total_rows + row_begin + r;
-        PutBF16(scale_.data() + 2 * at, scale[r * g_count + g]);
-        PutBF16(zero_point_.data() + 2 * at, zero_point[r * g_count + g]);
-      }
     }
-    return absl::OkStatus();
+  } else {
+    std::memcpy(qdata_.data() + base_row * cols, codes.data(), codes.size());
   }
-  std::memcpy(qdata_.data() + base_row * cols, codes.data(), codes.size());
-  for (int64_t i = 0; i < rows * g_count; ++i) {
-    const float z = zero_point[i];
-    if (z != std::nearbyint(z) || z < -128 || z > 127) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("weight '%s': Intx zero point %g is not an int8 integer", l.fqn(), z));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t g = 0; g < g_count; ++g) {
+      const int64_t from = r * g_count + g;
+      // Int4 stores [E, G, N] (group-major within the matrix), the others [E, N, G].
+      const int64_t at = kind == Kind::kInt4 ? (matrix * g_count + g) * total_rows + row_begin + r
+                                             : (base_row + r) * g_count + g;
+      PutScalar(scale_dtype, scale_.data() + scale_bytes * at, scale[from]);
+      if (kind != Kind::kIntx) {
+        PutScalar(scale_dtype, zero_point_.data() + scale_bytes * at, zero_point[from]);
+        continue;
+      }
+      const float z = zero_point[from];
+      if (z != std::nearbyint(z) || z < -128 || z > 127) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("weight '%s': Intx zero point %g is not an int8 integer", l.fqn(), z));
+      }
+      zero_point_[at] = static_cast<std::byte>(static_cast<int8_t>(z));
     }
-    const int64_t at = base_row * g_count + i;
-    PutBF16(scale_.data() + 2 * at, scale[i]);
-    zero_point_[at] = static_cast<std::byte>(static_cast<int8_t>(z));
   }
   return absl::OkStatus();
 }
+
+// ---- writing ----
+
+absl::StatusOr<std::unique_ptr<QuantizedCheckpointWriter>> QuantizedCheckpointWriter::Create(
+    const std::string& path, const std::vector<QuantizedCheckpointEntry>& entries,
+    std::map<std::string, std::string> extra_metadata) {
+  std::vector<SafetensorsTensorSpec> specs;
+  std::map<std::string, std::string> metadata = std::move(extra_metadata);
+  Json names = Json::array();
+  for (const QuantizedCheckpointEntry& entry : entries) {
+    names.push_back(entry.fqn);
+    if (entry.layout) {
+      for (SafetensorsTensorSpec& spec : entry.layout->Specs()) specs.push_back(std::move(spec));
+      metadata[entry.fqn] = entry.layout->MetadataJson();
+    } else {
+      specs.push_back({entry.fqn, entry.dtype, entry.shape});
+      metadata[entry.fqn] = R"({"_type":"Tensor"})";
+    }
+  }
+  metadata["tensor_names"] = names.dump();
+  metadata["format"] = "pt";
+  metadata["gquant.convention"] = std::string(kGquantConvention);
+  metadata["gquant.version"] = std::string(kGquantVersion);
+  GQ_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWriter> writer,
+                      SafetensorsWriter::Create(path, std::move(specs), std::move(metadata)));
+  return std::unique_ptr<QuantizedCheckpointWriter>(
+      new QuantizedCheckpointWriter(std::move(writer)));
+}
+
+absl::Status QuantizedCheckpointWriter::WritePlain(std::string_view fqn,
+                                                   std::span<const std::byte> bytes) {
+  return writer_->WriteTensor(fqn, bytes);
+}
+
+absl::Status QuantizedCheckpointWriter::WritePacked(const PackedWeight& packed) {
+  const std::vector<SafetensorsTensorSpec> parts = packed.layout().Specs();
+  GQ_RETURN_IF_ERROR(writer_->WriteTensor(parts[0].name, packed.qdata()));
+  GQ_RETURN_IF_ERROR(writer_->WriteTensor(parts[1].name, packed.scale()));
+  return writer_->WriteTensor(parts[2].name, packed.zero_point());
+}
+
+absl::Status QuantizedCheckpointWriter::Commit() { return writer_->Commit(); }
 
 // ---- reading ----
 
@@ -212,7 +307,7 @@ absl::StatusOr<QuantizedCheckpoint> QuantizedCheckpoint::Open(const std::string&
     for (const std::string& name : result.checkpoint_.TensorNames()) {
       const SafetensorsTensorInfo* info = result.checkpoint_.Find(name);
       result.names_.push_back(name);
-      result.infos_[name] = {name, QuantizedWeightInfo::Kind::kPlain, info->shape, 0, 0};
+      result.infos_[name] = {name, Kind::kPlain, info->shape, 0, 0};
     }
     return result;
   }
@@ -239,7 +334,7 @@ absl::StatusOr<QuantizedCheckpoint> QuantizedCheckpoint::Open(const std::string&
       const SafetensorsTensorInfo* stored = result.checkpoint_.Find(fqn);
       if (stored == nullptr) return MetadataError(fqn, "listed but not stored");
       info.shape = stored->shape;
-    } else if (type == kInt4Type || type == kIntxType) {
+    } else if (type == kInt4Type || type == kIntxType || type == kMinType) {
       const Json& data = entry.value("_data", Json());
       const Json& block = data.value("block_size", Json());
       if (!block.is_array() || block.empty() || !block.back().is_number_integer() ||
@@ -254,11 +349,19 @@ absl::StatusOr<QuantizedCheckpoint> QuantizedCheckpoint::Open(const std::string&
       }
       info.shape = qdata->shape;
       if (type == kInt4Type) {
-        info.kind = QuantizedWeightInfo::Kind::kInt4;
+        info.kind = Kind::kInt4;
         info.bits = 4;
         info.shape.back() *= 2;
+      } else if (type == kMinType) {
+        info.kind = Kind::kMin;
+        const Json& bits = data.value("bits", Json());
+        if (!bits.is_number_integer() || bits.get<int>() < 4 || bits.get<int>() > 6) {
+          return MetadataError(fqn, "missing or bad _data.bits (expected 4..6)");
+        }
+        info.bits = bits.get<int>();
+        if (info.bits == 4) info.shape.back() *= 2;
       } else {
-        info.kind = QuantizedWeightInfo::Kind::kIntx;
+        info.kind = Kind::kIntx;
         const std::string target = data.value("target_dtype", Json()).value("_data", "");
         if (target.size() != 4 || target.rfind("int", 0) != 0 || target[3] < '1' ||
             target[3] > '8') {
@@ -269,10 +372,10 @@ absl::StatusOr<QuantizedCheckpoint> QuantizedCheckpoint::Open(const std::string&
       if (info.shape.back() % info.group_size != 0) {
         return MetadataError(fqn, "block size does not divide the last dimension");
       }
-      const PartShapes shapes =
-          PartShapesOf(info.shape, info.kind == QuantizedWeightInfo::Kind::kInt4, info.group_size);
+      const PartShapes shapes = PartShapesOf(info.shape, info.kind, info.bits, info.group_size);
+      const std::string& zero_name = info.kind == Kind::kMin ? parts.min : parts.zero_point;
       for (const auto& [name, shape] :
-           {std::pair{parts.scale, shapes.scale}, std::pair{parts.zero_point, shapes.scale}}) {
+           {std::pair{parts.scale, shapes.scale}, std::pair{zero_name, shapes.scale}}) {
         const SafetensorsTensorInfo* part = result.checkpoint_.Find(name);
         if (part == nullptr || part->shape != shape) {
           return MetadataError(fqn, absl::StrCat("missing or mis-shaped '", name, "'"));
@@ -305,49 +408,47 @@ absl::StatusOr<std::vector<float>> QuantizedCheckpoint::Dequantize(std::string_v
     return absl::NotFoundError(absl::StrFormat("checkpoint '%s': no weight '%s'",
                                                checkpoint_.directory(), std::string(fqn)));
   }
-  if (info->kind == QuantizedWeightInfo::Kind::kPlain) {
+  if (info->kind == Kind::kPlain) {
     GQ_ASSIGN_OR_RETURN(const Tensor tensor, checkpoint_.Get(fqn));
     return tensor.ToFloat();
   }
-  const bool int4 = info->kind == QuantizedWeightInfo::Kind::kInt4;
-  const PartShapes shapes = PartShapesOf(info->shape, int4, info->group_size);
+  const Kind kind = info->kind;
+  const PartShapes shapes = PartShapesOf(info->shape, kind, info->bits, info->group_size);
   GQ_ASSIGN_OR_RETURN(const FlattenedNames parts, FlattenedNamesOf(fqn));
-  GQ_ASSIGN_OR_RETURN(const Tensor qdata, GetPart(checkpoint_, parts.qdata,
-                                                  {int4 ? DType::kU8 : DType::kI8}, shapes.qdata));
+  GQ_ASSIGN_OR_RETURN(const Tensor qdata,
+                      GetPart(checkpoint_, parts.qdata,
+                              {kind == Kind::kIntx ? DType::kI8 : DType::kU8}, shapes.qdata));
   GQ_ASSIGN_OR_RETURN(
       const Tensor scale_part,
       GetPart(checkpoint_, parts.scale, {DType::kBF16, DType::kF16, DType::kF32}, shapes.scale));
   GQ_ASSIGN_OR_RETURN(const Tensor zero_part,
-                      GetPart(checkpoint_, parts.zero_point,
+                      GetPart(checkpoint_, kind == Kind::kMin ? parts.min : parts.zero_point,
                               {DType::kBF16, DType::kF16, DType::kF32, DType::kI8}, shapes.scale));
   GQ_ASSIGN_OR_RETURN(const std::vector<float> stored_scale, scale_part.ToFloat());
   GQ_ASSIGN_OR_RETURN(const std::vector<float> stored_zero, zero_part.ToFloat());
 
   const int64_t n = info->shape[info->shape.size() - 2], k = info->shape.back();
-  const int64_t g_count = k / info->group_size;
+  const int64_t group = info->group_size, g_count = k / group;
   const int64_t matrices = info->shape.size() == 3 ? info->shape[0] : 1;
-  const QuantConfig config{info->bits, static_cast<int>(info->group_size), false,
-                           QuantMethod::kMinMax};
+  const bool nibbles = PacksNibbles(kind, info->bits);
   std::vector<float> out(matrices * n * k);
-  std::vector<int8_t> codes(n * k);
-  std::vector<float> scale(n * g_count), zero(n * g_count);
   const auto* q = reinterpret_cast<const uint8_t*>(qdata.bytes().data());
   for (int64_t e = 0; e < matrices; ++e) {
     for (int64_t r = 0; r < n; ++r) {
-      for (int64_t c = 0; c < k; ++c) {
-        const int64_t i = (e * n + r) * k + c;
-        codes[r * k + c] = int4 ? static_cast<int8_t>((q[i / 2] >> (4 * (i & 1))) & 0xf)
-                                : static_cast<int8_t>(q[i]);
-      }
       for (int64_t g = 0; g < g_count; ++g) {
-        const int64_t at = int4 ? (e * g_count + g) * n + r : (e * n + r) * g_count + g;
-        scale[r * g_count + g] = stored_scale[at];
-        zero[r * g_count + g] = stored_zero[at];
+        const int64_t at =
+            kind == Kind::kInt4 ? (e * g_count + g) * n + r : (e * n + r) * g_count + g;
+        const float s = stored_scale[at], z = stored_zero[at];
+        for (int64_t c = g * group; c < (g + 1) * group; ++c) {
+          const int64_t i = (e * n + r) * k + c;
+          const int code = nibbles ? (q[i / 2] >> (4 * (i & 1))) & 0xf
+                                   : (kind == Kind::kIntx ? static_cast<int8_t>(q[i]) : q[i]);
+          // ExecuTorch's (q - z) * s (§2.6), or ggml's q * d - m: both in float32.
+          out[i] = kind == Kind::kMin ? static_cast<float>(code) * s - z
+                                      : (static_cast<float>(code) - z) * s;
+        }
       }
     }
-    GQ_RETURN_IF_ERROR(Annotate(gquant::Dequantize(config, n, k, codes, scale, zero,
-                                                   std::span<float>(out).subspan(e * n * k, n * k)),
-                                "weight '", std::string(fqn), "'"));
   }
   return out;
 }

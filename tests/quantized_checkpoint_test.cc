@@ -21,7 +21,20 @@ struct Unpacked {
   std::vector<float> scale, zero;
 };
 Unpacked RandomUnpacked(std::mt19937_64& rng, const QuantizedLayout& layout) {
-  const CodeRange range = CodeRangeOf(layout.config());
+  const bool min_form = layout.format().zero_form == ZeroForm::kMin;
+  const CodeRange range =
+      min_form ? CodeRange{0, (1 << layout.config().bits) - 1} : CodeRangeOf(layout.config());
+  // Values the stored dtype holds exactly, so the file round trip is lossless.
+  const auto stored = [&](float v) {
+    switch (layout.format().scale_dtype) {
+      case DType::kF32:
+        return v;
+      case DType::kF16:
+        return HalfToFloat(FloatToHalf(v));
+      default:
+        return BFloat16ToFloat(FloatToBFloat16(v));
+    }
+  };
   const int64_t n = layout.matrices() * layout.rows();
   std::uniform_int_distribution<int> code(range.quant_min, range.quant_max);
   std::uniform_real_distribution<float> positive(0.001f, 0.5f);
@@ -32,10 +45,11 @@ Unpacked RandomUnpacked(std::mt19937_64& rng, const QuantizedLayout& layout) {
   u.scale.resize(n * layout.groups());
   u.zero.resize(u.scale.size());
   for (size_t i = 0; i < u.scale.size(); ++i) {
-    u.scale[i] = BFloat16ToFloat(FloatToBFloat16(positive(rng)));
-    // 4-bit zeros may be non-integers (HQQ); Intx zeros are int8 integers.
-    u.zero[i] = layout.config().bits == 4 ? BFloat16ToFloat(FloatToBFloat16(real_zero(rng)))
-                                          : static_cast<float>(code(rng));
+    u.scale[i] = stored(positive(rng));
+    // Mins and 4-bit zeros may be non-integers (HQQ); Intx zeros are int8 integers.
+    const bool real = min_form || layout.config().bits == 4;
+    u.zero[i] = real ? stored(real_zero(rng) * (min_form ? u.scale[i] : 1.0f))
+                     : static_cast<float>(code(rng));
   }
   return u;
 }
@@ -112,6 +126,29 @@ TEST_CASE("layouts match the torchao / ExecuTorch shapes and dtypes", "[quantize
                     absl::StatusCode::kInvalidArgument);  // 100 % 32
   REQUIRE_STATUS_IS(QuantizedLayout::Create("m.w", {8, 33}, {4, kPerRowGroupSize}),
                     absl::StatusCode::kInvalidArgument);  // odd K for nibbles
+
+  // gquant's min form: unsigned codes, [N, G] scale and min in the asked dtype.
+  auto min4 = QuantizedLayout::Create("m.w", {96, 256}, {4, 32}, {DType::kF32, ZeroForm::kMin});
+  REQUIRE_OK(min4);
+  specs = min4->Specs();
+  REQUIRE(specs[0].shape == std::vector<int64_t>{96, 128});
+  REQUIRE(specs[1].dtype == DType::kF32);
+  REQUIRE(specs[1].shape == std::vector<int64_t>{96, 8});
+  REQUIRE(specs[2].name == "m._w_min");
+  REQUIRE(specs[2].dtype == DType::kF32);
+  const Json meta_min = Json::parse(min4->MetadataJson());
+  REQUIRE(meta_min["_type"] == "GquantMinTensor");
+  REQUIRE(meta_min["_data"]["bits"] == 4);
+  REQUIRE(meta_min["_tensor_data_names"] == Json::array({"qdata", "scale", "min"}));
+  auto min5 = QuantizedLayout::Create("m.w", {96, 256}, {5, 32}, {DType::kF16, ZeroForm::kMin});
+  REQUIRE_OK(min5);
+  REQUIRE(min5->Specs()[0].dtype == DType::kU8);
+  REQUIRE(min5->Specs()[0].shape == std::vector<int64_t>{96, 256});
+  REQUIRE(min5->Specs()[2].dtype == DType::kF16);
+  REQUIRE_STATUS_IS(QuantizedLayout::Create("m.w", {8, 64}, {8, 32}, {DType::kF32, ZeroForm::kMin}),
+                    absl::StatusCode::kInvalidArgument);  // codes 0..255 do not fit int8
+  REQUIRE_STATUS_IS(QuantizedLayout::Create("m.w", {8, 64}, {8, 32}, {DType::kI8}),
+                    absl::StatusCode::kInvalidArgument);
 }
 
 TEST_CASE("int4 nibbles: even element low, odd element high", "[quantized_checkpoint]") {
@@ -124,21 +161,32 @@ TEST_CASE("int4 nibbles: even element low, odd element high", "[quantized_checkp
   REQUIRE(packed.qdata()[1] == std::byte{0x4f});
 }
 
-TEST_CASE("packed weights round trip through a file to (q - z) * s", "[quantized_checkpoint]") {
+TEST_CASE("packed weights round trip through a file to (q - z) * s or q * s - m",
+          "[quantized_checkpoint]") {
   auto rng = testing::MakeRng();
   struct Case {
     std::vector<int64_t> shape;
     QuantConfig config;
+    StorageFormat format;
   };
+  constexpr StorageFormat kF16{DType::kF16}, kF32{DType::kF32};
+  constexpr StorageFormat kMinF32{DType::kF32, ZeroForm::kMin},
+      kMinF16{DType::kF16, ZeroForm::kMin};
   const Case cases[] = {
-      {{37, 128}, {4, 32, false}}, {{3, 17, 64}, {4, 64, true}},
-      {{29, 96}, {8, 32, true}},   {{11, 256}, {8, kPerRowGroupSize, true}},
-      {{13, 64}, {6, 32, false}},  {{2, 9, 128}, {5, 128, false}},
+      {{37, 128}, {4, 32, false}},         {{3, 17, 64}, {4, 64, true}},
+      {{29, 96}, {8, 32, true}},           {{11, 256}, {8, kPerRowGroupSize, true}},
+      {{13, 64}, {6, 32, false}},          {{2, 9, 128}, {5, 128, false}},
+      {{19, 64}, {8, 32, true}, kF16},     {{7, 96}, {6, 16, true}, kF32},
+      {{21, 64}, {4, 32, false}, kF32},    {{2, 5, 64}, {4, 32, false}, kMinF32},
+      {{9, 256}, {5, 32, false}, kMinF32}, {{6, 64}, {4, 32, false}, kMinF16},
   };
   for (const Case& c : cases) {
-    INFO(ShapeToString(c.shape) << " bits " << c.config.bits);
+    INFO(ShapeToString(c.shape) << " bits " << c.config.bits << " scale "
+                                << DTypeName(c.format.scale_dtype) << " min form "
+                                << (c.format.zero_form == ZeroForm::kMin));
     testing::TempDir dir;
-    auto layout = QuantizedLayout::Create("model.layers.0.mlp.up_proj.weight", c.shape, c.config);
+    auto layout =
+        QuantizedLayout::Create("model.layers.0.mlp.up_proj.weight", c.shape, c.config, c.format);
     REQUIRE_OK(layout);
     const Unpacked u = RandomUnpacked(rng, *layout);
     for (bool marker : {true, false}) {  // files without gquant's marker read the same
@@ -152,11 +200,16 @@ TEST_CASE("packed weights round trip through a file to (q - z) * s", "[quantized
       auto values = file->Dequantize(layout->fqn());
       REQUIRE_OK(values);
       REQUIRE(values->size() == u.codes.size());
+      REQUIRE(info->kind == (c.format.zero_form == ZeroForm::kMin ? QuantizedWeightInfo::Kind::kMin
+                             : c.config.bits == 4                 ? QuantizedWeightInfo::Kind::kInt4
+                                                  : QuantizedWeightInfo::Kind::kIntx));
       const int64_t k = layout->cols(), gs = layout->config().group_size;
       for (size_t i = 0; i < values->size(); ++i) {
         const size_t group = (i / k) * layout->groups() + (i % k) / gs;
-        const double expected = (static_cast<double>(u.codes[i]) - u.zero[group]) * u.scale[group];
-        REQUIRE(std::fabs((*values)[i] - expected) <= 1e-6 * std::fabs(expected) + 1e-30);
+        const double q = u.codes[i], s = u.scale[group], z = u.zero[group];
+        const double expected = c.format.zero_form == ZeroForm::kMin ? q * s - z : (q - z) * s;
+        const double magnitude = std::fabs(q * s) + std::fabs(z * s) + std::fabs(z);
+        REQUIRE(std::fabs((*values)[i] - expected) <= 1e-6 * magnitude + 1e-30);
       }
     }
   }

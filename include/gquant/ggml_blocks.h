@@ -19,7 +19,9 @@
 #define GQUANT_GGML_BLOCKS_H_
 
 #include <bit>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 namespace gquant {
 
@@ -107,6 +109,18 @@ struct BlockQ4K {
 };
 static_assert(sizeof(BlockQ4K) == 144);
 
+// ggml's get_scale_min_k4: the 6-bit scale and min of sub-block j (0..7) of a
+// Q4_K/Q5_K super-block's `scales` (spec §5.1).
+inline void ScaleMinK4(int j, const uint8_t* scales, uint8_t* sc, uint8_t* m) {
+  if (j < 4) {
+    *sc = scales[j] & 63;
+    *m = scales[j + 4] & 63;
+  } else {
+    *sc = (scales[j + 4] & 0xF) | ((scales[j - 4] >> 6) << 4);
+    *m = (scales[j + 4] >> 4) | ((scales[j - 0] >> 6) << 4);
+  }
+}
+
 // Q5_K: as Q4_K with q in 0..31; bit 4 of element e is bit (e/32) of
 // qh[e % 32]. 5.5 bits/weight.
 struct BlockQ5K {
@@ -137,6 +151,14 @@ struct BlockQ8K {
   int16_t bsums[kQKK / 16];  // off 260: sums of qs per 16 elements
 };
 static_assert(sizeof(BlockQ8K) == 292);
+
+// Block `index` of a byte buffer, copied out (the buffer need not be aligned).
+template <typename Block>
+Block LoadGgmlBlock(const std::byte* src, int64_t index) {
+  Block block;
+  std::memcpy(&block, src + index * static_cast<int64_t>(sizeof(Block)), sizeof(Block));
+  return block;
+}
 
 }  // namespace gquant
 

@@ -12,8 +12,20 @@
 //                                   (integer-domain zero, transposed as torchao does)
 //   5/6/8  IntxUnpackedToInt8Tensor qdata I8 [N, K]: signed codes;
 //                                   scale BF16 [N, G]; zero_point I8 [N, G]
-// and w = (q - zero_point) * scale. Kept tensors are stored under their own
-// name in their own dtype ("_type": "Tensor").
+// and w = (q - zero_point) * scale. Scales are BF16 as the quantizers make
+// them; a StorageFormat may ask for F16 or F32 (torchao accepts both), which
+// the GGUF unpacker needs to keep ggml's fp16 and fp32 scales exact.
+//
+// gquant's own min form ("_type": "GquantMinTensor"), for ggml's Q4_K, Q5_K,
+// Q4_1 and Q5_1, whose w = q * d - m cannot be rewritten as (q - z) * d
+// without rounding z = m / d:
+//   4..6-bit  GquantMinTensor       qdata U8 [N, K/2] (4-bit, packed as Int4) or
+//                                   U8 [N, K] (5/6-bit): unsigned codes;
+//                                   scale [N, G]; min [N, G] (F16 or F32)
+// and w = q * scale - min in float32. torchao cannot load these.
+//
+// Kept tensors are stored under their own name in their own dtype
+// ("_type": "Tensor").
 //
 // __metadata__ keys: "tensor_names" (JSON list of FQNs), one JSON string per
 // FQN (torchao's _type/_data/_tensor_data_names), "format": "pt", and
@@ -28,6 +40,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -41,31 +54,51 @@
 namespace gquant {
 
 inline constexpr std::string_view kGquantConvention = "executorch-int4-unsigned-v1";
+// Written as "gquant.version"; keep equal to the CMake project version.
+inline constexpr std::string_view kGquantVersion = "0.1.0";
 
-// The three flattened tensor names of a quantized FQN ("a.b.weight" ->
+// The flattened tensor names of a quantized FQN ("a.b.weight" ->
 // "a.b._weight_qdata", ...). Returns InvalidArgument for a name without '.'.
 struct FlattenedNames {
   std::string qdata;
   std::string scale;
   std::string zero_point;
+  std::string min;  // GquantMinTensor's third part, in place of zero_point
 };
 absl::StatusOr<FlattenedNames> FlattenedNamesOf(std::string_view fqn);
+
+// How the zero of a quantized weight is expressed.
+enum class ZeroForm : uint8_t {
+  kZeroPoint,  // w = (q - zero_point) * scale: torchao's Int4 / Intx types
+  kMin,        // w = q * scale - min, unsigned q: GquantMinTensor
+};
+
+// The storage choices that do not change the quantized values.
+struct StorageFormat {
+  DType scale_dtype = DType::kBF16;  // BF16, F16 or F32; also Int4's zero point and kMin's min
+  ZeroForm zero_form = ZeroForm::kZeroPoint;
+
+  friend bool operator==(const StorageFormat&, const StorageFormat&) = default;
+};
 
 // Where and how one quantized weight is stored: validated, no memory held.
 class QuantizedLayout {
  public:
   // For a weight of `shape` ([N, K] or [E, N, K]) with `config`. Returns
   // InvalidArgument for another rank, a bad config, K not divisible by the
-  // group size, or an odd K for 4-bit.
+  // group size, an odd K for 4-bit, a scale dtype other than BF16/F16/F32, or
+  // the min form with 8 bits.
   static absl::StatusOr<QuantizedLayout> Create(std::string fqn, std::vector<int64_t> shape,
-                                                const QuantConfig& config);
+                                                const QuantConfig& config,
+                                                const StorageFormat& format = {});
 
   const std::string& fqn() const { return fqn_; }
   const std::vector<int64_t>& shape() const { return shape_; }
   const QuantConfig& config() const { return config_; }  // group_size resolved
-  int64_t matrices() const { return matrices_; }         // E (1 for 2-D)
-  int64_t rows() const { return rows_; }                 // N
-  int64_t cols() const { return cols_; }                 // K
+  const StorageFormat& format() const { return format_; }
+  int64_t matrices() const { return matrices_; }  // E (1 for 2-D)
+  int64_t rows() const { return rows_; }          // N
+  int64_t cols() const { return cols_; }          // K
   int64_t groups() const { return cols_ / config_.group_size; }
 
   // The three stored tensors (names, dtypes, shapes), their total size, and
@@ -79,6 +112,7 @@ class QuantizedLayout {
   std::string fqn_;
   std::vector<int64_t> shape_;
   QuantConfig config_;
+  StorageFormat format_;
   int64_t matrices_ = 1, rows_ = 0, cols_ = 0;
 };
 
@@ -107,9 +141,42 @@ class PackedWeight {
   std::vector<std::byte> qdata_, scale_, zero_point_;
 };
 
+// One weight of a quantized checkpoint being written: quantized (its layout)
+// or kept (its plain dtype and shape).
+struct QuantizedCheckpointEntry {
+  std::string fqn;
+  std::optional<QuantizedLayout> layout;  // nullopt: a plain tensor
+  DType dtype = DType::kBF16;             // plain tensors only
+  std::vector<int64_t> shape;             // plain tensors only
+};
+
+// Streams a quantized checkpoint file: every weight is declared up front (the
+// header and torchao metadata come first), then payloads are written in any
+// order, then Commit renames the temporary file onto `path`.
+class QuantizedCheckpointWriter {
+ public:
+  // `extra_metadata` joins the torchao keys (e.g. "gquant.recipe"); the writer
+  // sets "tensor_names", "format", "gquant.convention" and "gquant.version".
+  // Returns SafetensorsWriter::Create's errors.
+  static absl::StatusOr<std::unique_ptr<QuantizedCheckpointWriter>> Create(
+      const std::string& path, const std::vector<QuantizedCheckpointEntry>& entries,
+      std::map<std::string, std::string> extra_metadata = {});
+
+  // NotFound for an undeclared weight; SafetensorsWriter::WriteTensor's errors.
+  absl::Status WritePlain(std::string_view fqn, std::span<const std::byte> bytes);
+  absl::Status WritePacked(const PackedWeight& packed);
+  // FailedPrecondition (listing them) when a weight was not written.
+  absl::Status Commit();
+
+ private:
+  explicit QuantizedCheckpointWriter(std::unique_ptr<SafetensorsWriter> writer)
+      : writer_(std::move(writer)) {}
+  std::unique_ptr<SafetensorsWriter> writer_;
+};
+
 // How one FQN of a quantized checkpoint is stored.
 struct QuantizedWeightInfo {
-  enum class Kind { kPlain, kInt4, kIntx };
+  enum class Kind { kPlain, kInt4, kIntx, kMin };
   std::string fqn;
   Kind kind = Kind::kPlain;
   std::vector<int64_t> shape;  // logical (dequantized) shape

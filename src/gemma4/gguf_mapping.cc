@@ -1,0 +1,1 @@
+#include "gquant/gemma4/gguf_mapping.h"
