@@ -1,6 +1,9 @@
-// Host dequantization throughput of the ggml reference decoders (Q4_K, Q6_K,
-// Q8_0) to float32 on a Gemma 4 31B MLP projection shape ([5376, 21504]),
-// reported as bytes of float32 output per second. Blocks come from
+// Host throughput on a Gemma 4 31B MLP projection shape ([5376, 21504]) of
+//   * the ggml reference decoders (Q4_K, Q6_K, Q8_0) to float32, reported as
+//     bytes of float32 output per second;
+//   * unpacking the same blocks into gquant's lossless quantized form
+//     (gguf_unpack.h: codes, scales and mins packed for the checkpoint),
+//     reported as GGUF bytes consumed per second. Blocks come from
 // QuantizeGgmlRef on normal data with std 0.02 (never zeros, which would skip
 // no work but give degenerate scales). The ceiling is a plain memcpy of the
 // same float32 output bytes, measured in this binary.
@@ -15,6 +18,7 @@
 
 #include "absl/strings/str_format.h"
 #include "gquant/ggml_format.h"
+#include "gquant/gguf_unpack.h"
 #include "gquant/thread_pool.h"
 
 namespace gquant {
@@ -81,6 +85,36 @@ constexpr int kQ6K = static_cast<int>(GgmlType::kQ6_K);
 constexpr int kQ8_0 = static_cast<int>(GgmlType::kQ8_0);
 
 BENCHMARK(BM_GgmlDequantize)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->ArgNames({"type", "threads"})
+    ->Args({kQ4K, 1})
+    ->Args({kQ4K, 0})
+    ->Args({kQ6K, 1})
+    ->Args({kQ6K, 0})
+    ->Args({kQ8_0, 1})
+    ->Args({kQ8_0, 0});
+
+// Args: ggml type id, threads (0 = all hardware threads).
+void BM_GgufUnpack(benchmark::State& state) {
+  const auto type = static_cast<GgmlType>(state.range(0));
+  const std::vector<std::byte>& blocks = Blocks(type);
+  ThreadPool pool(static_cast<int>(state.range(1)));
+  int64_t packed_bytes = 0;
+  for (auto _ : state) {
+    absl::StatusOr<PackedWeight> packed =
+        UnpackGgufWeight("blk.0.ffn_up.weight", {kRows, kCols}, type, blocks, &pool);
+    if (!packed.ok()) std::abort();
+    packed_bytes = packed->layout().num_bytes();
+    benchmark::DoNotOptimize(packed->qdata().data());
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(blocks.size()));
+  state.SetLabel(absl::StrFormat("%s -> gquant (%d -> %d bytes), %d thread%s",
+                                 std::string(kGgmlTypeTraits[state.range(0)].name), blocks.size(),
+                                 packed_bytes, pool.num_threads(),
+                                 pool.num_threads() == 1 ? "" : "s"));
+}
+BENCHMARK(BM_GgufUnpack)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->ArgNames({"type", "threads"})

@@ -368,7 +368,13 @@ absl::StatusOr<uint64_t> GgufTensorBytes(std::span<const int64_t> dims, uint32_t
 absl::StatusOr<GgufFile> GgufFile::Open(const std::string& path) {
   GQ_ASSIGN_OR_RETURN(std::shared_ptr<const MappedFile> mapped, MappedFile::Open(path));
   const std::span<const std::byte> bytes = mapped->bytes();
-  return Parse(bytes, path, std::move(mapped));
+  GQ_ASSIGN_OR_RETURN(GgufFile file, Parse(bytes, path, mapped));
+  file.mapped_ = std::move(mapped);
+  return file;
+}
+
+void GgufFile::ReleaseTensorData(const GgufTensorInfo& info) const {
+  if (mapped_ != nullptr) mapped_->AdviseDone(TensorData(info));
 }
 
 absl::StatusOr<GgufFile> GgufFile::Parse(std::span<const std::byte> bytes, std::string_view source,

@@ -112,11 +112,14 @@ void UnpackQ4K(const std::byte* src, int64_t n, const RowOut& out) {  // y = (d*
   for (int64_t b = 0; b < n / kQKK; ++b) {
     const auto block = LoadGgmlBlock<BlockQ4K>(src, b);
     ScalesK4(block.d, block.dmin, block.scales, out.scale + b * 8, out.zero + b * 8);
-    // Element e: byte 32*(e/64) + e%32, low nibble when (e/32) is even.
+    // Per 64 elements, 32 bytes: element l in the low nibble, l + 32 in the high.
     int8_t* q = out.codes + b * kQKK;
-    for (int e = 0; e < kQKK; ++e) {
-      const uint8_t byte = block.qs[32 * (e / 64) + e % 32];
-      q[e] = static_cast<int8_t>((e / 32) % 2 == 0 ? byte & 0xF : byte >> 4);
+    for (int g = 0; g < kQKK / 64; ++g) {
+      for (int l = 0; l < 32; ++l) {
+        const uint8_t byte = block.qs[32 * g + l];
+        q[64 * g + l] = static_cast<int8_t>(byte & 0xF);
+        q[64 * g + 32 + l] = static_cast<int8_t>(byte >> 4);
+      }
     }
   }
 }
@@ -127,10 +130,12 @@ void UnpackQ5K(const std::byte* src, int64_t n, const RowOut& out) {  // as Q4_K
     ScalesK4(block.d, block.dmin, block.scales, out.scale + b * 8, out.zero + b * 8);
     // Low nibbles as Q4_K; the high bit of element e is bit e/32 of qh[e % 32].
     int8_t* q = out.codes + b * kQKK;
-    for (int e = 0; e < kQKK; ++e) {
-      const uint8_t byte = block.qs[32 * (e / 64) + e % 32];
-      const int low = (e / 32) % 2 == 0 ? byte & 0xF : byte >> 4;
-      q[e] = static_cast<int8_t>(low | (((block.qh[e % 32] >> (e / 32)) & 1) << 4));
+    for (int g = 0; g < kQKK / 64; ++g) {
+      for (int l = 0; l < 32; ++l) {
+        const uint8_t byte = block.qs[32 * g + l], high = block.qh[l];
+        q[64 * g + l] = static_cast<int8_t>((byte & 0xF) | (((high >> (2 * g)) & 1) << 4));
+        q[64 * g + 32 + l] = static_cast<int8_t>((byte >> 4) | (((high >> (2 * g + 1)) & 1) << 4));
+      }
     }
   }
 }

@@ -229,7 +229,7 @@ absl::StatusOr<QuantizeReport> QuantizeCheckpoint(const Recipe& recipe,
                                                         {{"gquant.recipe", recipe.ToJson()}}));
 
   ThreadPool pool(options.threads);
-  QuantizeProgress progress;
+  JobProgress progress;
   progress.tensors_total = static_cast<int64_t>(plan.size());
   progress.bytes_total = SummarizeCheckpoint(checkpoint).total.bytes;
   GQ_RETURN_IF_ERROR(checkpoint.ForEachTensor([&](const Tensor& input) -> absl::Status {

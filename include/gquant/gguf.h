@@ -59,6 +59,7 @@ inline constexpr size_t kGgufMaxTensorName = 63;  // GGML_MAX_NAME - 1
 inline constexpr int kGgufMaxArrayDepth = 4;
 
 class GgufValue;
+class MappedFile;
 
 // An ARRAY value: every element has type `element_type`.
 struct GgufArray {
@@ -137,7 +138,6 @@ struct GgufTensorInfo {
 // Bytes of a tensor of `type` with GGUF dims `dims` (spec §1.5). Unimplemented
 // for unknown or removed type ids, InvalidArgument if dims[0] is not a multiple
 // of the block size, a dim is negative, or the size overflows.
-// TODO: replace the private type table behind this with ggml_format.h.
 absl::StatusOr<uint64_t> GgufTensorBytes(std::span<const int64_t> dims, uint32_t type);
 
 class GgufFile {
@@ -170,6 +170,9 @@ class GgufFile {
   std::span<const std::byte> TensorData(const GgufTensorInfo& info) const {
     return bytes_.subspan(data_start_ + info.offset, info.num_bytes);
   }
+  // Lets the kernel drop the tensor's pages once read (files from Open only),
+  // so streaming a large file keeps memory near one tensor.
+  void ReleaseTensorData(const GgufTensorInfo& info) const;
 
  private:
   GgufFile() = default;
@@ -177,6 +180,7 @@ class GgufFile {
   std::string source_;
   std::span<const std::byte> bytes_;
   std::shared_ptr<const void> keep_alive_;
+  std::shared_ptr<const MappedFile> mapped_;  // set by Open
   uint32_t version_ = 0;
   uint32_t alignment_ = kGgufDefaultAlignment;
   uint64_t data_start_ = 0;

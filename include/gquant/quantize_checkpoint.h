@@ -19,18 +19,11 @@
 
 #include "absl/status/statusor.h"
 #include "gquant/dtype.h"
+#include "gquant/progress.h"
 #include "gquant/quantize.h"
 #include "gquant/recipe.h"
 
 namespace gquant {
-
-struct QuantizeProgress {
-  int64_t tensors_done = 0;
-  int64_t tensors_total = 0;
-  int64_t bytes_done = 0;  // input bytes consumed
-  int64_t bytes_total = 0;
-  std::string current;  // tensor being processed
-};
 
 struct QuantizeJobOptions {
   std::string input;       // HF checkpoint directory (or one .safetensors file)
@@ -39,7 +32,7 @@ struct QuantizeJobOptions {
   bool dry_run = false;    // plan and report the matched rules; write nothing
   HqqOptions hqq;
   // Called after each tensor (from the calling thread).
-  std::function<void(const QuantizeProgress&)> progress;
+  ProgressCallback progress;
 };
 
 struct TensorReport {

@@ -1,10 +1,14 @@
 // gquant-gguf: GGUF files.
 //
 //   gquant-gguf inspect FILE
+//   gquant-gguf convert FILE.gguf --out DIR [--threads N]
+//   gquant-gguf export DIR --out FILE.gguf [--recipe NAME_OR_PATH] [--keep-type f16]
 //
 // `inspect` prints the header, the metadata, one line per tensor and the bytes
 // per ggml type. It reads the header only (the file is memory-mapped; tensor
-// data is not touched). `convert` and `export` are not implemented yet.
+// data is not touched). `convert` writes a gquant checkpoint without loss
+// (gguf_convert.h); `export` writes a GGUF with the types a recipe picks
+// (gguf_export.h). Both show progress on stderr and write atomically.
 //
 // Exit status: 0 on success, 1 when the file cannot be read (the Status is
 // printed), 2 on a usage error.
@@ -19,6 +23,7 @@
 #include <variant>
 #include <vector>
 
+#include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
@@ -26,11 +31,27 @@
 #include "gquant/checkpoint_summary.h"
 #include "gquant/ggml_format.h"
 #include "gquant/gguf.h"
+#include "gquant/gguf_convert.h"
+#include "gquant/gguf_export.h"
+#include "gquant/recipe.h"
+#include "tools/flag_spelling.h"
+#include "tools/progress_printer.h"
+
+ABSL_FLAG(std::string, out, "", "convert: output directory; export: output .gguf file");
+ABSL_FLAG(std::string, recipe, "default",
+          "export: recipe whose bits pick each tensor's ggml type (bundled name or JSON path)");
+ABSL_FLAG(std::string, keep_type, "f16", "export: ggml type of kept matrices (f16, bf16, f32)");
+ABSL_FLAG(int, threads, 0, "Worker threads (0: all hardware threads)");
+ABSL_FLAG(bool, per_tensor, false, "export: print one line per tensor");
 
 namespace gquant {
 namespace {
 
-constexpr char kUsage[] = "gquant-gguf inspect FILE";
+constexpr char kUsage[] =
+    "gquant-gguf inspect FILE\n"
+    "       gquant-gguf convert FILE.gguf --out DIR [--threads N]\n"
+    "       gquant-gguf export CHECKPOINT_DIR --out FILE.gguf [--recipe NAME_OR_PATH]\n"
+    "                          [--keep-type f16|bf16|f32] [--threads N] [--per-tensor]";
 // Array elements shown before "...".
 constexpr size_t kMaxArrayElements = 8;
 // String values longer than this are cut, with "..." and the full length.
@@ -175,24 +196,73 @@ int Inspect(const std::string& path) {
 }  // namespace
 }  // namespace gquant
 
+namespace gquant {
+namespace {
+
+int Convert(const std::string& input) {
+  tools::ProgressPrinter printer("converted");
+  GgufConvertOptions options;
+  options.input = input;
+  options.output_dir = absl::GetFlag(FLAGS_out);
+  options.threads = absl::GetFlag(FLAGS_threads);
+  options.progress = [&printer](const JobProgress& p) { printer.Update(p); };
+  const absl::StatusOr<GgufConvertReport> report = ConvertGgufToCheckpoint(options);
+  if (!report.ok()) {
+    std::fprintf(stderr, "gquant-gguf convert: %s\n", report.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("%s", report->ToText().c_str());
+  std::printf("wrote %s/model.safetensors and config.json\n", options.output_dir.c_str());
+  return 0;
+}
+
+int Export(const std::string& input) {
+  const absl::StatusOr<Recipe> recipe = Recipe::Load(absl::GetFlag(FLAGS_recipe));
+  const absl::StatusOr<GgmlType> keep_type = GgmlTypeFromName(absl::GetFlag(FLAGS_keep_type));
+  if (!recipe.ok() || !keep_type.ok()) {
+    std::fprintf(stderr, "gquant-gguf export: %s\n",
+                 (recipe.ok() ? keep_type.status() : recipe.status()).ToString().c_str());
+    return 1;
+  }
+  tools::ProgressPrinter printer("exported");
+  GgufExportOptions options;
+  options.input = input;
+  options.output_file = absl::GetFlag(FLAGS_out);
+  options.keep_type = *keep_type;
+  options.threads = absl::GetFlag(FLAGS_threads);
+  options.progress = [&printer](const JobProgress& p) { printer.Update(p); };
+  const absl::StatusOr<GgufExportReport> report = ExportGguf(*recipe, options);
+  if (!report.ok()) {
+    std::fprintf(stderr, "gquant-gguf export: %s\n", report.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("%s", report->ToText(absl::GetFlag(FLAGS_per_tensor)).c_str());
+  std::printf("wrote %s (recipe '%s')\n", options.output_file.c_str(), recipe->name().c_str());
+  return 0;
+}
+
+int Usage() {
+  std::fprintf(stderr, "usage: %s\n", kUsage);
+  return 2;
+}
+
+}  // namespace
+}  // namespace gquant
+
 int main(int argc, char** argv) {
+  gquant::tools::DashesToUnderscoresInFlagNames(argc, argv);
   absl::SetProgramUsageMessage(gquant::kUsage);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
-  if (args.size() < 2) {
-    std::fprintf(stderr, "usage: %s\n", gquant::kUsage);
-    return 2;
-  }
+  if (args.size() != 3) return gquant::Usage();
   const std::string command = args[1];
-  if (command == "inspect") {
-    if (args.size() != 3) {
-      std::fprintf(stderr, "usage: %s\n", gquant::kUsage);
-      return 2;
-    }
-    return gquant::Inspect(args[2]);
+  if (command == "inspect") return gquant::Inspect(args[2]);
+  if (command != "convert" && command != "export") {
+    std::fprintf(stderr, "gquant-gguf: unknown subcommand \"%s\"\n", command.c_str());
+    return gquant::Usage();
   }
-  std::fprintf(stderr,
-               "gquant-gguf: unknown subcommand \"%s\" (convert and export are not implemented "
-               "yet)\nusage: %s\n",
-               command.c_str(), gquant::kUsage);
-  return 2;
+  if (absl::GetFlag(FLAGS_out).empty()) {
+    std::fprintf(stderr, "gquant-gguf %s: --out is required\n", command.c_str());
+    return gquant::Usage();
+  }
+  return command == "convert" ? gquant::Convert(args[2]) : gquant::Export(args[2]);
 }
