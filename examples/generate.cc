@@ -1,0 +1,2 @@
+// gquant-generate: in progress (issue 5).
+int main() { return 0; }

@@ -1,0 +1,103 @@
+// The CPU reference forward of the Gemma 4 text decoder, in float32 with
+// Eigen, following spec gemma4.md §2-§3 and §6 operation by operation. Every
+// GPU kernel is judged against it, and it is proven against Hugging Face's
+// golden outputs (tests/data).
+//
+// Usage:
+//   auto model = CpuModel::Load("/models/tiny", {});
+//   KvCache cache = model->NewCache(/*max_positions=*/4096);
+//   auto logits = model->Forward(cache, prompt_ids);   // [T, vocab]
+//   auto next = model->Forward(cache, {token});        // [1, vocab]
+//
+// Weights stay in their source (quantized ones quantized) and are read per
+// layer as the forward reaches it; up to `weight_cache_bytes` of float32
+// weights are kept between calls, so a small model is read once and a large
+// one never sits in memory whole in float32.
+#ifndef GQUANT_GEMMA4_CPU_MODEL_H_
+#define GQUANT_GEMMA4_CPU_MODEL_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "gquant/gemma4/model_plan.h"
+#include "gquant/gemma4/weight_source.h"
+
+namespace gquant::gemma4 {
+
+// Keys and values of every non-shared layer, for one sequence. Sliding layers
+// keep a ring buffer of the last `sliding_window + max_chunk - 1` positions
+// (what a chunk of up to max_chunk new tokens can see); full layers keep all
+// positions up to max_positions.
+class KvCache {
+ public:
+  int64_t length() const { return length_; }        // positions processed so far
+  int64_t max_positions() const { return max_positions_; }
+  int max_chunk() const { return max_chunk_; }
+  void Clear() { length_ = 0; }
+
+ private:
+  friend class CpuModel;
+  struct Layer {
+    int64_t capacity = 0;    // positions held (ring size for sliding layers)
+    std::vector<float> k, v;  // [capacity, nKV, D], slot = position % capacity
+  };
+  std::vector<Layer> layers_;  // by layer; empty for KV-shared layers
+  int64_t length_ = 0;
+  int64_t max_positions_ = 0;
+  int max_chunk_ = 0;
+};
+
+struct CpuModelOptions {
+  int threads = 0;                                // 0: all hardware threads
+  int64_t weight_cache_bytes = int64_t{1} << 30;  // float32 weights kept between calls
+};
+
+class CpuModel {
+ public:
+  // Opens the weights (OpenWeightSource), builds the plan from their config,
+  // and checks every weight's presence and shape (CheckWeights).
+  static absl::StatusOr<std::unique_ptr<CpuModel>> Load(const std::string& path,
+                                                        const CpuModelOptions& options);
+  static absl::StatusOr<std::unique_ptr<CpuModel>> FromSource(std::unique_ptr<WeightSource> source,
+                                                              const CpuModelOptions& options);
+  ~CpuModel();
+
+  const ModelPlan& plan() const;
+  const WeightSource& source() const;
+
+  // A cache for one sequence of up to `max_positions` tokens, fed at most
+  // `max_chunk` tokens per Forward call.
+  KvCache NewCache(int64_t max_positions, int max_chunk = 512) const;
+
+  // Runs `tokens` at positions cache.length() .. + T - 1, appends their K/V,
+  // and returns the logits of every one of them, [T, vocab] row-major, after
+  // the final soft-cap. Returns InvalidArgument for an empty chunk, more than
+  // max_chunk tokens, a token id outside the vocabulary, or a sequence longer
+  // than max_positions; the source's errors while reading weights. On error
+  // the cache is unchanged.
+  absl::StatusOr<std::vector<float>> Forward(KvCache& cache, std::span<const int> tokens) const;
+
+  // Forward over `tokens` in chunks of `chunk` (<= cache.max_chunk()); returns
+  // all logits [T, vocab]. Chunking does not change the result beyond float
+  // rounding.
+  absl::StatusOr<std::vector<float>> Prefill(KvCache& cache, std::span<const int> tokens,
+                                             int chunk) const;
+
+  // The residual stream after the embedding and after each layer for the
+  // last Forward-like call of HiddenStates ([L+1, T, H]); for tests that
+  // localize a mismatch. Runs on a fresh cache.
+  absl::StatusOr<std::vector<float>> HiddenStates(std::span<const int> tokens) const;
+
+ private:
+  struct State;
+  explicit CpuModel(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace gquant::gemma4
+
+#endif  // GQUANT_GEMMA4_CPU_MODEL_H_

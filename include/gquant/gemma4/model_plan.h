@@ -1,0 +1,55 @@
+// What a Gemma 4 text decoder computes, layer by layer, and which weights it
+// needs: derived from a validated TextConfig (spec gemma4.md §1-§2). The CPU
+// reference forward and the GPU forward both execute this plan.
+#ifndef GQUANT_GEMMA4_MODEL_PLAN_H_
+#define GQUANT_GEMMA4_MODEL_PLAN_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "gquant/gemma4/config.h"
+
+namespace gquant::gemma4 {
+
+struct LayerPlan {
+  int index = 0;
+  LayerType type = LayerType::kSliding;
+  int head_dim = 0;      // D: 256 sliding / 512 full on the released models
+  int num_heads = 0;     // nH
+  int num_kv_heads = 0;  // nKV
+  bool v_from_k = false;   // K=V layer: no v_proj, V is the raw K projection (§2.5)
+  bool kv_shared = false;  // computes Q only and attends to kv_source's K/V (§2.6)
+  int kv_source = 0;       // the layer whose cache this layer reads (itself unless shared)
+  int mlp_width = 0;       // dense MLP intermediate size (doubled on E2B's shared layers)
+  bool has_ple = false;    // per-layer-embedding block after the MLP (§2.3-§2.4)
+  bool has_moe = false;    // 26B-A4B: experts beside the dense MLP
+  RopeParameters rope;     // rope_sliding or rope_full
+};
+
+// One weight the model needs, by its HF name without the model prefix
+// ("layers.3.self_attn.q_proj.weight", "embed_tokens.weight", "norm.weight").
+struct WeightSpec {
+  std::string name;
+  std::vector<int64_t> shape;  // torch order
+};
+
+struct ModelPlan {
+  TextConfig config;
+  std::vector<LayerPlan> layers;
+  std::vector<WeightSpec> global_weights;              // embeddings, PLE projection, final norm
+  std::vector<std::vector<WeightSpec>> layer_weights;  // per layer, in forward order
+
+  // The plan for `config`. InvalidArgument when ValidateTextConfig fails or the
+  // config uses something the model layer does not implement (an activation
+  // other than gelu_pytorch_tanh, attention biases).
+  static absl::StatusOr<ModelPlan> Create(const TextConfig& config);
+
+  // Every weight, global first, then layer by layer.
+  std::vector<WeightSpec> AllWeights() const;
+};
+
+}  // namespace gquant::gemma4
+
+#endif  // GQUANT_GEMMA4_MODEL_PLAN_H_

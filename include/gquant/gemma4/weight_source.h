@@ -1,0 +1,61 @@
+// Where a Gemma 4 model's weights come from, read one tensor at a time as
+// float32: a Hugging Face checkpoint, a gquant quantized checkpoint
+// (dequantized on demand), or a llama.cpp GGUF file (through
+// gemma4/gguf_mapping.h, dequantized with ggml's formulas).
+//
+// Names are HF names without the model prefix ("layers.0.mlp.up_proj.weight");
+// the source accepts either "model.language_model." or "model." in the file
+// and ignores vision/audio towers. A tied model's "lm_head.weight" is absent
+// unless the file stores an untied one.
+#ifndef GQUANT_GEMMA4_WEIGHT_SOURCE_H_
+#define GQUANT_GEMMA4_WEIGHT_SOURCE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "gquant/gemma4/config.h"
+#include "gquant/gemma4/model_plan.h"
+
+namespace gquant::gemma4 {
+
+class WeightSource {
+ public:
+  virtual ~WeightSource() = default;
+
+  // The model's config: config.json beside a checkpoint, the GGUF metadata.
+  virtual const Config& config() const = 0;
+  // Text-model weight names (unprefixed), in file order.
+  virtual std::vector<std::string> Names() const = 0;
+  // Logical (dequantized) torch shape; nullopt for an unknown name.
+  virtual std::optional<std::vector<int64_t>> Shape(std::string_view name) const = 0;
+  // The weight in float32, row-major. NotFound for an unknown name; the
+  // reader's errors otherwise (naming file and tensor).
+  virtual absl::StatusOr<std::vector<float>> Load(std::string_view name) const = 0;
+  // Rows [row_begin, row_begin + rows) of a 2-D weight (an embedding lookup).
+  // The default loads the whole weight; sources override it where cheaper.
+  virtual absl::StatusOr<std::vector<float>> LoadRows(std::string_view name, int64_t row_begin,
+                                                      int64_t rows) const;
+  // Describes the source for messages ("checkpoint '/m/tiny'", "GGUF '/m/x.gguf'").
+  virtual std::string description() const = 0;
+};
+
+// Opens `path`: a .gguf file, or a checkpoint directory / .safetensors file
+// with config.json beside it (plain HF or gquant quantized: the reader tells).
+absl::StatusOr<std::unique_ptr<WeightSource>> OpenWeightSource(const std::string& path);
+
+// Checks that `source` holds exactly the weights `plan` needs with the right
+// shapes. Returns OkStatus, or one InvalidArgument listing every missing,
+// unexpected and mis-shaped weight (and a layer-count mismatch), naming the
+// source. Unexpected weights HF ignores (k/v projections of KV-shared layers)
+// are allowed.
+absl::Status CheckWeights(const ModelPlan& plan, const WeightSource& source);
+
+}  // namespace gquant::gemma4
+
+#endif  // GQUANT_GEMMA4_WEIGHT_SOURCE_H_
