@@ -6,13 +6,16 @@
 // The largest tensor is the embedding ([LARGEST_MB * 2^19 / 4096, 4096] bf16);
 // layers of q/k/v/o [4096, 4096], gate/up [8192, 4096], down [4096, 8192] and
 // two norms are added until the total reaches TOTAL_MB. Values are uniform in
-// (-1, 1) from splitmix64: cheap, never zero-filled, never NaN.
+// (-1, 1) from splitmix64: cheap, never zero-filled, never NaN. A text-only
+// Gemma 4 config.json (16 heads of 256, the last layer full) makes the
+// directory a valid input for gquant-gguf export too.
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "gquant/atomic_file.h"
 #include "gquant/dtype.h"
 #include "gquant/safetensors.h"
@@ -64,6 +67,19 @@ absl::Status Write(const std::string& dir, int64_t total_mb, int64_t largest_mb)
     GQ_RETURN_IF_ERROR(writer->WriteTensor(spec.name, std::as_bytes(std::span(values))));
   }
   GQ_RETURN_IF_ERROR(writer->Commit());
+  const int layers = static_cast<int>((specs.size() - 1) / 9);
+  std::string layer_types;
+  for (int i = 0; i < layers; ++i) {
+    layer_types += i + 1 < layers ? "\"sliding_attention\", " : "\"full_attention\"";
+  }
+  GQ_RETURN_IF_ERROR(gquant::WriteFileAtomically(
+      dir + "/config.json",
+      absl::StrFormat(R"({"model_type": "gemma4_text", "architectures": ["Gemma4ForCausalLM"],
+ "vocab_size": %d, "hidden_size": %d, "intermediate_size": %d, "num_hidden_layers": %d,
+ "num_attention_heads": 16, "num_key_value_heads": 16, "head_dim": 256, "global_head_dim": 256,
+ "hidden_size_per_layer_input": 0, "layer_types": [%s]}
+)",
+                      specs[0].shape[0], kHidden, 2 * kHidden, layers, layer_types)));
   std::printf("wrote %s: %zu tensors, %.1f MB\n", dir.c_str(), specs.size(), bytes / 1048576.0);
   return absl::OkStatus();
 }

@@ -209,6 +209,10 @@ absl::StatusOr<Tensor> Checkpoint::Get(std::string_view name) const {
   return shard->Get(name);
 }
 
+void Checkpoint::Release(std::string_view name) const {
+  if (const SafetensorsFile* shard = ShardOf(name)) shard->Release(name);
+}
+
 absl::Status Checkpoint::ForEachTensor(const std::function<absl::Status(const Tensor&)>& fn) const {
   for (const SafetensorsFile& shard : state_->shards) GQ_RETURN_IF_ERROR(shard.ForEachTensor(fn));
   return absl::OkStatus();

@@ -296,6 +296,7 @@ absl::StatusOr<GgufExportReport> ExportGguf(const Recipe& recipe,
       r.relative_error =
           encoded->reference_sq > 0 ? std::sqrt(encoded->error_sq / encoded->reference_sq) : 0.0;
       GQ_RETURN_IF_ERROR(writer->WriteTensorData(r.gguf_name, encoded->bytes));
+      checkpoint.Release(r.hf_name);
       report.bytes_out += r.bytes;
       progress.bytes_done += r.bytes;
     }

@@ -396,6 +396,16 @@ const QuantizedWeightInfo* QuantizedCheckpoint::Find(std::string_view fqn) const
   return it == infos_.end() ? nullptr : &it->second;
 }
 
+void QuantizedCheckpoint::Release(std::string_view fqn) const {
+  checkpoint_.Release(fqn);
+  if (const auto parts = FlattenedNamesOf(fqn); parts.ok()) {
+    for (const std::string* name :
+         {&parts->qdata, &parts->scale, &parts->zero_point, &parts->min}) {
+      checkpoint_.Release(*name);
+    }
+  }
+}
+
 std::string QuantizedCheckpoint::recipe_json() const {
   const auto metadata = checkpoint_.metadata();
   const auto it = metadata.find("gquant.recipe");

@@ -352,6 +352,13 @@ absl::StatusOr<Tensor> SafetensorsFile::Get(std::string_view name) const {
   return MakeTensor(*info);
 }
 
+void SafetensorsFile::Release(std::string_view name) const {
+  if (const SafetensorsTensorInfo* info = Find(name)) {
+    state_->mapping->AdviseDone(state_->mapping->bytes().subspan(
+        state_->header.data_start + info->begin, info->num_bytes()));
+  }
+}
+
 absl::Status SafetensorsFile::ForEachTensor(
     const std::function<absl::Status(const Tensor&)>& fn) const {
   state_->mapping->AdviseSequential();

@@ -62,6 +62,8 @@ class Checkpoint {
   // Streams every tensor once, shard by shard (shards sorted by file name),
   // each in file order; see SafetensorsFile::ForEachTensor.
   absl::Status ForEachTensor(const std::function<absl::Status(const Tensor&)>& fn) const;
+  // See SafetensorsFile::Release.
+  void Release(std::string_view name) const;
 
   // String values of the index's "metadata" object (non-strings such as
   // total_size are skipped), then each shard's __metadata__ in shard order;

@@ -203,6 +203,9 @@ class QuantizedCheckpoint {
   // The weight in float32 (plain tensors converted, quantized ones
   // dequantized), row-major in its logical shape. NotFound for an unknown FQN.
   absl::StatusOr<std::vector<float>> Dequantize(std::string_view fqn) const;
+  // Lets the pages of the weight's stored tensors go (Checkpoint::Release), so
+  // reading a large checkpoint weight by weight stays near one weight.
+  void Release(std::string_view fqn) const;
 
  private:
   explicit QuantizedCheckpoint(Checkpoint checkpoint) : checkpoint_(std::move(checkpoint)) {}

@@ -107,6 +107,10 @@ class SafetensorsFile {
   // first error of `fn` or Get.
   absl::Status ForEachTensor(const std::function<absl::Status(const Tensor&)>& fn) const;
 
+  // Tells the kernel the pages of tensor `name` may be dropped (they are
+  // re-read on access): for callers that stream with Get. No-op when unknown.
+  void Release(std::string_view name) const;
+
  private:
   struct State;
   explicit SafetensorsFile(std::shared_ptr<const State> state) : state_(std::move(state)) {}
