@@ -5,6 +5,13 @@
 // keep the top_k largest, keep the smallest set whose probability reaches
 // top_p (always at least one token), renormalize, draw. temperature 0 means
 // greedy (argmax; the lowest id wins a tie), whatever top_k/top_p say.
+//
+// Two departures from HF, both for determinism: top-k keeps exactly k tokens
+// (a tie at the cut goes to the lower id; HF keeps all tied tokens), so
+// top_k = 1 is greedy; and a top-p prefix within 1e-6 of top_p counts as
+// reaching it, so float rounding of the logits cannot add a token. The draw
+// uses the generator's top 53 bits, so a seed gives the same tokens with any
+// standard library.
 #ifndef GQUANT_SAMPLER_H_
 #define GQUANT_SAMPLER_H_
 
@@ -33,8 +40,9 @@ class Sampler {
   // InvalidArgument for a bad config.
   static absl::StatusOr<Sampler> Create(const SamplerConfig& config);
 
-  // A token id in [0, logits.size()). InvalidArgument for empty logits or a
-  // NaN; +/-inf logits are allowed (-inf never drawn).
+  // A token id in [0, logits.size()). InvalidArgument for empty logits, a
+  // NaN, or every logit -inf. -inf logits are never drawn; when some logits
+  // are +inf, only those are drawn, with equal weight.
   absl::StatusOr<int> Sample(std::span<const float> logits);
 
   const SamplerConfig& config() const { return config_; }

@@ -1,1 +1,112 @@
-// Implementation in progress (issue 5).
+#include "gquant/gemma4/model_plan.h"
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gquant/status.h"
+
+namespace gquant::gemma4 {
+namespace {
+
+absl::Status Unsupported(std::string_view what) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("Gemma 4 model plan: ", std::string(what), " is not implemented"));
+}
+
+}  // namespace
+
+absl::StatusOr<ModelPlan> ModelPlan::Create(const TextConfig& config) {
+  GQ_RETURN_IF_ERROR(ValidateTextConfig(config));
+  if (config.hidden_activation != "gelu_pytorch_tanh") {
+    return Unsupported(absl::StrCat("hidden_activation '", config.hidden_activation, "'"));
+  }
+  if (config.attention_bias) return Unsupported("attention_bias = true");
+  // "all" makes text attention bidirectional (and changes the window); only
+  // the causal text path exists. "vision" only differs at image tokens.
+  if (config.use_bidirectional_attention == BidirectionalAttention::kAll) {
+    return Unsupported("use_bidirectional_attention = \"all\"");
+  }
+
+  ModelPlan plan;
+  plan.config = config;
+  const TextConfig& c = plan.config;
+  const int64_t h = c.hidden_size;
+  const int64_t ple = c.hidden_size_per_layer_input;
+  const int num_layers = c.num_hidden_layers;
+
+  plan.global_weights.push_back({"embed_tokens.weight", {c.vocab_size, h}});
+  if (c.has_per_layer_embeddings()) {
+    plan.global_weights.push_back(
+        {"embed_tokens_per_layer.weight", {c.vocab_size_per_layer_input, num_layers * ple}});
+    plan.global_weights.push_back({"per_layer_model_projection.weight", {num_layers * ple, h}});
+    plan.global_weights.push_back({"per_layer_projection_norm.weight", {ple}});
+  }
+  plan.global_weights.push_back({"norm.weight", {h}});
+  if (!c.tie_word_embeddings) plan.global_weights.push_back({"lm_head.weight", {c.vocab_size, h}});
+
+  for (int i = 0; i < num_layers; ++i) {
+    LayerPlan layer;
+    layer.index = i;
+    layer.type = c.layer_types[i];
+    layer.head_dim = c.layer_head_dim[i];
+    layer.num_heads = c.num_attention_heads;
+    layer.num_kv_heads = c.layer_num_kv_heads[i];
+    layer.v_from_k = c.k_eq_v(i);
+    layer.kv_shared = c.is_kv_shared(i);
+    layer.kv_source = c.kv_source_layer(i);
+    layer.mlp_width = c.mlp_width(i);
+    layer.has_ple = c.has_per_layer_embeddings();
+    layer.has_moe = c.enable_moe_block;
+    layer.rope = layer.type == LayerType::kFull ? c.rope_full : c.rope_sliding;
+    plan.layers.push_back(layer);
+
+    const std::string p = absl::StrCat("layers.", i, ".");
+    const int64_t d = layer.head_dim, q = int64_t{layer.num_heads} * d,
+                  kv = int64_t{layer.num_kv_heads} * d, width = layer.mlp_width;
+    std::vector<WeightSpec> w;
+    w.push_back({p + "input_layernorm.weight", {h}});
+    w.push_back({p + "self_attn.q_proj.weight", {q, h}});
+    w.push_back({p + "self_attn.q_norm.weight", {d}});
+    if (!layer.kv_shared) {
+      w.push_back({p + "self_attn.k_proj.weight", {kv, h}});
+      w.push_back({p + "self_attn.k_norm.weight", {d}});
+      if (!layer.v_from_k) w.push_back({p + "self_attn.v_proj.weight", {kv, h}});
+    }
+    w.push_back({p + "self_attn.o_proj.weight", {h, q}});
+    w.push_back({p + "post_attention_layernorm.weight", {h}});
+    w.push_back({p + "pre_feedforward_layernorm.weight", {h}});
+    w.push_back({p + "mlp.gate_proj.weight", {width, h}});
+    w.push_back({p + "mlp.up_proj.weight", {width, h}});
+    w.push_back({p + "mlp.down_proj.weight", {h, width}});
+    if (layer.has_moe) {
+      const int64_t experts = *c.num_experts, moe = *c.moe_intermediate_size;
+      w.push_back({p + "post_feedforward_layernorm_1.weight", {h}});
+      w.push_back({p + "router.scale", {h}});
+      w.push_back({p + "router.proj.weight", {experts, h}});
+      w.push_back({p + "router.per_expert_scale", {experts}});
+      w.push_back({p + "pre_feedforward_layernorm_2.weight", {h}});
+      w.push_back({p + "experts.gate_up_proj", {experts, 2 * moe, h}});
+      w.push_back({p + "experts.down_proj", {experts, h, moe}});
+      w.push_back({p + "post_feedforward_layernorm_2.weight", {h}});
+    }
+    w.push_back({p + "post_feedforward_layernorm.weight", {h}});
+    if (layer.has_ple) {
+      w.push_back({p + "per_layer_input_gate.weight", {ple, h}});
+      w.push_back({p + "per_layer_projection.weight", {h, ple}});
+      w.push_back({p + "post_per_layer_input_norm.weight", {h}});
+    }
+    w.push_back({p + "layer_scalar", {1}});
+    plan.layer_weights.push_back(std::move(w));
+  }
+  return plan;
+}
+
+std::vector<WeightSpec> ModelPlan::AllWeights() const {
+  std::vector<WeightSpec> all = global_weights;
+  for (const auto& layer : layer_weights) all.insert(all.end(), layer.begin(), layer.end());
+  return all;
+}
+
+}  // namespace gquant::gemma4

@@ -1,7 +1,8 @@
 // gquant-quantize: quantize a Hugging Face Gemma 4 checkpoint with a recipe
 // and save a quantized checkpoint (see gquant/quantize_checkpoint.h).
 //
-//   gquant-quantize --recipe=default --output=OUT_DIR [--threads=N] [--dry-run] INPUT
+//   gquant-quantize --recipe=default --output=OUT_DIR [--threads=N] [--dry-run]
+//                   [--eval [--prompts=FILE]] INPUT
 //
 // Flag names take dashes or underscores (--dry-run, --dry_run).
 //
@@ -9,9 +10,18 @@
 // one .safetensors file. --recipe takes a bundled name (default, sensitive) or
 // a JSON path. Progress goes to stderr: a bar on a terminal, plain lines
 // otherwise; the report goes to stdout and OUT_DIR/quantize_report.json.
+//
+// --eval then loads INPUT and OUT_DIR with the CPU reference model and prints
+// the KL divergence and top-1 agreement of the quantized model's next-token
+// distributions against the original's (gquant/gemma4/quality.h), over the
+// prompts of --prompts (token ids, one prompt per line) or, by default,
+// kEvalPrompts random prompts of kEvalPromptLength ids (RandomPrompts, seed
+// kEvalSeed): a tokenizer-free stand-in that probes the weights, rougher than
+// real text.
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -19,8 +29,11 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "gquant/gemma4/cpu_model.h"
+#include "gquant/gemma4/quality.h"
 #include "gquant/quantize_checkpoint.h"
 #include "gquant/recipe.h"
+#include "gquant/status.h"
 #include "tools/flag_spelling.h"
 #include "tools/progress_printer.h"
 
@@ -32,8 +45,32 @@ ABSL_FLAG(bool, dry_run, false, "Print the rule each tensor matches; write nothi
 ABSL_FLAG(bool, per_tensor, true, "Print per-tensor error and SNR in the report");
 ABSL_FLAG(bool, hqq_best_iterate, false,
           "HQQ: keep the best iterate's zero instead of the reference's one-past-best");
+ABSL_FLAG(bool, eval, false,
+          "After quantizing, compare the output's next-token predictions with the input's");
+ABSL_FLAG(std::string, prompts, "",
+          "--eval prompts: a file of token ids, one prompt per line (default: random ids)");
 
 namespace {
+
+constexpr int kEvalPrompts = 4;
+constexpr int kEvalPromptLength = 64;
+constexpr uint64_t kEvalSeed = 0;
+
+// The quality report of `output` against `input` over `prompts` (empty: the
+// random default; see --eval above).
+absl::StatusOr<gquant::gemma4::QualityReport> Evaluate(const std::string& input,
+                                                       const std::string& output,
+                                                       std::vector<std::vector<int>> prompts,
+                                                       int threads) {
+  const gquant::gemma4::CpuModelOptions options{.threads = threads};
+  GQ_ASSIGN_OR_RETURN(const auto reference, gquant::gemma4::CpuModel::Load(input, options));
+  GQ_ASSIGN_OR_RETURN(const auto quantized, gquant::gemma4::CpuModel::Load(output, options));
+  if (prompts.empty()) {
+    prompts = gquant::gemma4::RandomPrompts(reference->source().config().text.vocab_size,
+                                            kEvalPrompts, kEvalPromptLength, kEvalSeed);
+  }
+  return gquant::gemma4::CompareModels(*reference, *quantized, prompts);
+}
 
 void PrintDryRun(const gquant::Recipe& recipe, const gquant::QuantizeReport& report) {
   for (const gquant::TensorReport& t : report.tensors) {
@@ -51,10 +88,12 @@ void PrintDryRun(const gquant::Recipe& recipe, const gquant::QuantizeReport& rep
 int main(int argc, char** argv) {
   gquant::tools::DashesToUnderscoresInFlagNames(argc, argv);
   absl::SetProgramUsageMessage(
-      "gquant-quantize --recipe=NAME_OR_PATH --output=DIR [--threads=N] [--dry-run] INPUT");
+      "gquant-quantize --recipe=NAME_OR_PATH --output=DIR [--threads=N] [--dry-run] "
+      "[--eval [--prompts=FILE]] INPUT");
   const std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   const bool dry_run = absl::GetFlag(FLAGS_dry_run);
-  if (args.size() != 2 || (!dry_run && absl::GetFlag(FLAGS_output).empty())) {
+  const bool eval = absl::GetFlag(FLAGS_eval);
+  if (args.size() != 2 || (!dry_run && absl::GetFlag(FLAGS_output).empty()) || (dry_run && eval)) {
     std::fprintf(stderr, "usage: %s\n", absl::ProgramUsageMessage().data());
     return 2;
   }
@@ -62,6 +101,16 @@ int main(int argc, char** argv) {
   if (!recipe.ok()) {
     std::fprintf(stderr, "gquant-quantize: %s\n", recipe.status().ToString().c_str());
     return 1;
+  }
+  // A bad prompt file fails now rather than after the quantization.
+  std::vector<std::vector<int>> eval_prompts;
+  if (const std::string file = absl::GetFlag(FLAGS_prompts); eval && !file.empty()) {
+    absl::StatusOr<std::vector<std::vector<int>>> prompts = gquant::gemma4::ReadPromptFile(file);
+    if (!prompts.ok()) {
+      std::fprintf(stderr, "gquant-quantize: %s\n", prompts.status().ToString().c_str());
+      return 1;
+    }
+    eval_prompts = *std::move(prompts);
   }
   gquant::tools::ProgressPrinter printer("quantized");
   gquant::QuantizeJobOptions options;
@@ -83,6 +132,23 @@ int main(int argc, char** argv) {
   if (!dry_run) {
     std::printf("wrote %s/model.safetensors and quantize_report.json\n",
                 options.output_dir.c_str());
+  }
+  if (eval) {
+    if (eval_prompts.empty()) {
+      std::printf("eval: %d random prompts of %d token ids (seed %d)\n", kEvalPrompts,
+                  kEvalPromptLength, static_cast<int>(kEvalSeed));
+    } else {
+      std::printf("eval: %zu prompts from %s\n", eval_prompts.size(),
+                  absl::GetFlag(FLAGS_prompts).c_str());
+    }
+    std::fflush(stdout);
+    const absl::StatusOr<gquant::gemma4::QualityReport> quality =
+        Evaluate(options.input, options.output_dir, std::move(eval_prompts), options.threads);
+    if (!quality.ok()) {
+      std::fprintf(stderr, "gquant-quantize --eval: %s\n", quality.status().ToString().c_str());
+      return 1;
+    }
+    std::printf("%s", quality->ToText().c_str());
   }
   return 0;
 }

@@ -13,6 +13,13 @@
 // layer as the forward reaches it; up to `weight_cache_bytes` of float32
 // weights are kept between calls, so a small model is read once and a large
 // one never sits in memory whole in float32.
+//
+// Numerics: float32 throughout (HF's float32 path; the goldens are float64
+// runs, matched to ~1e-5). One deliberate deviation for bf16 checkpoints: the
+// embedding scale is float32 sqrt(H), where HF rounds it to the weight dtype
+// (73.5 instead of 73.32 for the 31B, spec §2.2), as llama.cpp does. Each
+// token's result is independent of how the sequence is chunked and of the
+// thread count, bit for bit.
 #ifndef GQUANT_GEMMA4_CPU_MODEL_H_
 #define GQUANT_GEMMA4_CPU_MODEL_H_
 
@@ -30,11 +37,12 @@ namespace gquant::gemma4 {
 
 // Keys and values of every non-shared layer, for one sequence. Sliding layers
 // keep a ring buffer of the last `sliding_window + max_chunk - 1` positions
-// (what a chunk of up to max_chunk new tokens can see); full layers keep all
-// positions up to max_positions.
+// (what a chunk of up to max_chunk new tokens can see; at most max_positions);
+// full layers keep all positions up to max_positions. KV-shared layers read
+// their source layer's buffers.
 class KvCache {
  public:
-  int64_t length() const { return length_; }        // positions processed so far
+  int64_t length() const { return length_; }  // positions processed so far
   int64_t max_positions() const { return max_positions_; }
   int max_chunk() const { return max_chunk_; }
   void Clear() { length_ = 0; }
@@ -42,7 +50,7 @@ class KvCache {
  private:
   friend class CpuModel;
   struct Layer {
-    int64_t capacity = 0;    // positions held (ring size for sliding layers)
+    int64_t capacity = 0;     // positions held (ring size for sliding layers)
     std::vector<float> k, v;  // [capacity, nKV, D], slot = position % capacity
   };
   std::vector<Layer> layers_;  // by layer; empty for KV-shared layers
@@ -70,26 +78,31 @@ class CpuModel {
   const WeightSource& source() const;
 
   // A cache for one sequence of up to `max_positions` tokens, fed at most
-  // `max_chunk` tokens per Forward call.
+  // `max_chunk` tokens per Forward call (both at least 1).
   KvCache NewCache(int64_t max_positions, int max_chunk = 512) const;
 
   // Runs `tokens` at positions cache.length() .. + T - 1, appends their K/V,
   // and returns the logits of every one of them, [T, vocab] row-major, after
   // the final soft-cap. Returns InvalidArgument for an empty chunk, more than
   // max_chunk tokens, a token id outside the vocabulary, or a sequence longer
-  // than max_positions; the source's errors while reading weights. On error
-  // the cache is unchanged.
+  // than max_positions, or a cache made by another model; the source's errors
+  // while reading weights (annotated with the layer). On error the cache is
+  // unchanged as far as any later call can tell: its length and every
+  // position it holds stay as they were (K/V are written only to ring slots
+  // no later query reads before they are rewritten).
   absl::StatusOr<std::vector<float>> Forward(KvCache& cache, std::span<const int> tokens) const;
 
   // Forward over `tokens` in chunks of `chunk` (<= cache.max_chunk()); returns
-  // all logits [T, vocab]. Chunking does not change the result beyond float
-  // rounding.
+  // all logits [T, vocab], bit-identical to a one-shot Forward. InvalidArgument
+  // for a bad chunk size or no tokens, or when the tokens would not fit, before
+  // any work; on a later error the cache holds the chunks that completed.
   absl::StatusOr<std::vector<float>> Prefill(KvCache& cache, std::span<const int> tokens,
                                              int chunk) const;
 
-  // The residual stream after the embedding and after each layer for the
-  // last Forward-like call of HiddenStates ([L+1, T, H]); for tests that
-  // localize a mismatch. Runs on a fresh cache.
+  // The residual stream of `tokens` run on a fresh cache, [L+1, T, H], laid
+  // out as HF's output_hidden_states: the scaled embedding, the outputs of
+  // layers 0..L-2, and the last layer's output after the final norm. For
+  // tests that localize a mismatch.
   absl::StatusOr<std::vector<float>> HiddenStates(std::span<const int> tokens) const;
 
  private:

@@ -16,9 +16,9 @@ namespace gquant::gemma4 {
 struct LayerPlan {
   int index = 0;
   LayerType type = LayerType::kSliding;
-  int head_dim = 0;      // D: 256 sliding / 512 full on the released models
-  int num_heads = 0;     // nH
-  int num_kv_heads = 0;  // nKV
+  int head_dim = 0;        // D: 256 sliding / 512 full on the released models
+  int num_heads = 0;       // nH
+  int num_kv_heads = 0;    // nKV
   bool v_from_k = false;   // K=V layer: no v_proj, V is the raw K projection (§2.5)
   bool kv_shared = false;  // computes Q only and attends to kv_source's K/V (§2.6)
   int kv_source = 0;       // the layer whose cache this layer reads (itself unless shared)
@@ -43,7 +43,9 @@ struct ModelPlan {
 
   // The plan for `config`. InvalidArgument when ValidateTextConfig fails or the
   // config uses something the model layer does not implement (an activation
-  // other than gelu_pytorch_tanh, attention biases).
+  // other than gelu_pytorch_tanh, attention biases, bidirectional text
+  // attention: use_bidirectional_attention "all"). "vision" is accepted: it
+  // only changes the mask at image tokens, which the text decoder never sees.
   static absl::StatusOr<ModelPlan> Create(const TextConfig& config);
 
   // Every weight, global first, then layer by layer.

@@ -45,15 +45,21 @@ class WeightSource {
   virtual std::string description() const = 0;
 };
 
-// Opens `path`: a .gguf file, or a checkpoint directory / .safetensors file
-// with config.json beside it (plain HF or gquant quantized: the reader tells).
+// Opens `path`: a GGUF file (told by its magic), or a checkpoint directory /
+// .safetensors file with config.json beside it (plain HF or gquant quantized:
+// the reader tells). Returns the readers' and config parsers' errors;
+// Unimplemented for a GGUF with split expert halves (ffn_gate_exps /
+// ffn_up_exps), which HF stores fused. A GGUF's config is
+// TextConfigFromGguf's (model_type "gemma4_text").
 absl::StatusOr<std::unique_ptr<WeightSource>> OpenWeightSource(const std::string& path);
 
 // Checks that `source` holds exactly the weights `plan` needs with the right
 // shapes. Returns OkStatus, or one InvalidArgument listing every missing,
 // unexpected and mis-shaped weight (and a layer-count mismatch), naming the
-// source. Unexpected weights HF ignores (k/v projections of KV-shared layers)
-// are allowed.
+// source. Unexpected weights HF ignores (k/v projections and norms of
+// KV-shared layers) are allowed, and so is a stored "lm_head.weight" of the
+// embedding's shape in a tied model (the forward then uses it: a quantized
+// checkpoint may quantize the head apart from the embedding).
 absl::Status CheckWeights(const ModelPlan& plan, const WeightSource& source);
 
 }  // namespace gquant::gemma4
