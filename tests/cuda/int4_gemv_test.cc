@@ -1,0 +1,201 @@
+// The int4 decode GEMVs (CUDA-core row-major and tensor-core tiled) against a
+// float64 CPU reference on fresh random data, outputs poisoned first.
+#include "int4_gemv.cuh"
+
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "cuda_test_util.h"
+#include "device_buffer.cuh"
+#include "gquant/dtype.h"
+#include "int4_mma_gemv.cuh"
+
+namespace gquant::cuda {
+namespace {
+
+// Weights enter both kernels exactly and sums are fp32, so the error is the
+// bf16 rounding of the output: at most 2^-8 of each element (8 significant
+// bits), hence of the norm, plus a little for fp32 (measured: ~1.2e-3 on
+// large outputs, up to 2.7e-3 on a 9-element one).
+constexpr double kOutputRoundingBound = 0x1p-8 + 1e-4;
+
+struct Problem {
+  int64_t n, k;
+  int group;
+  bool min_form;
+};
+
+// Random codes, scales, zeros (or mins) and activations, all exactly
+// representable in the stored formats, and the float64 reference y.
+struct Case {
+  std::vector<uint8_t> qweight;             // [N, K/2]
+  std::vector<uint16_t> scale_gn, zero_gn;  // [G, N] bf16 bits
+  std::vector<uint16_t> x;                  // [M, K] bf16 bits
+  std::vector<double> y;                    // [M, N]
+};
+
+Case MakeCase(const Problem& p, int m, std::mt19937_64& rng) {
+  const int64_t groups = p.k / p.group;
+  std::uniform_int_distribution<int> code(0, 15);
+  std::uniform_real_distribution<float> scale(0.002f, 0.02f), zero(0.0f, 15.0f);
+  std::normal_distribution<float> act(0.0f, 1.0f);
+  Case c;
+  c.qweight.resize(p.n * p.k / 2);
+  for (uint8_t& b : c.qweight) b = static_cast<uint8_t>(code(rng) | (code(rng) << 4));
+  c.scale_gn.resize(groups * p.n);
+  c.zero_gn.resize(groups * p.n);
+  for (int64_t i = 0; i < groups * p.n; ++i) {
+    c.scale_gn[i] = FloatToBFloat16(scale(rng));
+    // A min is a float of the scale's size times a code-sized factor.
+    c.zero_gn[i] =
+        FloatToBFloat16(p.min_form ? zero(rng) * BFloat16ToFloat(c.scale_gn[i]) : zero(rng));
+  }
+  c.x.resize(m * p.k);
+  for (uint16_t& v : c.x) v = FloatToBFloat16(act(rng));
+  c.y.assign(m * p.n, 0.0);
+  for (int64_t r = 0; r < p.n; ++r) {
+    for (int64_t col = 0; col < p.k; ++col) {
+      const int q = (c.qweight[r * p.k / 2 + col / 2] >> (4 * (col % 2))) & 0xF;
+      const int64_t g = col / p.group;
+      const double s = BFloat16ToFloat(c.scale_gn[g * p.n + r]);
+      const double z = BFloat16ToFloat(c.zero_gn[g * p.n + r]);
+      const double w = p.min_form ? q * s - z : (q - z) * s;
+      for (int mi = 0; mi < m; ++mi) c.y[mi * p.n + r] += w * BFloat16ToFloat(c.x[mi * p.k + col]);
+    }
+  }
+  return c;
+}
+
+template <typename T>
+DeviceBuffer<T> Upload(const std::vector<T>& host) {
+  auto buffer = DeviceBuffer<T>::Allocate(host.size());
+  REQUIRE_OK(buffer);
+  REQUIRE_OK(buffer->CopyFromHost(host));
+  return *std::move(buffer);
+}
+
+TEST_CASE("int4 GEMV matches a float64 reference", "[cuda][int4_gemv]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  auto rng = testing::MakeRng();
+  const Problem problems[] = {
+      {96, 64, 32, false},     {37, 160, 32, false},      {8192, 5376, 32, false},
+      {2048, 5376, 32, true},  {5376, 21504, 128, false}, {3, 4096, 64, true},
+      {1536, 1536, 32, false},
+  };
+  for (const Problem& p : problems) {
+    for (int m : {1, 3, 8}) {
+      const Case c = MakeCase(p, m, rng);
+      const auto params = PackInt4GemvParams(c.scale_gn, c.zero_gn, p.n, p.k / p.group);
+      auto qweight = Upload(c.qweight);
+      auto params_d = Upload(params);
+      auto x = Upload(c.x);
+      for (int rows_per_warp : {0, 1, 4}) {
+        INFO("N=" << p.n << " K=" << p.k << " group " << p.group << " min form " << p.min_form
+                  << " M=" << m << " rows/warp " << rows_per_warp);
+        // Poison: 0xFFFF is a bf16 NaN, so an unwritten output fails below.
+        auto y = Upload(std::vector<uint16_t>(m * p.n, 0xFFFF));
+        const Int4GemvWeight w{qweight.data(),
+                               reinterpret_cast<const __nv_bfloat162*>(params_d.data()),
+                               p.n,
+                               p.k,
+                               p.group,
+                               p.min_form};
+        REQUIRE_OK(Int4Gemv(w, reinterpret_cast<const __nv_bfloat16*>(x.data()), m,
+                            reinterpret_cast<__nv_bfloat16*>(y.data()), nullptr, rows_per_warp));
+        std::vector<uint16_t> got(m * p.n);
+        REQUIRE_OK(y.CopyToHost(got));
+        double err = 0, ref = 0, worst = 0;
+        for (size_t i = 0; i < got.size(); ++i) {
+          const double v = BFloat16ToFloat(got[i]);
+          REQUIRE(std::isfinite(v));
+          err += (v - c.y[i]) * (v - c.y[i]);
+          ref += c.y[i] * c.y[i];
+          worst = std::max(worst, std::fabs(v - c.y[i]) / (std::fabs(c.y[i]) + 1e-3));
+        }
+        INFO("relative error " << std::sqrt(err / ref) << ", worst element " << worst);
+        REQUIRE(std::sqrt(err / ref) < kOutputRoundingBound);
+      }
+    }
+  }
+}
+
+// ||got - want|| / ||want|| after checking every output was written.
+double RelativeError(const std::vector<uint16_t>& got, const std::vector<double>& want) {
+  double err = 0, ref = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double v = BFloat16ToFloat(got[i]);
+    REQUIRE(std::isfinite(v));
+    err += (v - want[i]) * (v - want[i]);
+    ref += want[i] * want[i];
+  }
+  return std::sqrt(err / ref);
+}
+
+TEST_CASE("int4 tensor-core GEMV matches a float64 reference", "[cuda][int4_gemv]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  auto rng = testing::MakeRng();
+  const Problem problems[] = {
+      {96, 64, 32, false},     {16, 128, 64, true},       {8192, 5376, 32, false},
+      {2048, 5376, 32, true},  {5376, 21504, 128, false}, {48, 4096, 64, true},
+      {1536, 1536, 32, false}, {4096, 5376, 256, false},
+  };
+  for (const Problem& p : problems) {
+    for (int m : {1, 2, 5, 8}) {
+      const Case c = MakeCase(p, m, rng);
+      const PackedInt4Mma packed = PackInt4Mma(c.qweight, c.scale_gn, c.zero_gn, p.n, p.k, p.group);
+      auto qweight = Upload(packed.qweight);
+      auto params = Upload(packed.params);
+      auto x = Upload(c.x);
+      for (int warps : {0, 4, 16}) {
+        INFO("N=" << p.n << " K=" << p.k << " group " << p.group << " min form " << p.min_form
+                  << " M=" << m << " warps " << warps);
+        auto y = Upload(std::vector<uint16_t>(m * p.n, 0xFFFF));  // NaN poison
+        const Int4MmaWeight w{reinterpret_cast<const uint4*>(qweight.data()),
+                              reinterpret_cast<const __nv_bfloat162*>(params.data()),
+                              p.n,
+                              p.k,
+                              p.group,
+                              p.min_form};
+        REQUIRE_OK(Int4MmaGemv(w, reinterpret_cast<const __nv_bfloat16*>(x.data()), m,
+                               reinterpret_cast<__nv_bfloat16*>(y.data()), nullptr, warps));
+        std::vector<uint16_t> got(m * p.n);
+        REQUIRE_OK(y.CopyToHost(got));
+        REQUIRE(RelativeError(got, c.y) < kOutputRoundingBound);
+      }
+    }
+  }
+}
+
+TEST_CASE("int4 GEMV rejects bad shapes", "[cuda][int4_gemv]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  auto buffer = DeviceBuffer<uint8_t>::Allocate(1 << 20);
+  REQUIRE_OK(buffer);
+  const auto* any = buffer->data();
+  const auto* params = reinterpret_cast<const __nv_bfloat162*>(any);
+  const auto* x = reinterpret_cast<const __nv_bfloat16*>(any);
+  auto* y = reinterpret_cast<__nv_bfloat16*>(buffer->data());
+  REQUIRE_STATUS_IS(Int4Gemv({any, params, 64, 48, 32}, x, 1, y, nullptr),
+                    absl::StatusCode::kInvalidArgument);  // K % 32
+  REQUIRE_STATUS_IS(Int4Gemv({any, params, 64, 96, 64}, x, 1, y, nullptr),
+                    absl::StatusCode::kInvalidArgument);  // K % group
+  REQUIRE_STATUS_IS(Int4Gemv({any, params, 64, 64, 32}, x, 9, y, nullptr),
+                    absl::StatusCode::kInvalidArgument);  // M
+  REQUIRE_STATUS_IS(Int4Gemv({nullptr, params, 64, 64, 32}, x, 1, y, nullptr),
+                    absl::StatusCode::kInvalidArgument);
+  const auto* tiles = reinterpret_cast<const uint4*>(any);
+  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 24, 64, 32}, x, 1, y, nullptr),
+                    absl::StatusCode::kInvalidArgument);  // N % 16
+  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 96, 32}, x, 1, y, nullptr),
+                    absl::StatusCode::kInvalidArgument);  // K % 64
+  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 192, 96}, x, 1, y, nullptr),
+                    absl::StatusCode::kInvalidArgument);  // group 96
+  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 64, 32}, x, 0, y, nullptr),
+                    absl::StatusCode::kInvalidArgument);  // M
+}
+
+}  // namespace
+}  // namespace gquant::cuda
