@@ -151,71 +151,71 @@ void Report(benchmark::State& state, int64_t weight_bytes) {
   state.counters["copy_GBps"] = CopyCeiling() / 1e9;
 }
 
+// Device buffers of one int4 g32 benchmark: rotating copies of random codes
+// and of (scale, zero) = (0.0078125, 0.0078125) in bf16 (sane values; the
+// speed does not depend on them), activations and the output. Both kernels'
+// layouts have the same sizes.
+struct Int4Problem {
+  const Shape& shape;
+  int m;
+  int64_t bytes;  // codes + params of one copy
+  int copies;
+  std::vector<DeviceBuffer<uint8_t>> codes;
+  std::vector<DeviceBuffer<uint32_t>> params;
+  DeviceBuffer<uint16_t> x, y;
+
+  Int4Problem(const Shape& s, int m_rows) : shape(s), m(m_rows) {
+    const int64_t qbytes = s.n * s.k / 2, pbytes = s.n * (s.k / kGroup) * 4;
+    bytes = qbytes + pbytes;
+    copies = Copies(bytes);
+    codes = RandomCopies<uint8_t>(qbytes, copies, 1);
+    for (int c = 0; c < copies; ++c) {
+      params.push_back(Upload(std::vector<uint32_t>(pbytes / 4, 0x3C003C00u)));
+    }
+    x = Upload(RandomHost<uint16_t>(m * s.k, 99));
+    auto out = DeviceBuffer<uint16_t>::Allocate(m * s.n);
+    if (!out.ok()) std::abort();
+    y = *std::move(out);
+  }
+  const __nv_bfloat162* Params(int64_t i) const {
+    return reinterpret_cast<const __nv_bfloat162*>(params[i % copies].data());
+  }
+  const __nv_bfloat16* X() const { return reinterpret_cast<const __nv_bfloat16*>(x.data()); }
+  __nv_bfloat16* Y() { return reinterpret_cast<__nv_bfloat16*>(y.data()); }
+};
+
 // Args: shape index, M, rows per warp (0 = default).
 void BM_Int4Gemv(benchmark::State& state) {
   if (NoGpu(state)) return;
-  const Shape& s = kShapes[state.range(0)];
-  const int m = static_cast<int>(state.range(1));
-  const int64_t qbytes = s.n * s.k / 2, pbytes = s.n * (s.k / kGroup) * 4;
-  const int copies = Copies(qbytes + pbytes);
-  std::vector<DeviceBuffer<uint8_t>> q = RandomCopies<uint8_t>(qbytes, copies, 1);
-  // (scale, zero) = (0.0078125, 0.0078125) in bf16: sane values; speed does not depend on them.
-  std::vector<DeviceBuffer<uint32_t>> p;
-  for (int c = 0; c < copies; ++c)
-    p.push_back(Upload(std::vector<uint32_t>(pbytes / 4, 0x3C003C00u)));
-  auto x = Upload(RandomHost<uint16_t>(m * s.k, 99));
-  auto y = DeviceBuffer<uint16_t>::Allocate(m * s.n);
-  if (!y.ok()) std::abort();
+  Int4Problem p(kShapes[state.range(0)], static_cast<int>(state.range(1)));
   const int rows_per_warp = static_cast<int>(state.range(2));
   TimeLaunches(state, [&](int64_t i) {
-    const Int4GemvWeight w{q[i % copies].data(),
-                           reinterpret_cast<const __nv_bfloat162*>(p[i % copies].data()),
-                           s.n,
-                           s.k,
-                           kGroup,
-                           false};
-    if (!Int4Gemv(w, reinterpret_cast<const __nv_bfloat16*>(x.data()), m,
-                  reinterpret_cast<__nv_bfloat16*>(y->data()), nullptr, rows_per_warp)
-             .ok()) {
-      std::abort();
-    }
+    const Int4GemvWeight w{
+        p.codes[i % p.copies].data(), p.Params(i), p.shape.n, p.shape.k, kGroup, false};
+    if (!Int4Gemv(w, p.X(), p.m, p.Y(), nullptr, rows_per_warp).ok()) std::abort();
   });
-  Report(state, qbytes + pbytes);
-  state.SetLabel(std::string(s.name) + " int4 g32 cuda cores");
+  Report(state, p.bytes);
+  state.SetLabel(std::string(p.shape.name) + " int4 g32 cuda cores");
 }
 
 // The tensor-core kernel. Args: shape index, M, variant = 100 * tiles in
 // flight + warps per row block (0 = defaults).
 void BM_Int4MmaGemv(benchmark::State& state) {
   if (NoGpu(state)) return;
-  const Shape& s = kShapes[state.range(0)];
-  const int m = static_cast<int>(state.range(1));
-  const int64_t qbytes = s.n * s.k / 2, pbytes = s.n * (s.k / kGroup) * 4;
-  const int copies = Copies(qbytes + pbytes);
-  std::vector<DeviceBuffer<uint8_t>> q = RandomCopies<uint8_t>(qbytes, copies, 1);
-  std::vector<DeviceBuffer<uint32_t>> p;
-  for (int c = 0; c < copies; ++c)
-    p.push_back(Upload(std::vector<uint32_t>(pbytes / 4, 0x3C003C00u)));
-  auto x = Upload(RandomHost<uint16_t>(m * s.k, 99));
-  auto y = DeviceBuffer<uint16_t>::Allocate(m * s.n);
-  if (!y.ok()) std::abort();
+  Int4Problem p(kShapes[state.range(0)], static_cast<int>(state.range(1)));
   const int warps = static_cast<int>(state.range(2)) % 100;
   const int in_flight = static_cast<int>(state.range(2)) / 100;
   TimeLaunches(state, [&](int64_t i) {
-    const Int4MmaWeight w{reinterpret_cast<const uint4*>(q[i % copies].data()),
-                          reinterpret_cast<const __nv_bfloat162*>(p[i % copies].data()),
-                          s.n,
-                          s.k,
+    const Int4MmaWeight w{reinterpret_cast<const uint4*>(p.codes[i % p.copies].data()),
+                          p.Params(i),
+                          p.shape.n,
+                          p.shape.k,
                           kGroup,
                           false};
-    if (!Int4MmaGemv(w, reinterpret_cast<const __nv_bfloat16*>(x.data()), m,
-                     reinterpret_cast<__nv_bfloat16*>(y->data()), nullptr, warps, in_flight)
-             .ok()) {
-      std::abort();
-    }
+    if (!Int4MmaGemv(w, p.X(), p.m, p.Y(), nullptr, warps, in_flight).ok()) std::abort();
   });
-  Report(state, qbytes + pbytes);
-  state.SetLabel(std::string(s.name) + " int4 g32 tensor cores");
+  Report(state, p.bytes);
+  state.SetLabel(std::string(p.shape.name) + " int4 g32 tensor cores");
 }
 
 // cuBLAS bf16 at the same shape: y[M, N] = x[M, K] W[N, K]^T, fp32 compute.

@@ -78,6 +78,18 @@ DeviceBuffer<T> Upload(const std::vector<T>& host) {
   return *std::move(buffer);
 }
 
+// ||got - want|| / ||want|| after checking every output was written.
+double RelativeError(const std::vector<uint16_t>& got, const std::vector<double>& want) {
+  double err = 0, ref = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double v = BFloat16ToFloat(got[i]);
+    REQUIRE(std::isfinite(v));
+    err += (v - want[i]) * (v - want[i]);
+    ref += want[i] * want[i];
+  }
+  return std::sqrt(err / ref);
+}
+
 TEST_CASE("int4 GEMV matches a float64 reference", "[cuda][int4_gemv]") {
   GQ_SKIP_WITHOUT_CUDA();
   auto rng = testing::MakeRng();
@@ -108,31 +120,10 @@ TEST_CASE("int4 GEMV matches a float64 reference", "[cuda][int4_gemv]") {
                             reinterpret_cast<__nv_bfloat16*>(y.data()), nullptr, rows_per_warp));
         std::vector<uint16_t> got(m * p.n);
         REQUIRE_OK(y.CopyToHost(got));
-        double err = 0, ref = 0, worst = 0;
-        for (size_t i = 0; i < got.size(); ++i) {
-          const double v = BFloat16ToFloat(got[i]);
-          REQUIRE(std::isfinite(v));
-          err += (v - c.y[i]) * (v - c.y[i]);
-          ref += c.y[i] * c.y[i];
-          worst = std::max(worst, std::fabs(v - c.y[i]) / (std::fabs(c.y[i]) + 1e-3));
-        }
-        INFO("relative error " << std::sqrt(err / ref) << ", worst element " << worst);
-        REQUIRE(std::sqrt(err / ref) < kOutputRoundingBound);
+        REQUIRE(RelativeError(got, c.y) < kOutputRoundingBound);
       }
     }
   }
-}
-
-// ||got - want|| / ||want|| after checking every output was written.
-double RelativeError(const std::vector<uint16_t>& got, const std::vector<double>& want) {
-  double err = 0, ref = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double v = BFloat16ToFloat(got[i]);
-    REQUIRE(std::isfinite(v));
-    err += (v - want[i]) * (v - want[i]);
-    ref += want[i] * want[i];
-  }
-  return std::sqrt(err / ref);
 }
 
 TEST_CASE("int4 tensor-core GEMV matches a float64 reference", "[cuda][int4_gemv]") {
