@@ -33,8 +33,9 @@ __device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint3
 // One block per 16-row block; its kWarps warps split the 64-column tiles
 // (warp w takes tiles w, w + kWarps, ...) and add their partial sums at the
 // end. kGroupsPerTile: 2 for group size 32, 1 for multiples of 64.
-// kTilesInFlight: tiles each warp loads before using any.
-template <int kWarps, int kGroupsPerTile, bool kMinForm, int kTilesInFlight>
+// kTilesInFlight: tiles each warp loads before using any. kTokenTiles: n8
+// tiles of tokens (1 for M <= 8, 2 for M <= 16), sharing each weight fragment.
+template <int kWarps, int kGroupsPerTile, bool kMinForm, int kTilesInFlight, int kTokenTiles>
 __global__ void __launch_bounds__(kWarps * 32)
     Int4MmaGemvKernel(const uint4* __restrict__ qweight, const __nv_bfloat162* __restrict__ params,
                       const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ y, int m,
@@ -45,17 +46,23 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int groups = kGroupsPerTile == 2 ? k_tiles * 2 : k_tiles / tiles_per_group;
   const uint4* tiles = qweight + static_cast<int64_t>(blockIdx.x) * k_tiles * 32;
   const __nv_bfloat162* block_params = params + static_cast<int64_t>(blockIdx.x) * groups * kRows;
-  // Lane quad g feeds token g's activations as the B operand; padding tokens are 0.
-  const bool has_token = g < m;
-  const uint32_t* xrow =
-      reinterpret_cast<const uint32_t*>(x + static_cast<int64_t>(has_token ? g : 0) * k);
+  // Lane quad g feeds token g (+ 8 per token tile) as the B operand; padding tokens are 0.
+  bool has_token[kTokenTiles];
+  const uint32_t* xrow[kTokenTiles];
+#pragma unroll
+  for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+    has_token[n8] = g + 8 * n8 < m;
+    xrow[n8] = reinterpret_cast<const uint32_t*>(
+        x + static_cast<int64_t>(has_token[n8] ? g + 8 * n8 : 0) * k);
+  }
   constexpr uint32_t kOnes = 0x3F803F80u;  // bf16x2 (1, 1)
   const uint32_t ones[4] = {kOnes, kOnes, kOnes, kOnes};
 
-  float acc[4] = {0, 0, 0, 0};  // rows g, g, g+8, g+8; tokens 2t, 2t+1, 2t, 2t+1
+  // Per token tile: rows g, g, g+8, g+8; tokens 2t, 2t+1, 2t, 2t+1 (+ 8 per tile).
+  float acc[kTokenTiles][4] = {};
   for (int tile0 = warp; tile0 < k_tiles; tile0 += kWarps * kTilesInFlight) {
     uint4 w[kTilesInFlight];
-    uint32_t b[kTilesInFlight][8];
+    uint32_t b[kTilesInFlight][kTokenTiles][8];
     __nv_bfloat162 p[kTilesInFlight][kGroupsPerTile][2];
 #pragma unroll
     for (int u = 0; u < kTilesInFlight; ++u) {
@@ -70,15 +77,18 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
       for (int s = 0; s < 4; ++s) {
         const int col = tile * kTileK + s * 16 + 2 * t;
-        b[u][2 * s] = has_token ? __ldg(xrow + col / 2) : 0u;
-        b[u][2 * s + 1] = has_token ? __ldg(xrow + col / 2 + 4) : 0u;
+#pragma unroll
+        for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+          b[u][n8][2 * s] = has_token[n8] ? __ldg(xrow[n8] + col / 2) : 0u;
+          b[u][n8][2 * s + 1] = has_token[n8] ? __ldg(xrow[n8] + col / 2 + 4) : 0u;
+        }
       }
     }
 #pragma unroll
     for (int u = 0; u < kTilesInFlight; ++u) {
       if (tile0 + u * kWarps >= k_tiles) break;
       const uint32_t words[4] = {w[u].x, w[u].y, w[u].z, w[u].w};
-      float dq[4] = {0, 0, 0, 0}, ds[4] = {0, 0, 0, 0};  // Σ (128 + q) x and Σ x
+      float dq[kTokenTiles][4] = {}, ds[kTokenTiles][4] = {};  // Σ (128 + q) x and Σ x
 #pragma unroll
       for (int s = 0; s < 4; ++s) {
         uint32_t a[4];
@@ -87,33 +97,45 @@ __global__ void __launch_bounds__(kWarps * 32)
           // bf16 bits 0x4300 | q are 128 + q exactly (bf16 has 7 mantissa bits).
           a[i] = ((words[s] >> (4 * i)) & 0x000F000Fu) | 0x43004300u;
         }
-        Mma(dq, a, b[u][2 * s], b[u][2 * s + 1]);
-        Mma(ds, ones, b[u][2 * s], b[u][2 * s + 1]);
+#pragma unroll
+        for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+          Mma(dq[n8], a, b[u][n8][2 * s], b[u][n8][2 * s + 1]);
+          Mma(ds[n8], ones, b[u][n8][2 * s], b[u][n8][2 * s + 1]);
+        }
         if (s % (4 / kGroupsPerTile) == 4 / kGroupsPerTile - 1) {  // end of a group's part
           const int j = kGroupsPerTile == 2 ? s / 2 : 0;
 #pragma unroll
           for (int h = 0; h < 2; ++h) {  // row g, then row g + 8
             const float scale = __low2float(p[u][j][h]), zero = __high2float(p[u][j][h]);
             const float c = kMinForm ? 128.0f * scale + zero : scale * (128.0f + zero);
-            acc[2 * h] += scale * dq[2 * h] - c * ds[2 * h];
-            acc[2 * h + 1] += scale * dq[2 * h + 1] - c * ds[2 * h + 1];
-            dq[2 * h] = dq[2 * h + 1] = ds[2 * h] = ds[2 * h + 1] = 0;
+#pragma unroll
+            for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+#pragma unroll
+              for (int i = 2 * h; i < 2 * h + 2; ++i) {
+                acc[n8][i] += scale * dq[n8][i] - c * ds[n8][i];
+                dq[n8][i] = ds[n8][i] = 0;
+              }
+            }
           }
         }
       }
     }
   }
 
-  __shared__ float partial[kWarps][32][4];
+  __shared__ float partial[kWarps][kTokenTiles][32][4];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) partial[warp][lane][i] = acc[i];
+  for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) partial[warp][n8][lane][i] = acc[n8][i];
+  }
   __syncthreads();
-  if (threadIdx.x < 128) {
-    const int l = threadIdx.x / 4, i = threadIdx.x % 4;
+  // 128 outputs per token tile; a 4-warp block covers two tiles in two passes.
+  for (int e = threadIdx.x; e < 128 * kTokenTiles; e += kWarps * 32) {
+    const int n8 = e / 128, l = e % 128 / 4, i = e % 4;
     float sum = 0;
 #pragma unroll
-    for (int v = 0; v < kWarps; ++v) sum += partial[v][l][i];
-    const int token = 2 * (l % 4) + i % 2;
+    for (int v = 0; v < kWarps; ++v) sum += partial[v][n8][l][i];
+    const int token = 8 * n8 + 2 * (l % 4) + i % 2;
     const int row = blockIdx.x * kRows + l / 4 + (i / 2) * 8;
     if (token < m) y[static_cast<int64_t>(token) * n + row] = __float2bfloat16(sum);
   }
@@ -128,12 +150,16 @@ absl::Status Launch(const Int4MmaWeight& w, const __nv_bfloat16* x, int m, __nv_
   const auto launch = [&](auto kernel) {
     kernel<<<grid, kWarps * 32, 0, stream>>>(w.qweight, w.params, x, y, m, n, k, tiles_per_group);
   };
+  const auto for_tokens = [&]<int kGroupsPerTile, bool kMinForm>() {
+    m <= 8 ? launch(Int4MmaGemvKernel<kWarps, kGroupsPerTile, kMinForm, kTilesInFlight, 1>)
+           : launch(Int4MmaGemvKernel<kWarps, kGroupsPerTile, kMinForm, kTilesInFlight, 2>);
+  };
   if (w.group_size == 32) {
-    w.min_form ? launch(Int4MmaGemvKernel<kWarps, 2, true, kTilesInFlight>)
-               : launch(Int4MmaGemvKernel<kWarps, 2, false, kTilesInFlight>);
+    w.min_form ? for_tokens.template operator()<2, true>()
+               : for_tokens.template operator()<2, false>();
   } else {
-    w.min_form ? launch(Int4MmaGemvKernel<kWarps, 1, true, kTilesInFlight>)
-               : launch(Int4MmaGemvKernel<kWarps, 1, false, kTilesInFlight>);
+    w.min_form ? for_tokens.template operator()<1, true>()
+               : for_tokens.template operator()<1, false>();
   }
   GQ_RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
@@ -171,23 +197,17 @@ absl::Status Int4MmaGemv(const Int4MmaWeight& w, const __nv_bfloat16* x, int m, 
       return Launch<4, 2>(w, x, m, y, stream);
     case 404:
       return Launch<4, 4>(w, x, m, y, stream);
-    case 408:
-      return Launch<4, 8>(w, x, m, y, stream);
     case 802:
       return Launch<8, 2>(w, x, m, y, stream);
     case 804:
       return Launch<8, 4>(w, x, m, y, stream);
-    case 808:
-      return Launch<8, 8>(w, x, m, y, stream);
     case 1602:
       return Launch<16, 2>(w, x, m, y, stream);
     case 1604:
       return Launch<16, 4>(w, x, m, y, stream);
-    case 1608:
-      return Launch<16, 8>(w, x, m, y, stream);
     default:
       return absl::InvalidArgumentError(absl::StrFormat(
-          "Int4MmaGemv: warps_per_row_block must be 4, 8 or 16 and tiles_in_flight 2, 4 or 8, "
+          "Int4MmaGemv: warps_per_row_block must be 4, 8 or 16 and tiles_in_flight 2 or 4, "
           "not %d and %d",
           warps, tiles_in_flight));
   }

@@ -1,7 +1,7 @@
 // Int4 weight-only products for decode on the tensor cores: y[M, N] =
-// x[M, K] · W[N, K]ᵀ for M = 1..8 with bf16 activations and output and fp32
+// x[M, K] · W[N, K]ᵀ for M = 1..16 with bf16 activations and output and fp32
 // accumulation, using mma.m16n8k16 with the weights as the 16-row A operand
-// and the (zero-padded) activations as the 8-column B operand.
+// and the (zero-padded) activations as one or two 8-column B operands.
 //
 // Why this form: on CUDA cores a decode GEMV spends ~4 instructions per
 // weight (unpack, convert, FMA), which caps it near 60% of HBM bandwidth on
@@ -37,7 +37,7 @@
 
 namespace gquant::cuda {
 
-inline constexpr int kInt4MmaMaxM = 8;
+inline constexpr int kInt4MmaMaxM = 16;
 
 struct Int4MmaWeight {
   const uint4* qweight = nullptr;          // tiled, see above
@@ -51,7 +51,7 @@ struct Int4MmaWeight {
 // y = x · Wᵀ for m in 1..kInt4MmaMaxM rows of x ([m, K] bf16) into y ([m, N]
 // bf16). Tuning knobs for benchmarks (0: the default): `warps_per_row_block`
 // splits K over that many warps (4, 8 or 16); `tiles_in_flight` is how many
-// 512-byte tiles each warp loads before using them (2, 4 or 8).
+// 512-byte tiles each warp loads before using them (2 or 4).
 // InvalidArgument for a bad shape, pointer or knob; Internal for a launch error.
 absl::Status Int4MmaGemv(const Int4MmaWeight& weight, const __nv_bfloat16* x, int m,
                          __nv_bfloat16* y, cudaStream_t stream, int warps_per_row_block = 0,

@@ -135,7 +135,7 @@ TEST_CASE("int4 tensor-core GEMV matches a float64 reference", "[cuda][int4_gemv
       {1536, 1536, 32, false}, {4096, 5376, 256, false},
   };
   for (const Problem& p : problems) {
-    for (int m : {1, 2, 5, 8}) {
+    for (int m : {1, 2, 5, 8, 9, 16}) {
       const Case c = MakeCase(p, m, rng);
       const PackedInt4Mma packed = PackInt4Mma(c.qweight, c.scale_gn, c.zero_gn, p.n, p.k, p.group);
       auto qweight = Upload(packed.qweight);
@@ -186,6 +186,8 @@ TEST_CASE("int4 GEMV rejects bad shapes", "[cuda][int4_gemv]") {
                     absl::StatusCode::kInvalidArgument);  // group 96
   REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 64, 32}, x, 0, y, nullptr),
                     absl::StatusCode::kInvalidArgument);  // M
+  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 64, 32}, x, 17, y, nullptr),
+                    absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
