@@ -1,5 +1,6 @@
 #include "gquant/quantized_checkpoint.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -414,13 +415,36 @@ std::string QuantizedCheckpoint::recipe_json() const {
 
 absl::StatusOr<std::vector<float>> QuantizedCheckpoint::Dequantize(std::string_view fqn) const {
   const QuantizedWeightInfo* info = Find(fqn);
+  if (info == nullptr) return DequantizeRows(fqn, 0, 0);  // the NotFound error
+  int64_t rows = 1;
+  for (size_t d = 0; d + 1 < info->shape.size(); ++d) rows *= info->shape[d];
+  return DequantizeRows(fqn, 0, rows);
+}
+
+absl::StatusOr<std::vector<float>> QuantizedCheckpoint::DequantizeRows(std::string_view fqn,
+                                                                       int64_t row_begin,
+                                                                       int64_t rows) const {
+  const QuantizedWeightInfo* info = Find(fqn);
   if (info == nullptr) {
     return absl::NotFoundError(absl::StrFormat("checkpoint '%s': no weight '%s'",
                                                checkpoint_.directory(), std::string(fqn)));
   }
+  // Rows are the shape's leading dims flattened; a 0-D or 1-D tensor is one row.
+  const int64_t k = info->shape.empty() ? 1 : info->shape.back();
+  int64_t total_rows = 1;
+  for (size_t d = 0; d + 1 < info->shape.size(); ++d) total_rows *= info->shape[d];
+  if (row_begin < 0 || rows < 0 || row_begin + rows > total_rows) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("weight '%s': rows [%d, %d) are outside its %d rows", std::string(fqn),
+                        row_begin, row_begin + rows, total_rows));
+  }
+  std::vector<float> out(rows * k);
   if (info->kind == Kind::kPlain) {
     GQ_ASSIGN_OR_RETURN(const Tensor tensor, checkpoint_.Get(fqn));
-    return tensor.ToFloat();
+    const int64_t item = DTypeSize(tensor.dtype());
+    GQ_RETURN_IF_ERROR(ConvertToFloat(
+        tensor.dtype(), tensor.bytes().subspan(row_begin * k * item, rows * k * item), out));
+    return out;
   }
   const Kind kind = info->kind;
   const PartShapes shapes = PartShapesOf(info->shape, kind, info->bits, info->group_size);
@@ -434,29 +458,48 @@ absl::StatusOr<std::vector<float>> QuantizedCheckpoint::Dequantize(std::string_v
   GQ_ASSIGN_OR_RETURN(const Tensor zero_part,
                       GetPart(checkpoint_, kind == Kind::kMin ? parts.min : parts.zero_point,
                               {DType::kBF16, DType::kF16, DType::kF32, DType::kI8}, shapes.scale));
-  GQ_ASSIGN_OR_RETURN(const std::vector<float> stored_scale, scale_part.ToFloat());
-  GQ_ASSIGN_OR_RETURN(const std::vector<float> stored_zero, zero_part.ToFloat());
 
-  const int64_t n = info->shape[info->shape.size() - 2], k = info->shape.back();
+  const int64_t n = info->shape[info->shape.size() - 2];
   const int64_t group = info->group_size, g_count = k / group;
-  const int64_t matrices = info->shape.size() == 3 ? info->shape[0] : 1;
-  const bool nibbles = PacksNibbles(kind, info->bits);
-  std::vector<float> out(matrices * n * k);
-  const auto* q = reinterpret_cast<const uint8_t*>(qdata.bytes().data());
-  for (int64_t e = 0; e < matrices; ++e) {
-    for (int64_t r = 0; r < n; ++r) {
+  // The rows' scales and zeros as float [rows, G]. Int4 stores them [E, G, N],
+  // so each (matrix, group) gives a contiguous run over rows; the others store
+  // [E, N, G], contiguous for the whole range.
+  std::vector<float> scale(rows * g_count), zero(rows * g_count);
+  const auto convert = [](const Tensor& part, int64_t first, std::span<float> dst) {
+    const int64_t item = DTypeSize(part.dtype());
+    return ConvertToFloat(part.dtype(), part.bytes().subspan(first * item, dst.size() * item), dst);
+  };
+  if (kind == Kind::kInt4) {
+    std::vector<float> run;
+    for (int64_t r = 0; r < rows;) {
+      const int64_t e = (row_begin + r) / n, first = (row_begin + r) % n;
+      const int64_t count = std::min(rows - r, n - first);
+      run.resize(count);
       for (int64_t g = 0; g < g_count; ++g) {
-        const int64_t at =
-            kind == Kind::kInt4 ? (e * g_count + g) * n + r : (e * n + r) * g_count + g;
-        const float s = stored_scale[at], z = stored_zero[at];
-        for (int64_t c = g * group; c < (g + 1) * group; ++c) {
-          const int64_t i = (e * n + r) * k + c;
-          const int code = nibbles ? (q[i / 2] >> (4 * (i & 1))) & 0xf
-                                   : (kind == Kind::kIntx ? static_cast<int8_t>(q[i]) : q[i]);
-          // ExecuTorch's (q - z) * s (§2.6), or ggml's q * d - m: both in float32.
-          out[i] = kind == Kind::kMin ? static_cast<float>(code) * s - z
-                                      : (static_cast<float>(code) - z) * s;
+        for (auto [part, dst] : {std::pair{&scale_part, &scale}, std::pair{&zero_part, &zero}}) {
+          GQ_RETURN_IF_ERROR(convert(*part, (e * g_count + g) * n + first, run));
+          for (int64_t i = 0; i < count; ++i) (*dst)[(r + i) * g_count + g] = run[i];
         }
+      }
+      r += count;
+    }
+  } else {
+    GQ_RETURN_IF_ERROR(convert(scale_part, row_begin * g_count, scale));
+    GQ_RETURN_IF_ERROR(convert(zero_part, row_begin * g_count, zero));
+  }
+
+  const bool nibbles = PacksNibbles(kind, info->bits);
+  const auto* q = reinterpret_cast<const uint8_t*>(qdata.bytes().data());
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t g = 0; g < g_count; ++g) {
+      const float s = scale[r * g_count + g], z = zero[r * g_count + g];
+      for (int64_t c = g * group; c < (g + 1) * group; ++c) {
+        const int64_t i = (row_begin + r) * k + c;
+        const int code = nibbles ? (q[i / 2] >> (4 * (i & 1))) & 0xf
+                                 : (kind == Kind::kIntx ? static_cast<int8_t>(q[i]) : q[i]);
+        // ExecuTorch's (q - z) * s (§2.6), or ggml's q * d - m: both in float32.
+        out[r * k + c] = kind == Kind::kMin ? static_cast<float>(code) * s - z
+                                            : (static_cast<float>(code) - z) * s;
       }
     }
   }

@@ -1,5 +1,6 @@
 #include "gquant/quantized_checkpoint.h"
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -211,6 +212,16 @@ TEST_CASE("packed weights round trip through a file to (q - z) * s or q * s - m"
         const double magnitude = std::fabs(q * s) + std::fabs(z * s) + std::fabs(z);
         REQUIRE(std::fabs((*values)[i] - expected) <= 1e-6 * magnitude + 1e-30);
       }
+      // Any row range (crossing experts for 3-D) decodes to the same floats.
+      const int64_t total_rows = static_cast<int64_t>(values->size()) / k;
+      std::uniform_int_distribution<int64_t> pick(0, total_rows - 1);
+      const int64_t first = pick(rng), count = std::min<int64_t>(1 + pick(rng), total_rows - first);
+      auto rows = file->DequantizeRows(layout->fqn(), first, count);
+      REQUIRE_OK(rows);
+      REQUIRE(std::equal(rows->begin(), rows->end(), values->begin() + first * k,
+                         values->begin() + (first + count) * k));
+      REQUIRE_STATUS_IS(file->DequantizeRows(layout->fqn(), total_rows - 1, 2),
+                        absl::StatusCode::kInvalidArgument);
     }
   }
 }

@@ -203,6 +203,12 @@ class QuantizedCheckpoint {
   // The weight in float32 (plain tensors converted, quantized ones
   // dequantized), row-major in its logical shape. NotFound for an unknown FQN.
   absl::StatusOr<std::vector<float>> Dequantize(std::string_view fqn) const;
+  // Rows [row_begin, row_begin + rows) of the weight (its leading dims
+  // flattened), decoding only what they need: an embedding lookup reads one
+  // row, not the table. NotFound for an unknown FQN, InvalidArgument for rows
+  // outside the weight.
+  absl::StatusOr<std::vector<float>> DequantizeRows(std::string_view fqn, int64_t row_begin,
+                                                    int64_t rows) const;
   // Lets the pages of the weight's stored tensors go (Checkpoint::Release), so
   // reading a large checkpoint weight by weight stays near one weight.
   void Release(std::string_view fqn) const;

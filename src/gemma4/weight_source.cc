@@ -78,16 +78,7 @@ class CheckpointSource final : public WeightSource {
     const QuantizedWeightInfo* info = Info(name);
     if (info == nullptr) return NotFound(name);
     GQ_RETURN_IF_ERROR(CheckRows(name, info->shape, row_begin, rows));
-    if (info->kind != QuantizedWeightInfo::Kind::kPlain) {
-      return WeightSource::LoadRows(name, row_begin, rows);
-    }
-    GQ_ASSIGN_OR_RETURN(Tensor tensor, checkpoint_.checkpoint().Get(info->fqn));
-    const int64_t cols = info->shape[1];
-    const int64_t item = DTypeSize(tensor.dtype());
-    std::vector<float> out(rows * cols);
-    GQ_RETURN_IF_ERROR(ConvertToFloat(
-        tensor.dtype(), tensor.bytes().subspan(row_begin * cols * item, rows * cols * item), out));
-    return out;
+    return checkpoint_.DequantizeRows(info->fqn, row_begin, rows);
   }
 
   std::string description() const override { return absl::StrCat("checkpoint '", path_, "'"); }
