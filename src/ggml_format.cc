@@ -30,6 +30,11 @@ const GgmlTypeTraits* FindGgmlType(uint32_t id) {
   return traits.block_elements == 0 ? nullptr : &traits;
 }
 
+std::string GgmlTypeName(uint32_t id) {
+  const GgmlTypeTraits* traits = FindGgmlType(id);
+  return traits != nullptr ? std::string(traits->name) : absl::StrFormat("type %d", id);
+}
+
 absl::StatusOr<GgmlType> GgmlTypeFromName(std::string_view name) {
   for (const GgmlTypeTraits& traits : kGgmlTypeTraits) {
     if (traits.block_elements != 0 && traits.name == name) return traits.type;

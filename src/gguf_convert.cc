@@ -63,7 +63,7 @@ absl::StatusOr<PlannedTensor> PlanTensor(const GgufTensorInfo& info) {
   r.bytes_in = static_cast<int64_t>(info.num_bytes);
   const GgmlTypeTraits* traits = FindGgmlType(info.type);
   const GgmlType type = static_cast<GgmlType>(info.type);
-  r.ggml_type = traits != nullptr ? std::string(traits->name) : absl::StrFormat("%d", info.type);
+  r.ggml_type = GgmlTypeName(info.type);
   auto hf_name = gemma4::HfNameFromGguf(info.name, gemma4::kHfPrefixText);
   if (absl::IsNotFound(hf_name.status())) {
     r.how = How::kSkipped;

@@ -190,8 +190,9 @@ absl::StatusOr<GgufExportReport> ExportGguf(const Recipe& recipe,
   const auto start = std::chrono::steady_clock::now();
   if (options.keep_type != GgmlType::kF32 && options.keep_type != GgmlType::kF16 &&
       options.keep_type != GgmlType::kBF16) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "export keep type: expected f32, f16 or bf16, but got %s", Traits(options.keep_type).name));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("export keep type: expected f32, f16 or bf16, but got %s",
+                        GgmlTypeName(static_cast<uint32_t>(options.keep_type))));
   }
   GQ_ASSIGN_OR_RETURN(const QuantizedCheckpoint checkpoint,
                       QuantizedCheckpoint::Open(options.input));

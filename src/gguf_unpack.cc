@@ -197,12 +197,6 @@ const Unpacker* FindUnpacker(GgmlType type) {
   return nullptr;
 }
 
-std::string TypeName(GgmlType type) {
-  const GgmlTypeTraits* traits = FindGgmlType(static_cast<uint32_t>(type));
-  return traits == nullptr ? absl::StrFormat("type %d", static_cast<int>(type))
-                           : std::string(traits->name);
-}
-
 // Rows per parallel task: enough work to amortize the scheduling.
 constexpr int64_t kRowsPerTask = 16;
 
@@ -214,7 +208,7 @@ absl::StatusOr<GgufUnpackFormat> GgufUnpackFormatOf(GgmlType type) {
     return absl::UnimplementedError(absl::StrFormat(
         "ggml type %s has no lossless unpacker (supported: q8_0, q4_0, q5_0, q4_1, q5_1, q4_K, "
         "q5_K, q6_K)",
-        TypeName(type)));
+        GgmlTypeName(static_cast<uint32_t>(type))));
   }
   return unpacker->format;
 }

@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
 
 #include "absl/status/status.h"
@@ -204,6 +205,10 @@ static_assert(internal_ggml::GgmlTypeTableIsConsistent(), "kGgmlTypeTraits is in
 
 // The traits of type id `id`, or nullptr for an unknown or retired id.
 const GgmlTypeTraits* FindGgmlType(uint32_t id);
+
+// ggml's name of type id `id` ("q4_K"), or "type <id>" for an unknown or
+// retired id: for messages and reports.
+std::string GgmlTypeName(uint32_t id);
 
 // Parses ggml's type name ("q4_K", "bf16", ...; case-sensitive, as ggml).
 // InvalidArgument for an unknown or retired name.

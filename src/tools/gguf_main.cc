@@ -120,11 +120,6 @@ std::string FormatDims(const std::vector<int64_t>& dims, const char* open, const
   return absl::StrFormat("%s%s%s", open, absl::StrJoin(dims, ", "), close);
 }
 
-std::string TypeName(uint32_t type) {
-  const GgmlTypeTraits* traits = FindGgmlType(type);
-  return traits != nullptr ? std::string(traits->name) : absl::StrFormat("type%d", type);
-}
-
 int Inspect(const std::string& path) {
   absl::StatusOr<GgufFile> file = GgufFile::Open(path);
   if (!file.ok()) {
@@ -161,7 +156,7 @@ int Inspect(const std::string& path) {
   Row widths{"name", "type", "gguf dims", "torch shape", "bytes"};
   for (const GgufTensorInfo& t : file->tensors()) {
     const auto bytes = static_cast<int64_t>(t.num_bytes);
-    rows.push_back({t.name, TypeName(t.type), FormatDims(t.dims, "[", "]"),
+    rows.push_back({t.name, GgmlTypeName(t.type), FormatDims(t.dims, "[", "]"),
                     FormatDims(t.TorchShape(), "(", ")"), FormatWithThousands(bytes)});
     ++by_type[t.type].count;
     by_type[t.type].bytes += bytes;
@@ -184,7 +179,7 @@ int Inspect(const std::string& path) {
 
   std::printf("\nby type:\n");
   for (const auto& [type, totals] : by_type) {
-    std::printf("  %-8s %s tensor%s, %s bytes\n", (TypeName(type) + ":").c_str(),
+    std::printf("  %-8s %s tensor%s, %s bytes\n", (GgmlTypeName(type) + ":").c_str(),
                 FormatWithThousands(totals.count).c_str(), totals.count == 1 ? "" : "s",
                 FormatWithThousands(totals.bytes).c_str());
   }
