@@ -7,7 +7,6 @@
 #include <map>
 
 #include "absl/strings/str_format.h"
-#include "gquant/dtype.h"
 #include "gquant/gemma4/config.h"
 #include "gquant/gemma4/gguf_mapping.h"
 #include "gquant/gguf.h"
@@ -137,11 +136,6 @@ absl::StatusOr<Encoded> EncodeRows(
   return out;
 }
 
-struct PlannedTensor {
-  GgufExportedTensor report;
-  const QuantizedWeightInfo* info;
-};
-
 }  // namespace
 
 GgmlType ChooseGgmlType(const Recipe& recipe, const std::string& hf_name,
@@ -202,16 +196,14 @@ absl::StatusOr<GgufExportReport> ExportGguf(const Recipe& recipe,
   GQ_RETURN_IF_ERROR(
       Annotate(gemma4::CheckGgufRepresentable(config.text), "checkpoint '", options.input, "'"));
 
-  std::vector<PlannedTensor> plan;
+  std::vector<GgufExportedTensor> plan;
   std::map<GgmlType, int64_t> elements_by_type;
   for (const std::string& name : checkpoint.weight_names()) {
-    const QuantizedWeightInfo* info = checkpoint.Find(name);
-    PlannedTensor p{{name}, info};
-    GgufExportedTensor& r = p.report;
-    r.shape = info->shape;
+    GgufExportedTensor r{name};
+    r.shape = checkpoint.Find(name)->shape;
     auto gguf_name = gemma4::GgufNameFromHf(name);
     if (absl::IsNotFound(gguf_name.status())) {
-      plan.push_back(std::move(p));
+      plan.push_back(std::move(r));
       continue;
     }
     GQ_RETURN_IF_ERROR(Annotate(gguf_name.status(), "checkpoint '", options.input, "'"));
@@ -220,7 +212,7 @@ absl::StatusOr<GgufExportReport> ExportGguf(const Recipe& recipe,
     r.type = ChooseGgmlType(recipe, name, r.shape, num_layers, options.keep_type, &r.fell_back);
     GQ_ASSIGN_OR_RETURN(const int64_t elements, NumElements(r.shape));
     elements_by_type[r.type] += elements;
-    plan.push_back(std::move(p));
+    plan.push_back(std::move(r));
   }
 
   GQ_ASSIGN_OR_RETURN(std::unique_ptr<GgufWriter> writer, GgufWriter::Create(options.output_file));
@@ -242,13 +234,11 @@ absl::StatusOr<GgufExportReport> ExportGguf(const Recipe& recipe,
   }
   writer->SetMetadata("general.quantization_version", GgufValue(uint32_t{2}));
   writer->SetMetadata("general.file_type", GgufValue(FileTypeOf(dominant)));
-  for (const PlannedTensor& p : plan) {
-    if (p.report.gguf_name.empty()) continue;
-    const std::vector<int64_t> dims(p.report.shape.rbegin(), p.report.shape.rend());
-    GQ_ASSIGN_OR_RETURN(const uint64_t bytes,
-                        GgufTensorBytes(dims, static_cast<uint32_t>(p.report.type)));
-    GQ_RETURN_IF_ERROR(
-        writer->AddTensor(p.report.gguf_name, dims, static_cast<uint32_t>(p.report.type), bytes));
+  for (const GgufExportedTensor& t : plan) {
+    if (t.gguf_name.empty()) continue;
+    const std::vector<int64_t> dims(t.shape.rbegin(), t.shape.rend());
+    GQ_ASSIGN_OR_RETURN(const uint64_t bytes, GgufTensorBytes(dims, static_cast<uint32_t>(t.type)));
+    GQ_RETURN_IF_ERROR(writer->AddTensor(t.gguf_name, dims, static_cast<uint32_t>(t.type), bytes));
   }
 
   // llama.cpp's proportional RoPE on full layers reads its frequency factors
@@ -266,30 +256,17 @@ absl::StatusOr<GgufExportReport> ExportGguf(const Recipe& recipe,
   JobProgress progress;
   progress.tensors_total = static_cast<int64_t>(plan.size());
   GgufExportReport report;
-  for (PlannedTensor& p : plan) {
-    GgufExportedTensor& r = p.report;
+  for (GgufExportedTensor& r : plan) {
     progress.current = r.hf_name;
     if (!r.gguf_name.empty()) {
       const int64_t cols = r.shape.back();
       const int64_t rows = *NumElements(r.shape) / std::max<int64_t>(cols, 1);
-      // Plain tensors convert block by block from the map; quantized ones are
-      // dequantized whole (the checkpoint reader works per weight).
-      std::vector<float> dequantized;
-      std::optional<Tensor> plain;
-      if (p.info->kind == QuantizedWeightInfo::Kind::kPlain) {
-        GQ_ASSIGN_OR_RETURN(plain, checkpoint.checkpoint().Get(r.hf_name));
-      } else {
-        GQ_ASSIGN_OR_RETURN(dequantized, checkpoint.Dequantize(r.hf_name));
-      }
+      // Block by block from the map, plain or quantized alike.
       const auto read_rows = [&](int64_t first, int64_t count, std::span<float> out) {
-        if (!plain) {
-          std::copy_n(dequantized.begin() + first * cols, count * cols, out.begin());
-          return absl::OkStatus();
-        }
-        const int64_t element = DTypeSize(plain->dtype());
-        return ConvertToFloat(
-            plain->dtype(), plain->bytes().subspan(first * cols * element, count * cols * element),
-            out);
+        GQ_ASSIGN_OR_RETURN(const std::vector<float> values,
+                            checkpoint.DequantizeRows(r.hf_name, first, count));
+        std::copy(values.begin(), values.end(), out.begin());
+        return absl::OkStatus();
       };
       auto encoded = EncodeRows(r.type, rows, cols, pool, read_rows);
       if (!encoded.ok()) return Annotate(encoded.status(), "tensor '", r.hf_name, "'");

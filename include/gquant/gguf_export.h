@@ -13,9 +13,9 @@
 // Encoding is ggml's reference quantizer (quantize_row_*_ref), byte-identical
 // to llama-quantize without an imatrix.
 //
-// Input weights are read as float32: plain tensors straight from the memory
-// map, quantized ones dequantized (so a gquant checkpoint is re-quantized, not
-// re-packed). Vision and audio tensors are left out (llama.cpp keeps them in a
+// Input weights are read as float32, a block of rows at a time, plain ones
+// converted and quantized ones dequantized (so a gquant checkpoint is
+// re-quantized, not re-packed). Vision and audio tensors are left out (llama.cpp keeps them in a
 // separate mmproj file); "rope_freqs.weight", which llama.cpp's converter
 // generates for proportional RoPE, is added. Metadata: gemma4/gguf_mapping.h's
 // GgufMetadataFromTextConfig plus general.file_type and
