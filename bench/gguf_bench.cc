@@ -84,16 +84,15 @@ constexpr int kQ4K = static_cast<int>(GgmlType::kQ4_K);
 constexpr int kQ6K = static_cast<int>(GgmlType::kQ6_K);
 constexpr int kQ8_0 = static_cast<int>(GgmlType::kQ8_0);
 
-BENCHMARK(BM_GgmlDequantize)
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime()
-    ->ArgNames({"type", "threads"})
-    ->Args({kQ4K, 1})
-    ->Args({kQ4K, 0})
-    ->Args({kQ6K, 1})
-    ->Args({kQ6K, 0})
-    ->Args({kQ8_0, 1})
-    ->Args({kQ8_0, 0});
+// Q4_K, Q6_K and Q8_0, each on one thread and on all of them.
+void TypesAndThreads(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"type", "threads"});
+  for (int type : {kQ4K, kQ6K, kQ8_0}) {
+    for (int threads : {1, 0}) b->Args({type, threads});
+  }
+}
+
+BENCHMARK(BM_GgmlDequantize)->Unit(benchmark::kMillisecond)->UseRealTime()->Apply(TypesAndThreads);
 
 // Args: ggml type id, threads (0 = all hardware threads).
 void BM_GgufUnpack(benchmark::State& state) {
@@ -114,16 +113,7 @@ void BM_GgufUnpack(benchmark::State& state) {
                                  packed_bytes, pool.num_threads(),
                                  pool.num_threads() == 1 ? "" : "s"));
 }
-BENCHMARK(BM_GgufUnpack)
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime()
-    ->ArgNames({"type", "threads"})
-    ->Args({kQ4K, 1})
-    ->Args({kQ4K, 0})
-    ->Args({kQ6K, 1})
-    ->Args({kQ6K, 0})
-    ->Args({kQ8_0, 1})
-    ->Args({kQ8_0, 0});
+BENCHMARK(BM_GgufUnpack)->Unit(benchmark::kMillisecond)->UseRealTime()->Apply(TypesAndThreads);
 
 // The ceiling: copying the float32 output bytes, split over rows like the
 // decoders. Args: threads (0 = all hardware threads).
