@@ -25,6 +25,23 @@ struct RowOut {
 // table in gguf_unpack.h; comments give ggml's formula each one reproduces.
 using UnpackRowFn = void (*)(const std::byte* src, int64_t n, const RowOut& out);
 
+// The fifth bits of a Q5_0/Q5_1 block: element j's is bit j of qh.
+uint32_t LoadQh(const uint8_t (&qh)[4]) {
+  uint32_t bits;
+  std::memcpy(&bits, qh, 4);
+  return bits;
+}
+
+// The 32 codes of a Q4_0/Q4_1/Q5_0/Q5_1 block minus `bias`: element j in the
+// low nibble of qs[j], element j + 16 in the high one, and (5-bit types) bit
+// j of qh as the fifth bit (qh = 0 for 4-bit types).
+void BlockCodes(const uint8_t (&qs)[kQK / 2], uint32_t qh, int bias, int8_t* q) {
+  for (int j = 0; j < kQK / 2; ++j) {
+    q[j] = static_cast<int8_t>(((qs[j] & 0xF) | (((qh >> j) & 1) << 4)) - bias);
+    q[j + kQK / 2] = static_cast<int8_t>(((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - bias);
+  }
+}
+
 void UnpackQ8_0(const std::byte* src, int64_t n, const RowOut& out) {  // y = q * d
   for (int64_t b = 0; b < n / kQK; ++b) {
     const auto block = LoadGgmlBlock<BlockQ8_0>(src, b);
@@ -37,33 +54,16 @@ void UnpackQ8_0(const std::byte* src, int64_t n, const RowOut& out) {  // y = q 
 void UnpackQ4_0(const std::byte* src, int64_t n, const RowOut& out) {  // y = (q - 8) * d
   for (int64_t b = 0; b < n / kQK; ++b) {
     const auto block = LoadGgmlBlock<BlockQ4_0>(src, b);
-    int8_t* q = out.codes + b * kQK;
-    for (int j = 0; j < kQK / 2; ++j) {
-      q[j] = static_cast<int8_t>(block.qs[j] & 0xF);
-      q[j + kQK / 2] = static_cast<int8_t>(block.qs[j] >> 4);
-    }
+    BlockCodes(block.qs, 0, 0, out.codes + b * kQK);
     out.scale[b] = HalfToFloat(block.d);
     out.zero[b] = 8;
   }
 }
 
-// The fifth bits of a Q5_0/Q5_1 block: element j's is bit j of qh.
-uint32_t LoadQh(const uint8_t (&qh)[4]) {
-  uint32_t bits;
-  std::memcpy(&bits, qh, 4);
-  return bits;
-}
-
 void UnpackQ5_0(const std::byte* src, int64_t n, const RowOut& out) {  // y = (q - 16) * d
   for (int64_t b = 0; b < n / kQK; ++b) {
     const auto block = LoadGgmlBlock<BlockQ5_0>(src, b);
-    const uint32_t qh = LoadQh(block.qh);
-    int8_t* q = out.codes + b * kQK;
-    for (int j = 0; j < kQK / 2; ++j) {
-      q[j] = static_cast<int8_t>(((block.qs[j] & 0xF) | (((qh >> j) & 1) << 4)) - 16);
-      q[j + kQK / 2] =
-          static_cast<int8_t>(((block.qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16);
-    }
+    BlockCodes(block.qs, LoadQh(block.qh), 16, out.codes + b * kQK);
     out.scale[b] = HalfToFloat(block.d);
     out.zero[b] = 0;
   }
@@ -72,11 +72,7 @@ void UnpackQ5_0(const std::byte* src, int64_t n, const RowOut& out) {  // y = (q
 void UnpackQ4_1(const std::byte* src, int64_t n, const RowOut& out) {  // y = q * d + m
   for (int64_t b = 0; b < n / kQK; ++b) {
     const auto block = LoadGgmlBlock<BlockQ4_1>(src, b);
-    int8_t* q = out.codes + b * kQK;
-    for (int j = 0; j < kQK / 2; ++j) {
-      q[j] = static_cast<int8_t>(block.qs[j] & 0xF);
-      q[j + kQK / 2] = static_cast<int8_t>(block.qs[j] >> 4);
-    }
+    BlockCodes(block.qs, 0, 0, out.codes + b * kQK);
     out.scale[b] = HalfToFloat(block.d);
     out.zero[b] = -HalfToFloat(block.m);  // q*d - (-m) == q*d + m exactly
   }
@@ -85,12 +81,7 @@ void UnpackQ4_1(const std::byte* src, int64_t n, const RowOut& out) {  // y = q 
 void UnpackQ5_1(const std::byte* src, int64_t n, const RowOut& out) {  // y = q * d + m
   for (int64_t b = 0; b < n / kQK; ++b) {
     const auto block = LoadGgmlBlock<BlockQ5_1>(src, b);
-    const uint32_t qh = LoadQh(block.qh);
-    int8_t* q = out.codes + b * kQK;
-    for (int j = 0; j < kQK / 2; ++j) {
-      q[j] = static_cast<int8_t>((block.qs[j] & 0xF) | (((qh >> j) & 1) << 4));
-      q[j + kQK / 2] = static_cast<int8_t>((block.qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4));
-    }
+    BlockCodes(block.qs, LoadQh(block.qh), 0, out.codes + b * kQK);
     out.scale[b] = HalfToFloat(block.d);
     out.zero[b] = -HalfToFloat(block.m);
   }
