@@ -1,5 +1,7 @@
 #include <cuda_bf16.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_format.h"
 #include "cuda_status.cuh"
 #include "int4_mma_gemv.cuh"
@@ -7,17 +9,38 @@
 namespace gquant::cuda {
 namespace {
 
-constexpr int kRows = 16;   // rows per tile (the mma's M)
-constexpr int kTileK = 64;  // columns per tile: four k16 steps
+constexpr int kRows = kInt4MmaRows;
+constexpr int kTileK = kInt4MmaTileK;
+constexpr int kTileBytes = kInt4MmaTileBytes;
+constexpr int kParamBytes = 128;   // a tile's params: two 32-groups x 16 rows x 4 bytes
+constexpr int kWarpsPerBlock = 4;  // warps are independent; small blocks pack SMs evenly
+constexpr int kMinTilesPerWarp = 8;
+constexpr int kSlotsPerWarp = 2;  // partial sums: a warp's first and last row block
 
-// A 16-byte streaming load: weights are read once, so keep them out of L1,
-// which holds the activations every warp re-reads.
-__device__ __forceinline__ uint4 LoadStreaming(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
+// A ring stage holds kTilesPerStage slots of: the tile, its params, and x for
+// its 64 columns ([h][token][t] chunks of 8 bf16, the order lanes read them).
+constexpr int kTilesPerStage = 2;
+constexpr int TileSlotBytes(int tokens) { return kTileBytes + kParamBytes + tokens * 2 * kTileK; }
+constexpr int StageBytes(int tokens) { return kTilesPerStage * TileSlotBytes(tokens); }
+
+// 16-byte asynchronous copies to a shared-memory address, when `valid`.
+__device__ __forceinline__ void CopyAsyncL2(uint32_t smem, const void* global, bool valid) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n @p cp.async.cg.shared.global [%0], [%1], "
+      "16;\n}\n" ::"r"(smem),
+      "l"(global), "r"(static_cast<int>(valid)));
+}
+// x is re-read by every warp of the multiprocessor: keep it in L1 too.
+__device__ __forceinline__ void CopyAsyncL1(uint32_t smem, const void* global, bool valid) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n @p cp.async.ca.shared.global [%0], [%1], "
+      "16;\n}\n" ::"r"(smem),
+      "l"(global), "r"(static_cast<int>(valid)));
+}
+__device__ __forceinline__ void CommitCopies() { asm volatile("cp.async.commit_group;\n"); }
+template <int kPending>
+__device__ __forceinline__ void WaitCopies() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
 // D += A · B for one m16n8k16 bf16 tile, fp32 accumulate.
@@ -30,88 +53,233 @@ __device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint3
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// One block per 16-row block; its kWarps warps split the 64-column tiles
-// (warp w takes tiles w, w + kWarps, ...) and add their partial sums at the
-// end. kGroupsPerTile: 2 for group size 32, 1 for multiples of 64.
-// kTilesInFlight: tiles each warp loads before using any. kTokenTiles: n8
-// tiles of tokens (1 for M <= 8, 2 for M <= 16), sharing each weight fragment.
-template <int kWarps, int kGroupsPerTile, bool kMinForm, int kTilesInFlight, int kTokenTiles>
-__global__ void __launch_bounds__(kWarps * 32)
-    Int4MmaGemvKernel(const uint4* __restrict__ qweight, const __nv_bfloat162* __restrict__ params,
-                      const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ y, int m,
-                      int n, int k, int tiles_per_group) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int g = lane / 4, t = lane % 4;  // mma fragment coordinates
-  const int k_tiles = k / kTileK;
-  const int groups = kGroupsPerTile == 2 ? k_tiles * 2 : k_tiles / tiles_per_group;
-  const uint4* tiles = qweight + static_cast<int64_t>(blockIdx.x) * k_tiles * 32;
-  const __nv_bfloat162* block_params = params + static_cast<int64_t>(blockIdx.x) * groups * kRows;
-  // Lane quad g feeds token g (+ 8 per token tile) as the B operand; padding tokens are 0.
-  bool has_token[kTokenTiles];
-  const uint32_t* xrow[kTokenTiles];
+struct Args {
+  const uint8_t* qweight;
+  const uint8_t* params;
+  const __nv_bfloat16* x;
+  __nv_bfloat16* y;
+  float* partials;
+  int* counters;
+  int m, n, k, k_tiles, groups, tiles_per_group;
+  int64_t total_tiles;
+  int64_t total_warps;
+};
+
+// The warp's run of tiles is [FirstTile(w), FirstTile(w + 1)).
+__device__ __forceinline__ int64_t FirstTile(const Args& a, int64_t warp) {
+  return a.total_tiles * warp / a.total_warps;
+}
+// The warp whose run holds `tile`.
+__device__ __forceinline__ int64_t OwnerOf(const Args& a, int64_t tile) {
+  return ((tile + 1) * a.total_warps - 1) / a.total_tiles;
+}
+
+// Writes a row block's sums: straight to y when the warp's run held the
+// whole block; otherwise into the warp's partial slot (slot 1 when the block
+// started before the run, i.e. it is the run's last block, else slot 0), and
+// the last of the block's warps to arrive adds the slots in warp order.
+template <int kTokenTiles>
+__device__ __forceinline__ void Finish(const Args& a, const float (&acc)[kTokenTiles][4],
+                                       int64_t block, int64_t begin, int64_t warp, bool block_ends,
+                                       int lane) {
+  const int g = lane / 4, t = lane % 4;
+  const auto store = [&](const float(&sum)[kTokenTiles][4]) {
+#pragma unroll
+    for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int token = 8 * n8 + 2 * t + i % 2;
+        const int64_t row = block * kRows + g + 8 * (i / 2);
+        if (token < a.m)
+          a.y[static_cast<int64_t>(token) * a.n + row] = __float2bfloat16(sum[n8][i]);
+      }
+    }
+  };
+  const int64_t block_first = block * a.k_tiles;
+  if (begin <= block_first && block_ends) {
+    store(acc);
+    return;
+  }
+  const auto slot_of = [&](int64_t w) {
+    return a.partials +
+           (w * kSlotsPerWarp + (FirstTile(a, w) < block_first ? 1 : 0)) * (128 * kTokenTiles);
+  };
+  float* mine = slot_of(warp);
 #pragma unroll
   for (int n8 = 0; n8 < kTokenTiles; ++n8) {
-    has_token[n8] = g + 8 * n8 < m;
-    xrow[n8] = reinterpret_cast<const uint32_t*>(
-        x + static_cast<int64_t>(has_token[n8] ? g + 8 * n8 : 0) * k);
+    reinterpret_cast<float4*>(mine)[n8 * 32 + lane] =
+        make_float4(acc[n8][0], acc[n8][1], acc[n8][2], acc[n8][3]);
   }
+  __threadfence();
+  __syncwarp();
+  const int64_t first = OwnerOf(a, block_first), last = OwnerOf(a, block_first + a.k_tiles - 1);
+  int arrived = 0;
+  if (lane == 0) arrived = atomicAdd(a.counters + block, 1);
+  arrived = __shfl_sync(0xFFFFFFFFu, arrived, 0);
+  if (arrived != last - first) return;
+  __threadfence();  // the last of the row block's warps: every slot is written
+  float sum[kTokenTiles][4] = {};
+  for (int64_t w = first; w <= last; ++w) {
+    const float* part = slot_of(w);
+#pragma unroll
+    for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(part) + n8 * 32 + lane);
+      sum[n8][0] += v.x;
+      sum[n8][1] += v.y;
+      sum[n8][2] += v.z;
+      sum[n8][3] += v.w;
+    }
+  }
+  store(sum);
+  if (lane == 0) a.counters[block] = 0;
+}
+
+// kTokens: 1, 8 or 16 activation rows the ring has room for (M <= kTokens).
+// kGroupsPerTile: 2 for group size 32, 1 for multiples of 64. A ring stage
+// holds kTilesPerStage consecutive tiles of the warp's run, so the pipeline's
+// bookkeeping (wait, warp sync, addresses) is paid once per stage.
+template <int kTokens, int kGroupsPerTile, bool kMinForm, int kStages>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32, kTokens > 8 ? 4 : 8)
+    Int4MmaGemvKernel(const Args a) {
+  constexpr int kTokenTiles = (kTokens + 7) / 8;
+  constexpr int kStage = StageBytes(kTokens);
+  constexpr int kTileSlot = TileSlotBytes(kTokens);
+  extern __shared__ __align__(16) uint8_t shared[];
+  const int lane = threadIdx.x % 32;
+  const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  if (warp >= a.total_warps) return;
+  uint8_t* ring = shared + (threadIdx.x / 32) * kStages * kStage;
+  const int g = lane / 4, t = lane % 4;  // mma fragment coordinates
+  const int64_t begin = FirstTile(a, warp), end = FirstTile(a, warp + 1);
+  const int count = static_cast<int>(end - begin);
+  const int64_t first_block = begin / a.k_tiles;
+  const int first_kt = static_cast<int>(begin - first_block * a.k_tiles);
+
+  // Stage u holds tiles begin + kTilesPerStage u + v. Each lane copies its 16
+  // bytes of each tile, lanes 0..7 (or 0..3) each tile's params, and the
+  // lanes covering x's chunks (token, h, t) for the valid tokens. Everything
+  // lane-dependent is computed once; sources advance by counting (a 64-bit
+  // division costs ~70 instructions), and copies are predicated, not branched.
+  constexpr int kXChunksPerLane = (kTokens * 8 + 31) / 32;
+  int x_source[kXChunksPerLane], x_target[kXChunksPerLane];
+  bool x_valid[kXChunksPerLane];
+#pragma unroll
+  for (int r = 0; r < kXChunksPerLane; ++r) {
+    const int c = lane + 32 * r, token = c / 8, h = c % 8 / 4, ct = c % 4;
+    x_valid[r] = c < kTokens * 8 && token < a.m;
+    x_source[r] = x_valid[r] ? token * a.k + 32 * h + 8 * ct : 0;
+    x_target[r] = kTileBytes + kParamBytes + ((h * kTokens + token) * 4 + ct) * 16;
+  }
+  const bool copies_params = lane < 4 * kGroupsPerTile;
+  const uint32_t ring_address = static_cast<uint32_t>(__cvta_generic_to_shared(ring));
+  const uint8_t* next_weights = a.qweight + begin * kTileBytes + lane * 16;
+  // Params follow the tile sequence: 128 bytes per tile for group size 32,
+  // 64 bytes per tiles_per_group tiles otherwise (row blocks are contiguous).
+  const uint8_t* next_params =
+      a.params + (kGroupsPerTile == 2 ? begin * 128 : begin / a.tiles_per_group * 64) +
+      (copies_params ? lane * 16 : 0);
+  int next = 0, next_kt = first_kt, next_stage = 0;
+  int next_in_group = kGroupsPerTile == 2 ? 0 : static_cast<int>(begin % a.tiles_per_group);
+  const auto issue = [&] {
+#pragma unroll
+    for (int v = 0; v < kTilesPerStage; ++v) {
+      const bool valid = next < count;
+      const uint32_t tile = ring_address + next_stage * kStage + v * kTileSlot;
+      CopyAsyncL2(tile + lane * 16, next_weights, valid);
+      CopyAsyncL2(tile + kTileBytes + lane * 16, next_params, valid && copies_params);
+      const __nv_bfloat16* x_tile = a.x + next_kt * kTileK;
+#pragma unroll
+      for (int r = 0; r < kXChunksPerLane; ++r) {
+        CopyAsyncL1(tile + x_target[r], x_tile + x_source[r], valid && x_valid[r]);
+      }
+      ++next;
+      next_weights += kTileBytes;
+      if constexpr (kGroupsPerTile == 2) {
+        next_params += 128;
+      } else if (++next_in_group == a.tiles_per_group) {
+        next_in_group = 0;
+        next_params += 64;
+      }
+      if (++next_kt == a.k_tiles) next_kt = 0;
+    }
+    CommitCopies();  // possibly empty: keeps one group per stage for WaitCopies
+    next_stage = next_stage == kStages - 1 ? 0 : next_stage + 1;
+  };
+
   constexpr uint32_t kOnes = 0x3F803F80u;  // bf16x2 (1, 1)
   const uint32_t ones[4] = {kOnes, kOnes, kOnes, kOnes};
+  bool has_token[kTokenTiles];
+#pragma unroll
+  for (int n8 = 0; n8 < kTokenTiles; ++n8) has_token[n8] = g + 8 * n8 < min(a.m, kTokens);
+  // With one token only accumulators 0 and 2 (token column 0) are ever used.
+  constexpr int kAccStep = kTokens == 1 ? 2 : 1;
 
   // Per token tile: rows g, g, g+8, g+8; tokens 2t, 2t+1, 2t, 2t+1 (+ 8 per tile).
   float acc[kTokenTiles][4] = {};
-  for (int tile0 = warp; tile0 < k_tiles; tile0 += kWarps * kTilesInFlight) {
-    uint4 w[kTilesInFlight];
-    uint32_t b[kTilesInFlight][kTokenTiles][8];
-    __nv_bfloat162 p[kTilesInFlight][kGroupsPerTile][2];
 #pragma unroll
-    for (int u = 0; u < kTilesInFlight; ++u) {
-      const int tile = min(tile0 + u * kWarps, k_tiles - 1);  // clamped; skipped below
-      w[u] = LoadStreaming(tiles + static_cast<int64_t>(tile) * 32 + lane);
+  for (int s = 0; s < kStages - 1; ++s) issue();
+  int64_t block = first_block;
+  int kt = first_kt, stage_index = 0;
+  for (int done = 0; done < count; done += kTilesPerStage) {
+    WaitCopies<kStages - 2>();
+    __syncwarp();  // the stage is complete for every lane; the previous one is free
+    issue();
+    const uint8_t* stage = ring + stage_index * kStage;
+    stage_index = stage_index == kStages - 1 ? 0 : stage_index + 1;
+#pragma unroll
+    for (int v = 0; v < kTilesPerStage; ++v) {
+      if (done + v >= count) break;
+      const uint8_t* tile = stage + v * kTileSlot;
+      const uint4 w = *reinterpret_cast<const uint4*>(tile + lane * 16);
+      const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+      uint2 p[kGroupsPerTile];  // (row g, row g + 8) of each group
 #pragma unroll
       for (int j = 0; j < kGroupsPerTile; ++j) {
-        const int group = kGroupsPerTile == 2 ? 2 * tile + j : tile / tiles_per_group;
-        p[u][j][0] = block_params[group * kRows + g];
-        p[u][j][1] = block_params[group * kRows + g + 8];
+        p[j] = *reinterpret_cast<const uint2*>(tile + kTileBytes + (j * 16 + 2 * g) * 4);
       }
+      uint32_t b[kTokenTiles][4][2];  // [token tile][k16 step][register]
 #pragma unroll
-      for (int s = 0; s < 4; ++s) {
-        const int col = tile * kTileK + s * 16 + 2 * t;
+      for (int n8 = 0; n8 < kTokenTiles; ++n8) {
 #pragma unroll
-        for (int n8 = 0; n8 < kTokenTiles; ++n8) {
-          b[u][n8][2 * s] = has_token[n8] ? __ldg(xrow[n8] + col / 2) : 0u;
-          b[u][n8][2 * s + 1] = has_token[n8] ? __ldg(xrow[n8] + col / 2 + 4) : 0u;
+        for (int h = 0; h < 2; ++h) {
+          uint4 x = make_uint4(0, 0, 0, 0);
+          if (has_token[n8]) {
+            x = *reinterpret_cast<const uint4*>(tile + kTileBytes + kParamBytes +
+                                                ((h * kTokens + g + 8 * n8) * 4 + t) * 16);
+          }
+          b[n8][2 * h][0] = x.x;
+          b[n8][2 * h][1] = x.y;
+          b[n8][2 * h + 1][0] = x.z;
+          b[n8][2 * h + 1][1] = x.w;
         }
       }
-    }
-#pragma unroll
-    for (int u = 0; u < kTilesInFlight; ++u) {
-      if (tile0 + u * kWarps >= k_tiles) break;
-      const uint32_t words[4] = {w[u].x, w[u].y, w[u].z, w[u].w};
+
       float dq[kTokenTiles][4] = {}, ds[kTokenTiles][4] = {};  // Σ (128 + q) x and Σ x
 #pragma unroll
       for (int s = 0; s < 4; ++s) {
-        uint32_t a[4];
+        uint32_t areg[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           // bf16 bits 0x4300 | q are 128 + q exactly (bf16 has 7 mantissa bits).
-          a[i] = ((words[s] >> (4 * i)) & 0x000F000Fu) | 0x43004300u;
+          areg[i] = ((words[s] >> (4 * i)) & 0x000F000Fu) | 0x43004300u;
         }
 #pragma unroll
         for (int n8 = 0; n8 < kTokenTiles; ++n8) {
-          Mma(dq[n8], a, b[u][n8][2 * s], b[u][n8][2 * s + 1]);
-          Mma(ds[n8], ones, b[u][n8][2 * s], b[u][n8][2 * s + 1]);
+          Mma(dq[n8], areg, b[n8][s][0], b[n8][s][1]);
+          Mma(ds[n8], ones, b[n8][s][0], b[n8][s][1]);
         }
         if (s % (4 / kGroupsPerTile) == 4 / kGroupsPerTile - 1) {  // end of a group's part
           const int j = kGroupsPerTile == 2 ? s / 2 : 0;
 #pragma unroll
           for (int h = 0; h < 2; ++h) {  // row g, then row g + 8
-            const float scale = __low2float(p[u][j][h]), zero = __high2float(p[u][j][h]);
+            const uint32_t word = h == 0 ? p[j].x : p[j].y;
+            const float scale = __uint_as_float(word << 16);
+            const float zero = __uint_as_float(word & 0xFFFF0000u);
             const float c = kMinForm ? 128.0f * scale + zero : scale * (128.0f + zero);
 #pragma unroll
             for (int n8 = 0; n8 < kTokenTiles; ++n8) {
 #pragma unroll
-              for (int i = 2 * h; i < 2 * h + 2; ++i) {
+              for (int i = 2 * h; i < 2 * h + 2; i += kAccStep) {
                 acc[n8][i] += scale * dq[n8][i] - c * ds[n8][i];
                 dq[n8][i] = ds[n8][i] = 0;
               }
@@ -119,138 +287,148 @@ __global__ void __launch_bounds__(kWarps * 32)
           }
         }
       }
+
+      const bool block_ends = kt == a.k_tiles - 1;
+      const int64_t this_block = block;
+      if (++kt == a.k_tiles) {
+        kt = 0;
+        ++block;
+      }
+      if (!block_ends && done + v != count - 1) continue;
+      Finish(a, acc, this_block, begin, warp, block_ends, lane);
+#pragma unroll
+      for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[n8][i] = 0;
+      }
     }
   }
-
-  __shared__ float partial[kWarps][kTokenTiles][32][4];
-#pragma unroll
-  for (int n8 = 0; n8 < kTokenTiles; ++n8) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) partial[warp][n8][lane][i] = acc[n8][i];
-  }
-  __syncthreads();
-  // 128 outputs per token tile; a 4-warp block covers two tiles in two passes.
-  for (int e = threadIdx.x; e < 128 * kTokenTiles; e += kWarps * 32) {
-    const int n8 = e / 128, l = e % 128 / 4, i = e % 4;
-    float sum = 0;
-#pragma unroll
-    for (int v = 0; v < kWarps; ++v) sum += partial[v][n8][l][i];
-    const int token = 8 * n8 + 2 * (l % 4) + i % 2;
-    const int row = blockIdx.x * kRows + l / 4 + (i / 2) * 8;
-    if (token < m) y[static_cast<int64_t>(token) * n + row] = __float2bfloat16(sum);
-  }
+  WaitCopies<0>();  // no copy may outlive the warp
 }
 
-template <int kWarps, int kTilesInFlight>
-absl::Status Launch(const Int4MmaWeight& w, const __nv_bfloat16* x, int m, __nv_bfloat16* y,
-                    cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(w.n / kRows));
-  const int n = static_cast<int>(w.n), k = static_cast<int>(w.k);
-  const int tiles_per_group = w.group_size / kTileK;  // 0 for group size 32
-  const auto launch = [&](auto kernel) {
-    kernel<<<grid, kWarps * 32, 0, stream>>>(w.qweight, w.params, x, y, m, n, k, tiles_per_group);
-  };
-  const auto for_tokens = [&]<int kGroupsPerTile, bool kMinForm>() {
-    m <= 8 ? launch(Int4MmaGemvKernel<kWarps, kGroupsPerTile, kMinForm, kTilesInFlight, 1>)
-           : launch(Int4MmaGemvKernel<kWarps, kGroupsPerTile, kMinForm, kTilesInFlight, 2>);
-  };
-  if (w.group_size == 32) {
-    w.min_form ? for_tokens.template operator()<2, true>()
-               : for_tokens.template operator()<2, false>();
-  } else {
-    w.min_form ? for_tokens.template operator()<1, true>()
-               : for_tokens.template operator()<1, false>();
+template <int kTokens, int kGroupsPerTile, bool kMinForm, int kStages>
+absl::Status Launch(const Args& base, int multiprocessors, int warps_per_sm, cudaStream_t stream) {
+  const auto kernel = Int4MmaGemvKernel<kTokens, kGroupsPerTile, kMinForm, kStages>;
+  const int smem = kWarpsPerBlock * kStages * StageBytes(kTokens);
+  static const int blocks_per_sm = [&] {
+    int blocks = 0;
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
+            cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kWarpsPerBlock * 32, smem) !=
+            cudaSuccess) {
+      return 0;
+    }
+    return blocks;
+  }();
+  if (blocks_per_sm == 0) {
+    GQ_RETURN_IF_CUDA_ERROR(cudaGetLastError());
+    return absl::InternalError("Int4MmaGemv: the kernel does not fit on a multiprocessor");
   }
+  int per_sm = blocks_per_sm * kWarpsPerBlock;
+  if (warps_per_sm > 0) per_sm = std::min(per_sm, warps_per_sm);
+  Args a = base;
+  a.total_warps = std::max<int64_t>(
+      1, std::min<int64_t>(int64_t{multiprocessors} * per_sm, a.total_tiles / kMinTilesPerWarp));
+  const int blocks = static_cast<int>((a.total_warps + kWarpsPerBlock - 1) / kWarpsPerBlock);
+  kernel<<<blocks, kWarpsPerBlock * 32, smem, stream>>>(a);
   GQ_RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }
 
+template <int kTokens, int kStages>
+absl::Status ForGroups(const Args& a, bool g32, bool min_form, int sms, int warps_per_sm,
+                       cudaStream_t stream) {
+  if (g32) {
+    return min_form ? Launch<kTokens, 2, true, kStages>(a, sms, warps_per_sm, stream)
+                    : Launch<kTokens, 2, false, kStages>(a, sms, warps_per_sm, stream);
+  }
+  return min_form ? Launch<kTokens, 1, true, kStages>(a, sms, warps_per_sm, stream)
+                  : Launch<kTokens, 1, false, kStages>(a, sms, warps_per_sm, stream);
+}
+
+template <int kStages>
+absl::Status ForTokens(const Args& a, bool g32, bool min_form, int sms, int warps_per_sm,
+                       cudaStream_t stream) {
+  if (a.m == 1) return ForGroups<1, kStages>(a, g32, min_form, sms, warps_per_sm, stream);
+  if (a.m <= 8) return ForGroups<8, kStages>(a, g32, min_form, sms, warps_per_sm, stream);
+  return ForGroups<16, kStages>(a, g32, min_form, sms, warps_per_sm, stream);
+}
+
 }  // namespace
 
+absl::StatusOr<Int4MmaWorkspace> Int4MmaWorkspace::Create(int64_t max_n) {
+  int device = 0, sms = 0, max_threads = 0;
+  GQ_RETURN_IF_CUDA_ERROR(cudaGetDevice(&device));
+  GQ_RETURN_IF_CUDA_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  GQ_RETURN_IF_CUDA_ERROR(
+      cudaDeviceGetAttribute(&max_threads, cudaDevAttrMaxThreadsPerMultiProcessor, device));
+  Int4MmaWorkspace ws;
+  ws.multiprocessors_ = sms;
+  ws.max_warps_ = int64_t{sms} * (max_threads / 32);
+  absl::StatusOr<DeviceBuffer<float>> partials =
+      DeviceBuffer<float>::Allocate(ws.max_warps_ * kSlotsPerWarp * 128 * 2);
+  if (!partials.ok()) return partials.status();
+  absl::StatusOr<DeviceBuffer<int>> counters =
+      DeviceBuffer<int>::Allocate(std::max<int64_t>(1, (max_n + kRows - 1) / kRows));
+  if (!counters.ok()) return counters.status();
+  if (absl::Status s = counters->FillBytes(0); !s.ok()) return s;
+  ws.partials_ = *std::move(partials);
+  ws.counters_ = *std::move(counters);
+  return ws;
+}
+
 absl::Status Int4MmaGemv(const Int4MmaWeight& w, const __nv_bfloat16* x, int m, __nv_bfloat16* y,
-                         cudaStream_t stream, int warps_per_row_block, int tiles_in_flight) {
+                         Int4MmaWorkspace& workspace, cudaStream_t stream,
+                         const Int4MmaTuning& tuning) {
   if (w.qweight == nullptr || w.params == nullptr || x == nullptr || y == nullptr) {
     return absl::InvalidArgumentError("Int4MmaGemv: null pointer");
   }
-  if (w.n <= 0 || w.n % kRows != 0 || w.k <= 0 || w.k % kTileK != 0 ||
-      !(w.group_size == 32 || (w.group_size > 0 && w.group_size % kTileK == 0)) ||
-      w.k % w.group_size != 0 || w.n > (int64_t{1} << 30) || w.k > (int64_t{1} << 30)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "Int4MmaGemv: expected N %% 16 == 0, K %% 64 == 0 and a group size of 32 or a multiple "
-        "of 64 dividing K, but got N=%d K=%d group=%d",
-        w.n, w.k, w.group_size));
-  }
+  if (absl::Status s = CheckInt4MmaShape(w.n, w.k, w.group_size); !s.ok()) return s;
   if (m < 1 || m > kInt4MmaMaxM) {
     return absl::InvalidArgumentError(
         absl::StrFormat("Int4MmaGemv: M must be 1..%d, but got %d", kInt4MmaMaxM, m));
   }
-  // Measured on an H100 (bench/RESULTS.md): split K over more warps when there
-  // are few row blocks, and keep 2 tiles in flight per warp (fewer registers,
-  // more resident warps, beat 4 or 8 on every 31B shape).
-  const int64_t row_blocks = w.n / kRows;
-  const int warps = warps_per_row_block != 0 ? warps_per_row_block
-                    : row_blocks < 528       ? 16
-                    : row_blocks < 4096      ? 8
-                                             : 4;
-  switch (warps * 100 + (tiles_in_flight != 0 ? tiles_in_flight : 2)) {
-    case 402:
-      return Launch<4, 2>(w, x, m, y, stream);
-    case 404:
-      return Launch<4, 4>(w, x, m, y, stream);
-    case 802:
-      return Launch<8, 2>(w, x, m, y, stream);
-    case 804:
-      return Launch<8, 4>(w, x, m, y, stream);
-    case 1602:
-      return Launch<16, 2>(w, x, m, y, stream);
-    case 1604:
-      return Launch<16, 4>(w, x, m, y, stream);
+  if (w.n / kRows > workspace.max_row_blocks()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("Int4MmaGemv: the workspace holds %d row blocks, N=%d needs %d",
+                        workspace.max_row_blocks(), w.n, w.n / kRows));
+  }
+  if (tuning.warps_per_sm < 0) {
+    return absl::InvalidArgumentError("Int4MmaGemv: warps_per_sm must not be negative");
+  }
+  Args a{};
+  a.qweight = reinterpret_cast<const uint8_t*>(w.qweight);
+  a.params = reinterpret_cast<const uint8_t*>(w.params);
+  a.x = x;
+  a.y = y;
+  a.partials = workspace.partials();
+  a.counters = workspace.counters();
+  a.m = m;
+  a.n = static_cast<int>(w.n);
+  a.k = static_cast<int>(w.k);
+  a.k_tiles = a.k / kTileK;
+  a.groups = a.k / w.group_size;
+  a.tiles_per_group = w.group_size / kTileK;  // 0 for group size 32
+  a.total_tiles = w.n / kRows * a.k_tiles;
+  const bool g32 = w.group_size == 32;
+  const int sms = workspace.multiprocessors();
+  // Measured on an H100 (bench/int4_gemv_notes.md): 16 warps per
+  // multiprocessor beat a full one (32) by 5-15% on the 31B layer shapes
+  // (longer runs per warp, fewer split row blocks); the 262144-row LM head
+  // prefers the full one.
+  const int warps_per_sm = tuning.warps_per_sm != 0 ? tuning.warps_per_sm
+                           : w.n < 8192 * kRows     ? 16
+                                                    : 0;
+  switch (tuning.stages) {
+    case 0:
+    case 4:
+      return ForTokens<4>(a, g32, w.min_form, sms, warps_per_sm, stream);
+    case 8:
+      return ForTokens<8>(a, g32, w.min_form, sms, warps_per_sm, stream);
     default:
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "Int4MmaGemv: warps_per_row_block must be 4, 8 or 16 and tiles_in_flight 2 or 4, "
-          "not %d and %d",
-          warps, tiles_in_flight));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("Int4MmaGemv: stages must be 4 or 8, not %d", tuning.stages));
   }
-}
-
-PackedInt4Mma PackInt4Mma(std::span<const uint8_t> qdata, std::span<const uint16_t> scale_gn,
-                          std::span<const uint16_t> zero_gn, int64_t n, int64_t k, int group_size) {
-  PackedInt4Mma out;
-  out.qweight.resize(n * k / 2);
-  const int64_t k_tiles = k / kTileK, groups = k / group_size;
-  const auto code = [&](int64_t row, int64_t col) {
-    return (qdata[row * (k / 2) + col / 2] >> (4 * (col % 2))) & 0xF;
-  };
-  for (int64_t rb = 0; rb < n / kRows; ++rb) {
-    for (int64_t tile = 0; tile < k_tiles; ++tile) {
-      for (int lane = 0; lane < 32; ++lane) {
-        const int g = lane / 4, t = lane % 4;
-        for (int s = 0; s < 4; ++s) {
-          uint32_t word = 0;
-          for (int i = 0; i < 4; ++i) {
-            // a_i: a0 (g, c), a1 (g + 8, c), a2 (g, c + 8), a3 (g + 8, c + 8).
-            const int64_t row = rb * kRows + g + (i % 2) * 8;
-            const int64_t col = tile * kTileK + s * 16 + 2 * t + (i / 2) * 8;
-            word |= static_cast<uint32_t>(code(row, col)) << (4 * i);
-            word |= static_cast<uint32_t>(code(row, col + 1)) << (16 + 4 * i);
-          }
-          const int64_t at = ((rb * k_tiles + tile) * 32 + lane) * 16 + s * 4;
-          for (int byte = 0; byte < 4; ++byte) out.qweight[at + byte] = (word >> (8 * byte)) & 0xFF;
-        }
-      }
-    }
-  }
-  out.params.resize(n * groups);
-  for (int64_t rb = 0; rb < n / kRows; ++rb) {
-    for (int64_t g = 0; g < groups; ++g) {
-      for (int r = 0; r < kRows; ++r) {
-        const int64_t row = rb * kRows + r;
-        out.params[(rb * groups + g) * kRows + r] =
-            scale_gn[g * n + row] | (static_cast<uint32_t>(zero_gn[g * n + row]) << 16);
-      }
-    }
-  }
-  return out;
 }
 
 }  // namespace gquant::cuda

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -87,7 +88,89 @@ PartShapes PartShapesOf(const std::vector<int64_t>& shape, Kind kind, int bits,
   return parts;
 }
 
+// One weight's stored parts in file layout (quantized_checkpoint.h's table),
+// as raw bytes covering every matrix.
+struct StoredParts {
+  QuantizedMatrixInfo info;  // of one matrix
+  std::span<const std::byte> qdata;
+  DType scale_dtype;
+  std::span<const std::byte> scale;
+  DType zero_dtype;  // I8 for Intx, else the scale dtype
+  std::span<const std::byte> zero;
+};
+
+// Matrix `matrix` of `parts` in the unpacked form. The caller has checked the
+// parts' sizes against the layout; ConvertToFloat re-checks the slices.
+absl::StatusOr<UnpackedMatrix> UnpackStored(const StoredParts& parts, int64_t matrix) {
+  const QuantizedMatrixInfo& info = parts.info;
+  const int64_t n = info.rows, k = info.cols, g_count = info.groups();
+  UnpackedMatrix out{info};
+  out.codes.resize(n * k);
+  out.scale.resize(n * g_count);
+  out.zero.resize(n * g_count);
+  const bool nibbles = PacksNibbles(info.kind, info.bits);
+  const auto* q =
+      reinterpret_cast<const uint8_t*>(parts.qdata.data()) + matrix * n * k / (nibbles ? 2 : 1);
+  if (nibbles) {
+    for (int64_t i = 0; i < n * k; ++i) {
+      out.codes[i] = static_cast<int8_t>((q[i / 2] >> (4 * (i & 1))) & 0xf);
+    }
+  } else {  // Intx codes are int8; min-form codes (at most 6 bits) fit too
+    std::memcpy(out.codes.data(), q, n * k);
+  }
+  const auto convert = [&](DType dtype, std::span<const std::byte> bytes, std::span<float> dst) {
+    const int64_t item = DTypeSize(dtype);
+    return ConvertToFloat(dtype, bytes.subspan(matrix * n * g_count * item, n * g_count * item),
+                          dst);
+  };
+  if (info.kind == Kind::kInt4) {  // stored [E, G, N]: transpose to [N, G]
+    std::vector<float> stored(n * g_count);
+    for (auto [dtype, bytes, dst] : {std::tuple{parts.scale_dtype, parts.scale, &out.scale},
+                                     std::tuple{parts.zero_dtype, parts.zero, &out.zero}}) {
+      GQ_RETURN_IF_ERROR(convert(dtype, bytes, stored));
+      for (int64_t g = 0; g < g_count; ++g) {
+        for (int64_t r = 0; r < n; ++r) (*dst)[r * g_count + g] = stored[g * n + r];
+      }
+    }
+  } else {
+    GQ_RETURN_IF_ERROR(convert(parts.scale_dtype, parts.scale, out.scale));
+    GQ_RETURN_IF_ERROR(convert(parts.zero_dtype, parts.zero, out.zero));
+  }
+  return out;
+}
+
 }  // namespace
+
+absl::Status ValidateUnpackedMatrix(const UnpackedMatrixView& matrix, std::string_view name) {
+  const QuantizedMatrixInfo& info = matrix.info;
+  const bool bits_ok = (info.kind == Kind::kInt4 && info.bits == 4) ||
+                       (info.kind == Kind::kIntx && info.bits >= 1 && info.bits <= 8) ||
+                       (info.kind == Kind::kMin && info.bits >= 4 && info.bits <= 6);
+  if (!bits_ok) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "matrix '%s': expected Int4 with 4 bits, Intx with 1..8 or the min form with 4..6, but "
+        "got kind %d with %d bits",
+        std::string(name), static_cast<int>(info.kind), info.bits));
+  }
+  if (info.rows <= 0 || info.cols <= 0 || info.group_size <= 0 ||
+      info.cols % info.group_size != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("matrix '%s': expected a positive [rows, cols] and a group size dividing "
+                        "cols, but got [%d, %d] group %d",
+                        std::string(name), info.rows, info.cols, info.group_size));
+  }
+  const int64_t params = info.rows * info.groups();
+  if (static_cast<int64_t>(matrix.codes.size()) != info.rows * info.cols ||
+      static_cast<int64_t>(matrix.scale.size()) != params ||
+      static_cast<int64_t>(matrix.zero.size()) != params) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "matrix '%s': expected %d codes and %d scales and zeros for [%d, %d] group %d, but got "
+        "%d, %d and %d",
+        std::string(name), info.rows * info.cols, params, info.rows, info.cols, info.group_size,
+        matrix.codes.size(), matrix.scale.size(), matrix.zero.size()));
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<FlattenedNames> FlattenedNamesOf(std::string_view fqn) {
   const size_t dot = fqn.rfind('.');
@@ -255,6 +338,23 @@ absl::Status PackedWeight::Pack(int64_t matrix, int64_t row_begin, int64_t rows,
   return absl::OkStatus();
 }
 
+absl::StatusOr<UnpackedMatrix> PackedWeight::Unpack(int64_t matrix) const {
+  const QuantizedLayout& l = layout_;
+  if (matrix < 0 || matrix >= l.matrices()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "weight '%s': matrix %d is outside its %d matrices", l.fqn(), matrix, l.matrices()));
+  }
+  const Kind kind = KindOf(l.config(), l.format());
+  const DType scale_dtype = l.format().scale_dtype;
+  return UnpackStored({{kind, l.config().bits, l.rows(), l.cols(), l.config().group_size},
+                       qdata_,
+                       scale_dtype,
+                       scale_,
+                       kind == Kind::kIntx ? DType::kI8 : scale_dtype,
+                       zero_point_},
+                      matrix);
+}
+
 // ---- writing ----
 
 absl::StatusOr<std::unique_ptr<QuantizedCheckpointWriter>> QuantizedCheckpointWriter::Create(
@@ -419,6 +519,47 @@ absl::StatusOr<std::vector<float>> QuantizedCheckpoint::Dequantize(std::string_v
   int64_t rows = 1;
   for (size_t d = 0; d + 1 < info->shape.size(); ++d) rows *= info->shape[d];
   return DequantizeRows(fqn, 0, rows);
+}
+
+absl::StatusOr<UnpackedMatrix> QuantizedCheckpoint::Unpack(std::string_view fqn,
+                                                           int64_t matrix) const {
+  const QuantizedWeightInfo* info = Find(fqn);
+  if (info == nullptr) {
+    return absl::NotFoundError(absl::StrFormat("checkpoint '%s': no weight '%s'",
+                                               checkpoint_.directory(), std::string(fqn)));
+  }
+  if (info->kind == Kind::kPlain) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("weight '%s': a plain %s tensor has no quantized form to unpack",
+                        std::string(fqn), ShapeToString(info->shape)));
+  }
+  const int64_t n = info->shape[info->shape.size() - 2], k = info->shape.back();
+  int64_t matrices = 1;
+  for (size_t d = 0; d + 2 < info->shape.size(); ++d) matrices *= info->shape[d];
+  if (matrix < 0 || matrix >= matrices) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("weight '%s': matrix %d is outside its %d matrices (shape %s)",
+                        std::string(fqn), matrix, matrices, ShapeToString(info->shape)));
+  }
+  const Kind kind = info->kind;
+  const PartShapes shapes = PartShapesOf(info->shape, kind, info->bits, info->group_size);
+  GQ_ASSIGN_OR_RETURN(const FlattenedNames parts, FlattenedNamesOf(fqn));
+  GQ_ASSIGN_OR_RETURN(const Tensor qdata,
+                      GetPart(checkpoint_, parts.qdata,
+                              {kind == Kind::kIntx ? DType::kI8 : DType::kU8}, shapes.qdata));
+  GQ_ASSIGN_OR_RETURN(
+      const Tensor scale,
+      GetPart(checkpoint_, parts.scale, {DType::kBF16, DType::kF16, DType::kF32}, shapes.scale));
+  GQ_ASSIGN_OR_RETURN(const Tensor zero,
+                      GetPart(checkpoint_, kind == Kind::kMin ? parts.min : parts.zero_point,
+                              {DType::kBF16, DType::kF16, DType::kF32, DType::kI8}, shapes.scale));
+  return UnpackStored({{kind, info->bits, n, k, info->group_size},
+                       qdata.bytes(),
+                       scale.dtype(),
+                       scale.bytes(),
+                       zero.dtype(),
+                       zero.bytes()},
+                      matrix);
 }
 
 absl::StatusOr<std::vector<float>> QuantizedCheckpoint::DequantizeRows(std::string_view fqn,

@@ -74,13 +74,15 @@ void BM_Int4Gemv(benchmark::State& state) {
   state.SetLabel(std::string(p.shape.name) + " int4 g32 cuda cores");
 }
 
-// The tensor-core kernel. Args: shape index, M, variant = 100 * tiles in
-// flight + warps per row block (0 = defaults).
+// The tensor-core kernel. Args: shape index, M, variant = 100 * stages +
+// warps per multiprocessor (0 = defaults).
 void BM_Int4MmaGemv(benchmark::State& state) {
   if (NoGpu(state)) return;
   Int4Problem p(kShapes[state.range(0)], static_cast<int>(state.range(1)));
-  const int warps = static_cast<int>(state.range(2)) % 100;
-  const int in_flight = static_cast<int>(state.range(2)) / 100;
+  const Int4MmaTuning tuning{static_cast<int>(state.range(2)) / 100,
+                             static_cast<int>(state.range(2)) % 100};
+  auto workspace = Int4MmaWorkspace::Create(p.shape.n);
+  if (!workspace.ok()) std::abort();
   TimeLaunches(state, [&](int64_t i) {
     const Int4MmaWeight w{reinterpret_cast<const uint4*>(p.codes[i % p.copies].data()),
                           p.Params(i),
@@ -88,7 +90,7 @@ void BM_Int4MmaGemv(benchmark::State& state) {
                           p.shape.k,
                           kGroup,
                           false};
-    if (!Int4MmaGemv(w, p.X(), p.m, p.Y(), nullptr, warps, in_flight).ok()) std::abort();
+    if (!Int4MmaGemv(w, p.X(), p.m, p.Y(), *workspace, nullptr, tuning).ok()) std::abort();
   });
   Report(state, p.bytes);
   state.SetLabel(std::string(p.shape.name) + " int4 g32 tensor cores");
@@ -104,7 +106,7 @@ void BM_CublasBf16(benchmark::State& state) {
 
 // Every shape at M = 1, 4, 8; `variants` adds the tuning knob's values at M = 1.
 void Shapes(benchmark::internal::Benchmark* b, std::initializer_list<int> variants) {
-  for (int shape = 0; shape < static_cast<int>(std::size(kShapes)); ++shape) {
+  for (int shape = 0; shape < static_cast<int>(kShapes.size()); ++shape) {
     for (int m : {1, 4, 8, 16}) {
       b->Args({shape, m, 0});
       if (m == 1) {
@@ -123,7 +125,7 @@ BENCHMARK(BM_Int4Gemv)
 BENCHMARK(BM_Int4MmaGemv)
     ->ArgNames({"shape", "m", "variant"})
     ->Apply([](benchmark::internal::Benchmark* b) {
-      Shapes(b, {204, 208, 216, 404, 408, 416});
+      Shapes(b, {800, 416, 424});
     })
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond)

@@ -81,6 +81,63 @@ struct StorageFormat {
   friend bool operator==(const StorageFormat&, const StorageFormat&) = default;
 };
 
+// How one FQN of a quantized checkpoint is stored.
+struct QuantizedWeightInfo {
+  enum class Kind { kPlain, kInt4, kIntx, kMin };
+  std::string fqn;
+  Kind kind = Kind::kPlain;
+  std::vector<int64_t> shape;  // logical (dequantized) shape
+  int bits = 0;                // 4..8 for quantized kinds (Intx read from torchao files: 1..8)
+  int64_t group_size = 0;
+};
+
+// The quantization of one [rows, cols] matrix (one expert of an [E, N, K]
+// weight), without its data. `kind` fixes the code range and the zero form:
+//   kInt4  codes 0..15,                      w = (code - zero_point) * scale
+//   kIntx  signed codes of `bits` bits,      w = (code - zero_point) * scale
+//   kMin   codes 0..2^bits - 1 (bits 4..6),  w = code * scale - min
+// all evaluated in float32, as QuantizedCheckpoint::Dequantize does.
+struct QuantizedMatrixInfo {
+  QuantizedWeightInfo::Kind kind = QuantizedWeightInfo::Kind::kInt4;
+  int bits = 4;
+  int64_t rows = 0;  // N
+  int64_t cols = 0;  // K
+  int64_t group_size = 0;
+
+  ZeroForm zero_form() const {
+    return kind == QuantizedWeightInfo::Kind::kMin ? ZeroForm::kMin : ZeroForm::kZeroPoint;
+  }
+  int64_t groups() const { return group_size > 0 ? cols / group_size : 0; }
+  friend bool operator==(const QuantizedMatrixInfo&, const QuantizedMatrixInfo&) = default;
+};
+
+// One matrix in gquant's unpacked form (quantize.h), read-only:
+//   codes  int8  [rows, cols]
+//   scale  float [rows, G]
+//   zero   float [rows, G]: the zero point, or the min in the min form
+// G = cols / group_size.
+struct UnpackedMatrixView {
+  QuantizedMatrixInfo info;
+  std::span<const int8_t> codes;
+  std::span<const float> scale;
+  std::span<const float> zero;
+};
+
+// InvalidArgument (naming `name`) for a plain kind, bits outside the kind's
+// range, a group size that does not divide cols, or spans of the wrong sizes.
+// Codes are not range-checked here; packers check what their layout needs.
+absl::Status ValidateUnpackedMatrix(const UnpackedMatrixView& matrix, std::string_view name);
+
+// The owning version of UnpackedMatrixView.
+struct UnpackedMatrix {
+  QuantizedMatrixInfo info;
+  std::vector<int8_t> codes;
+  std::vector<float> scale;
+  std::vector<float> zero;
+
+  UnpackedMatrixView view() const { return {info, codes, scale, zero}; }
+};
+
 // Where and how one quantized weight is stored: validated, no memory held.
 class QuantizedLayout {
  public:
@@ -131,6 +188,11 @@ class PackedWeight {
   absl::Status Pack(int64_t matrix, int64_t row_begin, int64_t rows, std::span<const int8_t> codes,
                     std::span<const float> scale, std::span<const float> zero_point);
 
+  // Matrix `matrix` (0 for a 2-D weight) back in the unpacked form, exactly
+  // as Pack received it up to the stored dtype's rounding (none for values
+  // the dtype holds). InvalidArgument for a matrix out of range.
+  absl::StatusOr<UnpackedMatrix> Unpack(int64_t matrix) const;
+
   // File bytes of qdata / scale / zero_point, in Specs() order.
   std::span<const std::byte> qdata() const { return qdata_; }
   std::span<const std::byte> scale() const { return scale_; }
@@ -174,16 +236,6 @@ class QuantizedCheckpointWriter {
   std::unique_ptr<SafetensorsWriter> writer_;
 };
 
-// How one FQN of a quantized checkpoint is stored.
-struct QuantizedWeightInfo {
-  enum class Kind { kPlain, kInt4, kIntx, kMin };
-  std::string fqn;
-  Kind kind = Kind::kPlain;
-  std::vector<int64_t> shape;  // logical (dequantized) shape
-  int bits = 0;                // 4..8 for quantized kinds
-  int64_t group_size = 0;
-};
-
 // Reads a quantized checkpoint (or any safetensors checkpoint: without
 // torchao metadata every tensor is plain).
 class QuantizedCheckpoint {
@@ -209,6 +261,12 @@ class QuantizedCheckpoint {
   // outside the weight.
   absl::StatusOr<std::vector<float>> DequantizeRows(std::string_view fqn, int64_t row_begin,
                                                     int64_t rows) const;
+  // Matrix `matrix` of a quantized weight (expert e of [E, N, K]; 0 for a
+  // 2-D weight) in the unpacked form, read straight from the stored parts (no
+  // dequantization): what packers start from. NotFound for an unknown FQN,
+  // InvalidArgument for a plain weight or a matrix out of range, DataLoss for
+  // mis-stored parts.
+  absl::StatusOr<UnpackedMatrix> Unpack(std::string_view fqn, int64_t matrix) const;
   // Lets the pages of the weight's stored tensors go (Checkpoint::Release), so
   // reading a large checkpoint weight by weight stays near one weight.
   void Release(std::string_view fqn) const;

@@ -126,36 +126,77 @@ TEST_CASE("int4 GEMV matches a float64 reference", "[cuda][int4_gemv]") {
   }
 }
 
+// gquant's unpacked form of a Case (codes [N, K], scale and zero [N, G]) for PackInt4Mma.
+PackedInt4Mma PackForMma(const Case& c, const Problem& p) {
+  const int64_t groups = p.k / p.group;
+  std::vector<int8_t> codes(p.n * p.k);
+  for (int64_t r = 0; r < p.n; ++r) {
+    for (int64_t col = 0; col < p.k; ++col) {
+      codes[r * p.k + col] =
+          static_cast<int8_t>((c.qweight[r * p.k / 2 + col / 2] >> (4 * (col % 2))) & 0xF);
+    }
+  }
+  std::vector<float> scale(p.n * groups), zero(p.n * groups);
+  for (int64_t r = 0; r < p.n; ++r) {
+    for (int64_t g = 0; g < groups; ++g) {
+      scale[r * groups + g] = BFloat16ToFloat(c.scale_gn[g * p.n + r]);
+      zero[r * groups + g] = BFloat16ToFloat(c.zero_gn[g * p.n + r]);
+    }
+  }
+  absl::StatusOr<PackedInt4Mma> packed = PackInt4Mma(codes, scale, zero, p.n, p.k, p.group);
+  REQUIRE_OK(packed);
+  return *std::move(packed);
+}
+
 TEST_CASE("int4 tensor-core GEMV matches a float64 reference", "[cuda][int4_gemv]") {
   GQ_SKIP_WITHOUT_CUDA();
   auto rng = testing::MakeRng();
+  // Small odd shapes, 31B and E2B layers (gemma4/linear_shapes.h), and group
+  // sizes 32, 64, 128, 256 in both zero forms. The reference is computed once
+  // for 16 tokens; M < 16 uses its first rows.
   const Problem problems[] = {
-      {96, 64, 32, false},     {16, 128, 64, true},       {8192, 5376, 32, false},
-      {2048, 5376, 32, true},  {5376, 21504, 128, false}, {48, 4096, 64, true},
-      {1536, 1536, 32, false}, {4096, 5376, 256, false},
+      {16, 64, 32, false},     {96, 64, 32, false},      {16, 128, 64, true},
+      {48, 4096, 64, true},    {8192, 5376, 32, false},  {2048, 5376, 32, true},
+      {5376, 21504, 128, false}, {256, 1536, 32, false}, {1536, 12288, 32, true},
+      {4096, 1536, 256, false}, {512, 1536, 32, false},
   };
+  auto workspace = Int4MmaWorkspace::Create(8192);
+  REQUIRE_OK(workspace);
   for (const Problem& p : problems) {
+    const Case c = MakeCase(p, kInt4MmaMaxM, rng);
+    const PackedInt4Mma packed = PackForMma(c, p);
+    auto qweight = Upload(packed.qweight);
+    auto params = Upload(packed.params);
+    auto x = Upload(c.x);
+    const Int4MmaWeight w{reinterpret_cast<const uint4*>(qweight.data()),
+                          reinterpret_cast<const __nv_bfloat162*>(params.data()),
+                          p.n,
+                          p.k,
+                          p.group,
+                          p.min_form};
+    // Default; the deep ring; few warps (long runs, whole row blocks per
+    // warp); one warp per multiprocessor.
+    const Int4MmaTuning tunings[] = {{0, 0}, {8, 0}, {4, 4}, {0, 1}};
     for (int m : {1, 2, 5, 8, 9, 16}) {
-      const Case c = MakeCase(p, m, rng);
-      const PackedInt4Mma packed = PackInt4Mma(c.qweight, c.scale_gn, c.zero_gn, p.n, p.k, p.group);
-      auto qweight = Upload(packed.qweight);
-      auto params = Upload(packed.params);
-      auto x = Upload(c.x);
-      for (int warps : {0, 4, 16}) {
+      const std::vector<double> want(c.y.begin(), c.y.begin() + m * p.n);
+      for (const Int4MmaTuning& tuning : tunings) {
         INFO("N=" << p.n << " K=" << p.k << " group " << p.group << " min form " << p.min_form
-                  << " M=" << m << " warps " << warps);
-        auto y = Upload(std::vector<uint16_t>(m * p.n, 0xFFFF));  // NaN poison
-        const Int4MmaWeight w{reinterpret_cast<const uint4*>(qweight.data()),
-                              reinterpret_cast<const __nv_bfloat162*>(params.data()),
-                              p.n,
-                              p.k,
-                              p.group,
-                              p.min_form};
-        REQUIRE_OK(Int4MmaGemv(w, reinterpret_cast<const __nv_bfloat16*>(x.data()), m,
-                               reinterpret_cast<__nv_bfloat16*>(y.data()), nullptr, warps));
-        std::vector<uint16_t> got(m * p.n);
-        REQUIRE_OK(y.CopyToHost(got));
-        REQUIRE(RelativeError(got, c.y) < kOutputRoundingBound);
+                  << " M=" << m << " stages " << tuning.stages << " warps/SM "
+                  << tuning.warps_per_sm);
+        std::vector<uint16_t> first;
+        for (int run = 0; run < 2; ++run) {
+          auto y = Upload(std::vector<uint16_t>(m * p.n, 0xFFFF));  // NaN poison
+          REQUIRE_OK(Int4MmaGemv(w, reinterpret_cast<const __nv_bfloat16*>(x.data()), m,
+                                 reinterpret_cast<__nv_bfloat16*>(y.data()), *workspace, nullptr,
+                                 tuning));
+          std::vector<uint16_t> got(m * p.n);
+          REQUIRE_OK(y.CopyToHost(got));
+          REQUIRE(RelativeError(got, want) < kOutputRoundingBound);
+          // Split row blocks are summed in warp order: runs are bit-identical
+          // (and the second run proves the counters were reset).
+          if (run == 0) first = got;
+          if (run == 1) REQUIRE(got == first);
+        }
       }
     }
   }
@@ -178,16 +219,22 @@ TEST_CASE("int4 GEMV rejects bad shapes", "[cuda][int4_gemv]") {
   REQUIRE_STATUS_IS(Int4Gemv({nullptr, params, 64, 64, 32}, x, 1, y, nullptr),
                     absl::StatusCode::kInvalidArgument);
   const auto* tiles = reinterpret_cast<const uint4*>(any);
-  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 24, 64, 32}, x, 1, y, nullptr),
+  auto ws = Int4MmaWorkspace::Create(64);
+  REQUIRE_OK(ws);
+  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 24, 64, 32}, x, 1, y, *ws, nullptr),
                     absl::StatusCode::kInvalidArgument);  // N % 16
-  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 96, 32}, x, 1, y, nullptr),
+  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 96, 32}, x, 1, y, *ws, nullptr),
                     absl::StatusCode::kInvalidArgument);  // K % 64
-  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 192, 96}, x, 1, y, nullptr),
+  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 192, 96}, x, 1, y, *ws, nullptr),
                     absl::StatusCode::kInvalidArgument);  // group 96
-  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 64, 32}, x, 0, y, nullptr),
+  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 64, 32}, x, 0, y, *ws, nullptr),
                     absl::StatusCode::kInvalidArgument);  // M
-  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 64, 32}, x, 17, y, nullptr),
+  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 64, 32}, x, 17, y, *ws, nullptr),
                     absl::StatusCode::kInvalidArgument);
+  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 128, 64, 32}, x, 1, y, *ws, nullptr),
+                    absl::StatusCode::kInvalidArgument);  // workspace for 64 rows
+  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 64, 32}, x, 1, y, *ws, nullptr, {5, 0}),
+                    absl::StatusCode::kInvalidArgument);  // stages
 }
 
 }  // namespace
