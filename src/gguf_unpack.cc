@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "gguf_unpack_rows.h"
 #include "gquant/dtype.h"
 #include "gquant/ggml_blocks.h"
 #include "gquant/status.h"
@@ -14,16 +15,8 @@
 namespace gquant {
 namespace {
 
-// One row in gquant's unpacked form: codes [K], scale and zero (or min) [K / group].
-struct RowOut {
-  int8_t* codes;
-  float* scale;
-  float* zero;
-};
-
-// Decodes one row of `n` elements. Codes, scales and zeros are those of the
+// The row decoders (GgufRowUnpackFn) give the codes, scales and zeros of the
 // table in gguf_unpack.h; comments give ggml's formula each one reproduces.
-using UnpackRowFn = void (*)(const std::byte* src, int64_t n, const RowOut& out);
 
 // The fifth bits of a Q5_0/Q5_1 block: element j's is bit j of qh.
 uint32_t LoadQh(const uint8_t (&qh)[4]) {
@@ -42,7 +35,7 @@ void BlockCodes(const uint8_t (&qs)[kQK / 2], uint32_t qh, int bias, int8_t* q) 
   }
 }
 
-void UnpackQ8_0(const std::byte* src, int64_t n, const RowOut& out) {  // y = q * d
+void UnpackQ8_0(const std::byte* src, int64_t n, const GgufRowOut& out) {  // y = q * d
   for (int64_t b = 0; b < n / kQK; ++b) {
     const auto block = LoadGgmlBlock<BlockQ8_0>(src, b);
     for (int j = 0; j < kQK; ++j) out.codes[b * kQK + j] = block.qs[j];
@@ -51,7 +44,7 @@ void UnpackQ8_0(const std::byte* src, int64_t n, const RowOut& out) {  // y = q 
   }
 }
 
-void UnpackQ4_0(const std::byte* src, int64_t n, const RowOut& out) {  // y = (q - 8) * d
+void UnpackQ4_0(const std::byte* src, int64_t n, const GgufRowOut& out) {  // y = (q - 8) * d
   for (int64_t b = 0; b < n / kQK; ++b) {
     const auto block = LoadGgmlBlock<BlockQ4_0>(src, b);
     BlockCodes(block.qs, 0, 0, out.codes + b * kQK);
@@ -60,7 +53,7 @@ void UnpackQ4_0(const std::byte* src, int64_t n, const RowOut& out) {  // y = (q
   }
 }
 
-void UnpackQ5_0(const std::byte* src, int64_t n, const RowOut& out) {  // y = (q - 16) * d
+void UnpackQ5_0(const std::byte* src, int64_t n, const GgufRowOut& out) {  // y = (q - 16) * d
   for (int64_t b = 0; b < n / kQK; ++b) {
     const auto block = LoadGgmlBlock<BlockQ5_0>(src, b);
     BlockCodes(block.qs, LoadQh(block.qh), 16, out.codes + b * kQK);
@@ -69,7 +62,7 @@ void UnpackQ5_0(const std::byte* src, int64_t n, const RowOut& out) {  // y = (q
   }
 }
 
-void UnpackQ4_1(const std::byte* src, int64_t n, const RowOut& out) {  // y = q * d + m
+void UnpackQ4_1(const std::byte* src, int64_t n, const GgufRowOut& out) {  // y = q * d + m
   for (int64_t b = 0; b < n / kQK; ++b) {
     const auto block = LoadGgmlBlock<BlockQ4_1>(src, b);
     BlockCodes(block.qs, 0, 0, out.codes + b * kQK);
@@ -78,7 +71,7 @@ void UnpackQ4_1(const std::byte* src, int64_t n, const RowOut& out) {  // y = q 
   }
 }
 
-void UnpackQ5_1(const std::byte* src, int64_t n, const RowOut& out) {  // y = q * d + m
+void UnpackQ5_1(const std::byte* src, int64_t n, const GgufRowOut& out) {  // y = q * d + m
   for (int64_t b = 0; b < n / kQK; ++b) {
     const auto block = LoadGgmlBlock<BlockQ5_1>(src, b);
     BlockCodes(block.qs, LoadQh(block.qh), 0, out.codes + b * kQK);
@@ -99,7 +92,7 @@ void ScalesK4(uint16_t d_bits, uint16_t dmin_bits, const uint8_t* scales, float*
   }
 }
 
-void UnpackQ4K(const std::byte* src, int64_t n, const RowOut& out) {  // y = (d*sc) q - (dmin*m)
+void UnpackQ4K(const std::byte* src, int64_t n, const GgufRowOut& out) {  // y = (d*sc) q - (dmin*m)
   for (int64_t b = 0; b < n / kQKK; ++b) {
     const auto block = LoadGgmlBlock<BlockQ4K>(src, b);
     ScalesK4(block.d, block.dmin, block.scales, out.scale + b * 8, out.zero + b * 8);
@@ -115,7 +108,7 @@ void UnpackQ4K(const std::byte* src, int64_t n, const RowOut& out) {  // y = (d*
   }
 }
 
-void UnpackQ5K(const std::byte* src, int64_t n, const RowOut& out) {  // as Q4_K, q in 0..31
+void UnpackQ5K(const std::byte* src, int64_t n, const GgufRowOut& out) {  // as Q4_K, q in 0..31
   for (int64_t b = 0; b < n / kQKK; ++b) {
     const auto block = LoadGgmlBlock<BlockQ5K>(src, b);
     ScalesK4(block.d, block.dmin, block.scales, out.scale + b * 8, out.zero + b * 8);
@@ -131,7 +124,7 @@ void UnpackQ5K(const std::byte* src, int64_t n, const RowOut& out) {  // as Q4_K
   }
 }
 
-void UnpackQ6K(const std::byte* src, int64_t n, const RowOut& out) {  // y = (d*sc) q
+void UnpackQ6K(const std::byte* src, int64_t n, const GgufRowOut& out) {  // y = (d*sc) q
   for (int64_t b = 0; b < n / kQKK; ++b) {
     const auto block = LoadGgmlBlock<BlockQ6K>(src, b);
     const float d = HalfToFloat(block.d);
@@ -159,7 +152,7 @@ void UnpackQ6K(const std::byte* src, int64_t n, const RowOut& out) {  // y = (d*
 struct Unpacker {
   GgmlType type;
   GgufUnpackFormat format;
-  UnpackRowFn unpack_row;
+  GgufRowUnpackFn unpack_row;
 };
 
 constexpr QuantConfig Bits(int bits, int group) {
@@ -192,6 +185,11 @@ const Unpacker* FindUnpacker(GgmlType type) {
 constexpr int64_t kRowsPerTask = 16;
 
 }  // namespace
+
+GgufRowUnpackFn FindGgufRowUnpacker(GgmlType type) {
+  const Unpacker* unpacker = FindUnpacker(type);
+  return unpacker == nullptr ? nullptr : unpacker->unpack_row;
+}
 
 absl::StatusOr<GgufUnpackFormat> GgufUnpackFormatOf(GgmlType type) {
   const Unpacker* unpacker = FindUnpacker(type);

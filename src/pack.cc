@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "gguf_unpack_rows.h"
 #include "gquant/dtype.h"
 #include "gquant/ggml_blocks.h"
 #include "gquant/gguf.h"
@@ -29,72 +30,9 @@ constexpr std::string_view kSourceNames[] = {"int4",      "intx",      "min4",  
 static_assert(std::size(kSourceNames) == static_cast<size_t>(PackSource::kGgufQ4_K) + 1);
 
 // ---- GGUF blocks -> unpacked rows ----
-// The codes and parameters of gguf_unpack.h's table (there: whole weights into
-// file layout; here: rows into the unpacked form, so packers skip the file
-// layout). pack_test compares both paths value for value.
-
-// One row of `cols` elements: codes [cols], scale and zero (or min) [cols / group].
-using DecodeRowFn = void (*)(const std::byte* row, int64_t cols, int8_t* codes, float* scale,
-                             float* zero);
-
-void DecodeQ8_0Row(const std::byte* row, int64_t cols, int8_t* codes, float* scale,
-                   float* zero) {  // y = d * q
-  for (int64_t b = 0; b < cols / kQK; ++b) {
-    const auto block = LoadGgmlBlock<BlockQ8_0>(row, b);
-    std::memcpy(codes + b * kQK, block.qs, kQK);
-    scale[b] = HalfToFloat(block.d);
-    zero[b] = 0;
-  }
-}
-
-void DecodeQ6KRow(const std::byte* row, int64_t cols, int8_t* codes, float* scale,
-                  float* zero) {  // y = (d * sc) * (q - 32), one sc per 16 elements
-  for (int64_t b = 0; b < cols / kQKK; ++b) {
-    const auto block = LoadGgmlBlock<BlockQ6K>(row, b);
-    const float d = HalfToFloat(block.d);
-    for (int s = 0; s < kQKK / 16; ++s) {
-      scale[b * 16 + s] = d * block.scales[s];  // fp16 x int8: exact in float32
-      zero[b * 16 + s] = 0;
-    }
-    // Half h, l in 0..31: elements l, l+32, l+64, l+96 take the low nibble of
-    // ql[l], ql[l+32], the high nibble of ql[l], ql[l+32], and bit pairs 0..3 of qh[l].
-    int8_t* q = codes + b * kQKK;
-    for (int h = 0; h < 2; ++h) {
-      const uint8_t* ql = block.ql + 64 * h;
-      const uint8_t* qh = block.qh + 32 * h;
-      for (int l = 0; l < 32; ++l) {
-        const int low[4] = {ql[l] & 0xF, ql[l + 32] & 0xF, ql[l] >> 4, ql[l + 32] >> 4};
-        for (int k = 0; k < 4; ++k) {
-          const int high = (qh[l] >> (2 * k)) & 3;
-          q[128 * h + 32 * k + l] = static_cast<int8_t>((low[k] | (high << 4)) - 32);
-        }
-      }
-    }
-  }
-}
-
-void DecodeQ4KRow(const std::byte* row, int64_t cols, int8_t* codes, float* scale,
-                  float* min) {  // y = (d * sc) * q - (dmin * m), one (sc, m) per 32 elements
-  for (int64_t b = 0; b < cols / kQKK; ++b) {
-    const auto block = LoadGgmlBlock<BlockQ4K>(row, b);
-    const float d = HalfToFloat(block.d), dmin = HalfToFloat(block.dmin);
-    for (int j = 0; j < kQKK / 32; ++j) {
-      uint8_t sc, m;
-      ScaleMinK4(j, block.scales, &sc, &m);
-      scale[b * 8 + j] = d * sc;  // the float32 products ggml forms
-      min[b * 8 + j] = dmin * m;
-    }
-    // Per 64 elements, 32 bytes: element l in the low nibble, l + 32 in the high.
-    int8_t* q = codes + b * kQKK;
-    for (int g = 0; g < kQKK / 64; ++g) {
-      for (int l = 0; l < 32; ++l) {
-        const uint8_t byte = block.qs[32 * g + l];
-        q[64 * g + l] = static_cast<int8_t>(byte & 0xF);
-        q[64 * g + 32 + l] = static_cast<int8_t>(byte >> 4);
-      }
-    }
-  }
-}
+// Rows decode with gguf_unpack.cc's row decoders (gguf_unpack_rows.h), the
+// codes and parameters of gguf_unpack.h's table, straight into the unpacked
+// form: packers skip the file layout.
 
 // A GGUF type read directly, and the unpacked form its rows decode into.
 struct GgufSource {
@@ -103,13 +41,12 @@ struct GgufSource {
   Kind kind;
   int bits;
   int group_size;
-  DecodeRowFn decode_row;
 };
 
 constexpr GgufSource kGgufSources[] = {
-    {PackSource::kGgufQ8_0, GgmlType::kQ8_0, Kind::kIntx, 8, kQK, DecodeQ8_0Row},
-    {PackSource::kGgufQ6_K, GgmlType::kQ6_K, Kind::kIntx, 6, 16, DecodeQ6KRow},
-    {PackSource::kGgufQ4_K, GgmlType::kQ4_K, Kind::kMin, 4, 32, DecodeQ4KRow},
+    {PackSource::kGgufQ8_0, GgmlType::kQ8_0, Kind::kIntx, 8, kQK},
+    {PackSource::kGgufQ6_K, GgmlType::kQ6_K, Kind::kIntx, 6, 16},
+    {PackSource::kGgufQ4_K, GgmlType::kQ4_K, Kind::kMin, 4, 32},
 };
 
 constexpr const GgufSource* FindGgufSource(PackSource source) {
@@ -140,12 +77,13 @@ class ViewRows {
   UnpackedMatrixView matrix_;
 };
 
-// GGUF blocks, decoded into a buffer reused from call to call. The caller has
-// checked the blocks' size.
+// GGUF blocks, decoded by `unpack_row` into a buffer reused from call to
+// call. The caller has checked the blocks' size.
 class GgufRows {
  public:
-  GgufRows(const GgufSource& source, std::span<const std::byte> blocks, int64_t rows, int64_t cols)
-      : source_(source),
+  GgufRows(const GgufSource& source, GgufRowUnpackFn unpack_row, std::span<const std::byte> blocks,
+           int64_t rows, int64_t cols)
+      : unpack_row_(unpack_row),
         blocks_(blocks),
         info_{source.kind, source.bits, rows, cols, source.group_size},
         row_bytes_(static_cast<int64_t>(blocks.size()) / rows) {}
@@ -156,8 +94,8 @@ class GgufRows {
     scale_.resize(count * g);
     zero_.resize(count * g);
     for (int64_t r = 0; r < count; ++r) {
-      source_.decode_row(blocks_.data() + (begin + r) * row_bytes_, k, codes_.data() + r * k,
-                         scale_.data() + r * g, zero_.data() + r * g);
+      unpack_row_(blocks_.data() + (begin + r) * row_bytes_, k,
+                  {codes_.data() + r * k, scale_.data() + r * g, zero_.data() + r * g});
     }
     QuantizedMatrixInfo info = info_;
     info.rows = count;
@@ -165,7 +103,7 @@ class GgufRows {
   }
 
  private:
-  const GgufSource& source_;
+  GgufRowUnpackFn unpack_row_;
   std::span<const std::byte> blocks_;
   QuantizedMatrixInfo info_;
   int64_t row_bytes_;
@@ -313,7 +251,12 @@ absl::StatusOr<PackedMatrix> PackGguf(std::span<const std::byte> blocks, int64_t
   constexpr const GgufSource* source = FindGgufSource(kSource);
   static_assert(source != nullptr);
   GQ_RETURN_IF_ERROR(CheckGgufBlocks(*source, blocks, rows, cols));
-  GgufRows supplier(*source, blocks, rows, cols);
+  const GgufRowUnpackFn unpack_row = FindGgufRowUnpacker(source->type);
+  if (unpack_row == nullptr) {
+    return absl::InternalError(
+        absl::StrFormat("%s: no GGUF row decoder", std::string(PackSourceName(kSource))));
+  }
+  GgufRows supplier(*source, unpack_row, blocks, rows, cols);
   return Write(supplier);
 }
 
