@@ -1,1 +1,300 @@
-// Placeholder (issue 6): being written.
+// Prefill (large M) int4 weight-only GEMM (prefill_gemm.cuh: chunked
+// dequantization overlapped with cuBLAS) on the Gemma 4 31B linear shapes,
+// against cuBLAS bf16 at the same M, N, K in the same run; and the int4
+// dequantizer alone against the copy ceiling.
+//
+// Counters: TFLOPS = 2 M N K / time; vs_cublas = cuBLAS bf16 time / our time
+// (goal: >= 0.9 at M = 2048 on every shape), with cublas_TFLOPS beside it;
+// chunks = GEMM calls per run; split_SMs = the d SMs dequantizing beside a
+// GEMM (0: no split); weight_GBps = packed int4 bytes per second;
+// copy_GBps = the D2D copy ceiling. The dequantizer reports moved_GBps
+// (bytes read + written) and vs_copy = that over the ceiling.
+//
+// Knob variants (arg "variant", at M = 2048 on three shapes) change one
+// default each; the label names it. Int4 weights rotate over >= 256 MiB.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <map>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "cuda_bench_util.h"
+#include "int4_dequantize.cuh"
+#include "prefill_gemm.cuh"
+
+namespace gquant::cuda {
+namespace {
+
+using namespace bench;
+
+constexpr int kGroup = 32;
+
+// Rotating random int4 codes with (scale, zero) = (2^-7, 2^-7) in bf16 (the
+// speed does not depend on the values), activations and the output.
+struct Int4Problem {
+  const LinearShape& shape;
+  int64_t m;
+  int64_t bytes;  // codes + params of one copy
+  int copies;
+  std::vector<DeviceBuffer<uint8_t>> codes;
+  std::vector<DeviceBuffer<uint32_t>> params;
+  DeviceBuffer<uint16_t> x, y;
+
+  Int4Problem(const LinearShape& s, int64_t m_rows) : shape(s), m(m_rows) {
+    const int64_t qbytes = s.n * s.k / 2, pbytes = s.n * (s.k / kGroup) * 4;
+    bytes = qbytes + pbytes;
+    copies = Copies(bytes);
+    codes = RandomCopies<uint8_t>(qbytes, copies, 1);
+    for (int c = 0; c < copies; ++c) {
+      params.push_back(Upload(std::vector<uint32_t>(pbytes / 4, 0x3C003C00u)));
+    }
+    if (m > 0) {
+      x = Upload(RandomHost<uint16_t>(m * s.k, 99));
+      auto out = DeviceBuffer<uint16_t>::Allocate(m * s.n);
+      if (!out.ok()) std::abort();
+      y = *std::move(out);
+    }
+  }
+  Int4MmaWeight Weight(int64_t i) const {
+    return {reinterpret_cast<const uint4*>(codes[i % copies].data()),
+            reinterpret_cast<const __nv_bfloat162*>(params[i % copies].data()),
+            shape.n,
+            shape.k,
+            kGroup,
+            false};
+  }
+  const __nv_bfloat16* X() const { return reinterpret_cast<const __nv_bfloat16*>(x.data()); }
+  __nv_bfloat16* Y() { return reinterpret_cast<__nv_bfloat16*>(y.data()); }
+};
+
+// cuBLAS bf16 seconds per launch at (shape, m), on the same rotating data as
+// bench::TimeCublasBf16: median of 5 batches, measured once per process.
+double CublasSeconds(const LinearShape& s, int64_t m) {
+  static std::map<std::tuple<int64_t, int64_t, int64_t>, double> cache;
+  const auto key = std::make_tuple(s.n, s.k, m);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  const int copies = Copies(s.n * s.k * 2);
+  std::vector<DeviceBuffer<uint16_t>> w = RandomCopies<uint16_t>(s.n * s.k, copies, 7);
+  auto x = Upload(RandomHost<uint16_t>(m * s.k, 99));
+  auto y = DeviceBuffer<uint16_t>::Allocate(m * s.n);
+  if (!y.ok()) std::abort();
+  cublasHandle_t handle;
+  if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) std::abort();
+  auto launch = [&](int64_t i) {
+    CublasBf16Gemm(handle, w[i % copies].data(), x.data(), y->data(), static_cast<int>(m), s.n,
+                   s.k);
+  };
+  cudaEvent_t start, stop;
+  Check(cudaEventCreate(&start));
+  Check(cudaEventCreate(&stop));
+  int64_t i = 0;
+  for (int b = 0; b < kBatch; ++b) launch(i++);  // warm-up
+  std::vector<float> ms(5);
+  for (float& t : ms) {
+    Check(cudaEventRecord(start));
+    for (int b = 0; b < kBatch; ++b) launch(i++);
+    Check(cudaEventRecord(stop));
+    Check(cudaEventSynchronize(stop));
+    Check(cudaEventElapsedTime(&t, start, stop));
+  }
+  Check(cudaEventDestroy(start));
+  Check(cudaEventDestroy(stop));
+  cublasDestroy(handle);
+  std::sort(ms.begin(), ms.end());
+  return cache[key] = ms[ms.size() / 2] / 1e3 / kBatch;
+}
+
+// `rows` per chunk, with scratch for them at the widest K (21504).
+WeightOnlyGemmOptions Chunked(int64_t rows) {
+  WeightOnlyGemmOptions o;
+  o.chunk_rows = rows;
+  o.max_chunk_elements = std::max(o.max_chunk_elements, rows * 21504);
+  return o;
+}
+
+// d SMs dequantize beside each GEMM (0: no split).
+WeightOnlyGemmOptions Split(int multiprocessors) {
+  WeightOnlyGemmOptions o;
+  o.dequantize_multiprocessors = multiprocessors;
+  return o;
+}
+
+// Knob variants: the defaults, then one change each.
+struct Variant {
+  const char* name;
+  WeightOnlyGemmOptions (*options)(const LinearShape& s);
+};
+constexpr Variant kVariants[] = {
+    {"default", [](const LinearShape&) { return WeightOnlyGemmOptions{}; }},
+    {"whole (dequantize all, then one GEMM)",
+     [](const LinearShape& s) {
+       WeightOnlyGemmOptions o;
+       o.max_chunk_elements = s.n * s.k;
+       o.chunk_rows = (s.n + 15) / 16 * 16;
+       o.buffers = 1;
+       return o;
+     }},
+    {"chunk 1024", [](const LinearShape&) { return Chunked(1024); }},
+    {"chunk 2048", [](const LinearShape&) { return Chunked(2048); }},
+    {"chunk 4096", [](const LinearShape&) { return Chunked(4096); }},
+    {"chunk 8192", [](const LinearShape&) { return Chunked(8192); }},
+    {"3 buffers",
+     [](const LinearShape&) {
+       WeightOnlyGemmOptions o;
+       o.buffers = 3;
+       return o;
+     }},
+    {"first chunk 512",
+     [](const LinearShape&) {
+       WeightOnlyGemmOptions o;
+       o.first_chunk_rows = 512;
+       return o;
+     }},
+    {"no split (every SM for both kernels)", [](const LinearShape&) { return Split(0); }},
+    {"no split, dequantize low priority",
+     [](const LinearShape&) {
+       WeightOnlyGemmOptions o = Split(0);
+       o.dequantize_high_priority = false;
+       return o;
+     }},
+    {"split 4 SMs", [](const LinearShape&) { return Split(4); }},
+    {"split 16 SMs", [](const LinearShape&) { return Split(16); }},
+    {"split 32 SMs", [](const LinearShape&) { return Split(32); }},
+};
+
+// Args: shape index, M, variant index.
+void BM_PrefillInt4(benchmark::State& state) {
+  if (NoGpu(state)) return;
+  const LinearShape& s = kShapes[state.range(0)];
+  const int64_t m = state.range(1);
+  const Variant& variant = kVariants[state.range(2)];
+  const WeightOnlyGemmOptions options = variant.options(s);
+  auto gemm = WeightOnlyGemm::Create(options);
+  auto chunks = PrefillChunkRows(options, s.n, s.k, m);
+  if (!gemm.ok() || !chunks.ok()) {
+    state.SkipWithError((gemm.ok() ? chunks.status() : gemm.status()).ToString().c_str());
+    return;
+  }
+  const double cublas_seconds = CublasSeconds(s, m);
+  Int4Problem p(s, m);
+  TimeLaunches(state, [&](int64_t i) {
+    if (!gemm->Run(p.Weight(i), p.X(), m, p.Y(), nullptr).ok()) std::abort();
+  });
+  Report(state, p.bytes);
+  const double flops = 2.0 * m * s.n * s.k;
+  const double iterations = static_cast<double>(state.iterations());
+  state.counters["TFLOPS"] =
+      benchmark::Counter(flops * iterations / 1e12, benchmark::Counter::kIsRate);
+  state.counters["vs_cublas"] =
+      benchmark::Counter(cublas_seconds * iterations, benchmark::Counter::kIsRate);
+  state.counters["cublas_TFLOPS"] = flops / cublas_seconds / 1e12;
+  state.counters["chunks"] = static_cast<double>(chunks->size());
+  state.counters["split_SMs"] =
+      PrefillDequantizeMultiprocessors(options, m, gemm->multiprocessors());
+  state.SetLabel(absl::StrCat(std::string(s.name), " int4 g32 ", variant.name, ", chunk rows ",
+                              (*chunks)[0],
+                              chunks->size() > 1 ? absl::StrCat("/", (*chunks)[1]) : ""));
+}
+
+// cuBLAS bf16 at the same shape and M (bench::TimeCublasBf16).
+void BM_PrefillCublasBf16(benchmark::State& state) {
+  if (NoGpu(state)) return;
+  const LinearShape& s = kShapes[state.range(0)];
+  const int64_t m = state.range(1);
+  TimeCublasBf16(state, s, static_cast<int>(m));
+  const double flops = 2.0 * m * s.n * s.k;
+  state.counters["TFLOPS"] = benchmark::Counter(
+      flops * static_cast<double>(state.iterations()) / 1e12, benchmark::Counter::kIsRate);
+  state.SetLabel(absl::StrCat(std::string(s.name), " cublas bf16"));
+}
+
+// The dequantizer alone over the whole weight. Args: shape index, chunk rows
+// (0: one launch into one [N, K] output; else chunks alternating between two
+// scratch buffers, as WeightOnlyGemm writes them), SMs (0: all). The SM
+// counts show what a split's d SMs sustain alone.
+void BM_DequantizeInt4(benchmark::State& state) {
+  if (NoGpu(state)) return;
+  const LinearShape& s = kShapes[state.range(0)];
+  const int64_t chunk_rows = state.range(1);
+  const int multiprocessors = static_cast<int>(state.range(2));
+  Int4Problem p(s, 0);
+  const int64_t out_rows = chunk_rows > 0 ? chunk_rows : s.n;
+  std::vector<DeviceBuffer<uint16_t>> out;
+  for (int b = 0; b < (chunk_rows > 0 ? 2 : 1); ++b) {
+    auto buffer = DeviceBuffer<uint16_t>::Allocate(out_rows * s.k);
+    if (!buffer.ok()) std::abort();
+    out.push_back(*std::move(buffer));
+  }
+  TimeLaunches(state, [&](int64_t i) {
+    for (int64_t row = 0, c = 0; row < s.n; row += out_rows, ++c) {
+      auto* o = reinterpret_cast<__nv_bfloat16*>(out[c % out.size()].data());
+      if (!DequantizeInt4Mma(p.Weight(i), row, std::min(out_rows, s.n - row), o, nullptr,
+                             multiprocessors)
+               .ok()) {
+        std::abort();
+      }
+    }
+  });
+  Report(state, p.bytes);
+  const double moved = static_cast<double>(p.bytes + s.n * s.k * 2);
+  const double iterations = static_cast<double>(state.iterations());
+  state.counters["moved_GBps"] =
+      benchmark::Counter(moved * iterations / 1e9, benchmark::Counter::kIsRate);
+  state.counters["vs_copy"] =
+      benchmark::Counter(moved * iterations / CopyCeiling(), benchmark::Counter::kIsRate);
+  state.SetLabel(
+      absl::StrCat(std::string(s.name), " int4 g32 dequantize",
+                   chunk_rows > 0 ? absl::StrCat(", chunks of ", chunk_rows) : "",
+                   multiprocessors > 0 ? absl::StrCat(", on ", multiprocessors, " SMs") : ""));
+}
+
+constexpr int kQSliding = 0, kGateUp = 6, kDown = 7, kLmHead = 8;
+
+BENCHMARK(BM_PrefillInt4)
+    ->ArgNames({"shape", "m", "variant"})
+    ->Apply([](benchmark::internal::Benchmark* b) {
+      for (int shape = 0; shape < static_cast<int>(std::size(kShapes)); ++shape) {
+        b->Args({shape, 2048, 0});
+      }
+      for (int shape : {kQSliding, kGateUp, kDown}) {
+        for (int v = 1; v < static_cast<int>(std::size(kVariants)); ++v) {
+          b->Args({shape, 2048, v});
+        }
+        for (int m : {512, 8192}) {
+          for (int v : {0, 1, 2, 4, 8}) b->Args({shape, m, v});
+        }
+      }
+    })
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(0.1);
+BENCHMARK(BM_PrefillCublasBf16)
+    ->ArgNames({"shape", "m"})
+    ->Apply([](benchmark::internal::Benchmark* b) {
+      for (int shape = 0; shape < static_cast<int>(std::size(kShapes)); ++shape) {
+        b->Args({shape, 2048});
+      }
+      for (int shape : {kQSliding, kGateUp, kDown}) {
+        for (int m : {512, 8192}) b->Args({shape, m});
+      }
+    })
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(0.1);
+BENCHMARK(BM_DequantizeInt4)
+    ->ArgNames({"shape", "chunk_rows", "sms"})
+    ->Apply([](benchmark::internal::Benchmark* b) {
+      for (int shape : {kGateUp, kLmHead}) {
+        for (int sms : {0, 4, 8, 16}) b->Args({shape, 0, sms});
+        b->Args({shape, 2048, 0});
+      }
+    })
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(0.1);
+
+}  // namespace
+}  // namespace gquant::cuda

@@ -1,1 +1,180 @@
-// Placeholder (issue 6): being written.
+// The int8 embedding gather against an exact host computation on fresh
+// random tables and ids, outputs poisoned first, and its NaN rows for ids
+// out of range.
+#include "embedding_gather.cuh"
+
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "cuda_test_util.h"
+#include "device_buffer.cuh"
+#include "gquant/dtype.h"
+#include "int8_layout.h"
+
+namespace gquant::cuda {
+namespace {
+
+struct Table {
+  int64_t n, k, group;
+  bool min_form;
+  std::vector<int8_t> codes;       // [N, K]
+  std::vector<float> scale, zero;  // [N, G]; zero is the min in the min form
+  DeviceBuffer<int8_t> codes_d;
+  DeviceBuffer<float> params_d;
+  Int8RowsWeight view;
+};
+
+template <typename T>
+DeviceBuffer<T> Upload(const std::vector<T>& host) {
+  auto buffer = DeviceBuffer<T>::Allocate(host.size());
+  REQUIRE_OK(buffer);
+  REQUIRE_OK(buffer->CopyFromHost(host));
+  return *std::move(buffer);
+}
+
+// Random int8 codes (6-bit unsigned in the min form) and params, packed and
+// uploaded.
+Table MakeTable(int64_t n, int64_t k, int64_t group, bool min_form, std::mt19937_64& rng) {
+  Table t{n, k, group, min_form, {}, {}, {}, {}, {}, {}};
+  std::uniform_int_distribution<int> code(min_form ? 0 : -128, min_form ? 63 : 127);
+  std::uniform_real_distribution<float> scale(0.002f, 0.02f), zero(-8.0f, 8.0f), min(0.0f, 64.0f);
+  t.codes.resize(n * k);
+  for (int8_t& c : t.codes) c = static_cast<int8_t>(code(rng));
+  t.scale.resize(n * (k / group));
+  t.zero.resize(n * (k / group));
+  for (size_t i = 0; i < t.scale.size(); ++i) {
+    t.scale[i] = scale(rng);
+    t.zero[i] = min_form ? min(rng) * t.scale[i] : zero(rng);
+  }
+  auto packed = PackInt8Rows(t.codes, t.scale, t.zero, n, k, group);
+  REQUIRE_OK(packed);
+  t.codes_d = Upload(packed->codes);
+  t.params_d = Upload(packed->params);
+  t.view = {t.codes_d.data(), reinterpret_cast<const float2*>(t.params_d.data()), n, k, group,
+            min_form};
+  return t;
+}
+
+// The gather's contract on the host: float32 operations rounded one at a
+// time, then round-to-nearest-even to bf16. Products go through double,
+// where they are exact, and are rounded to float once, so no FMA contraction
+// by the host compiler can change them.
+uint16_t GatherOnHost(const Table& t, int64_t row, int64_t column, float multiplier) {
+  const int64_t p = row * (t.k / t.group) + column / t.group;
+  const float c = t.codes[row * t.k + column], s = t.scale[p], z = t.zero[p];
+  const float w = t.min_form ? static_cast<float>(static_cast<double>(c) * s) - z
+                             : static_cast<float>(static_cast<double>(c - z) * s);
+  return FloatToBFloat16(static_cast<float>(static_cast<double>(w) * multiplier));
+}
+
+bool IsBf16NaN(uint16_t bits) { return (bits & 0x7F80) == 0x7F80 && (bits & 0x7F) != 0; }
+
+// Runs the gather of `ids` into an output poisoned with `poison` bytes and
+// returns it ([count, K] bf16 bits).
+std::vector<uint16_t> Gather(const Table& t, const std::vector<int32_t>& ids, float multiplier,
+                             unsigned char poison) {
+  auto ids_d = Upload(ids);
+  auto out = DeviceBuffer<uint16_t>::Allocate(ids.size() * t.k);
+  REQUIRE_OK(out);
+  REQUIRE_OK(out->FillBytes(poison));
+  REQUIRE_OK(GatherInt8Rows(t.view, ids_d.data(), static_cast<int>(ids.size()), multiplier,
+                            reinterpret_cast<__nv_bfloat16*>(out->data()), nullptr));
+  std::vector<uint16_t> got(ids.size() * t.k);
+  REQUIRE_OK(out->CopyToHost(got));
+  return got;
+}
+
+TEST_CASE("int8 embedding gather is bit-exact against the host", "[cuda][embedding_gather]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  auto rng = testing::MakeRng();
+  struct Shape {
+    int64_t n, k, group;
+  };
+  // Gemma's per-row tables at both widths (fewer rows than the real 262144:
+  // the kernel does not depend on N), a grouped one, and a small odd one.
+  const Shape shapes[] = {{4000, 5376, 5376}, {5000, 1536, 1536}, {3000, 1536, 32}, {37, 48, 16}};
+  for (const Shape& s : shapes) {
+    for (bool min_form : {false, true}) {
+      const Table t = MakeTable(s.n, s.k, s.group, min_form, rng);
+      for (int count : {1, 7, 300}) {
+        for (float multiplier : {1.0f, std::sqrt(5376.0f)}) {
+          INFO("N=" << s.n << " K=" << s.k << " group " << s.group << " min form " << min_form
+                    << " count " << count << " multiplier " << multiplier);
+          std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(s.n - 1));
+          std::vector<int32_t> ids(count);
+          for (int32_t& v : ids) v = id(rng);
+          ids[0] = static_cast<int32_t>(s.n - 1);  // the last row too
+          // Poison 0xFFFF is a bf16 NaN, never a gathered value here.
+          const std::vector<uint16_t> got = Gather(t, ids, multiplier, 0xFF);
+          int64_t mismatches = 0, first = -1;
+          for (int i = 0; i < count; ++i) {
+            for (int64_t c = 0; c < s.k; ++c) {
+              if (got[i * s.k + c] != GatherOnHost(t, ids[i], c, multiplier) && mismatches++ == 0) {
+                first = i * s.k + c;
+              }
+            }
+          }
+          if (mismatches > 0) {
+            INFO(mismatches << " mismatches; first: id index " << first / s.k << " column "
+                            << first % s.k);
+            REQUIRE(mismatches == 0);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("int8 embedding gather writes NaN rows for ids out of range",
+          "[cuda][embedding_gather]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  auto rng = testing::MakeRng();
+  const Table t = MakeTable(100, 1536, 1536, false, rng);
+  const std::vector<int32_t> ids = {
+      -1, 100, 42, std::numeric_limits<int32_t>::max(), std::numeric_limits<int32_t>::min(), 99};
+  // Poison 0x7F7F (a finite bf16, ~3.4e38) so a NaN row proves it was written.
+  const std::vector<uint16_t> got = Gather(t, ids, 2.0f, 0x7F);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const bool in_range = ids[i] >= 0 && ids[i] < t.n;
+    INFO("id " << ids[i]);
+    int64_t wrong = 0;
+    for (int64_t c = 0; c < t.k; ++c) {
+      const uint16_t v = got[i * t.k + c];
+      wrong += in_range ? v != GatherOnHost(t, ids[i], c, 2.0f) : !IsBf16NaN(v);
+    }
+    REQUIRE(wrong == 0);
+  }
+}
+
+TEST_CASE("int8 embedding gather rejects bad arguments", "[cuda][embedding_gather]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  auto buffer = DeviceBuffer<uint8_t>::Allocate(1 << 20);
+  REQUIRE_OK(buffer);
+  REQUIRE_OK(buffer->FillBytes(0));
+  const auto* codes = reinterpret_cast<const int8_t*>(buffer->data());
+  const auto* params = reinterpret_cast<const float2*>(buffer->data());
+  const auto* ids = reinterpret_cast<const int32_t*>(buffer->data());
+  auto* out = reinterpret_cast<__nv_bfloat16*>(buffer->data() + (1 << 19));
+  const auto invalid = absl::StatusCode::kInvalidArgument;
+  const Int8RowsWeight good{codes, params, 64, 64, 64, false};
+  REQUIRE_OK(GatherInt8Rows(good, ids, 4, 1.0f, out, nullptr));  // ids 0: row 0
+  REQUIRE_OK(GatherInt8Rows(good, ids, 0, 1.0f, out, nullptr));  // nothing to do
+  REQUIRE_STATUS_IS(GatherInt8Rows(good, ids, -1, 1.0f, out, nullptr), invalid);
+  REQUIRE_STATUS_IS(GatherInt8Rows(good, nullptr, 4, 1.0f, out, nullptr), invalid);
+  REQUIRE_STATUS_IS(GatherInt8Rows(good, ids, 4, 1.0f, nullptr, nullptr), invalid);
+  REQUIRE_STATUS_IS(GatherInt8Rows(good, ids, 4, 1.0f, out + 1, nullptr), invalid);  // alignment
+  REQUIRE_STATUS_IS(
+      GatherInt8Rows({nullptr, params, 64, 64, 64, false}, ids, 4, 1.0f, out, nullptr), invalid);
+  REQUIRE_STATUS_IS(GatherInt8Rows({codes, params, 64, 40, 40, false}, ids, 4, 1.0f, out, nullptr),
+                    invalid);  // K % 16
+  REQUIRE_STATUS_IS(GatherInt8Rows({codes, params, 0, 64, 64, false}, ids, 4, 1.0f, out, nullptr),
+                    invalid);  // N
+}
+
+}  // namespace
+}  // namespace gquant::cuda

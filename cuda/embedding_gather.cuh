@@ -1,0 +1,39 @@
+// Embedding lookup from an int8 table in the "cuda_int8_rows" layout
+// (int8_layout.h; Gemma's embedding is per-row, group size K):
+//   out[t, :] = bf16(dequant(row ids[t]) * multiplier), t < count,
+// where dequant(row) is float32 (c - zero) * scale, or c * scale - min in
+// the min form, each operation rounded on its own as in DequantizeInt8Rows,
+// then one rounded float32 multiply and round-to-nearest-even to bf16, so a
+// host computation reproduces it bit for bit. Gemma scales its embeddings by
+// sqrt(hidden): that is `multiplier`.
+//
+// The ids live on the device (they come from the sampler), so a bad id
+// cannot be reported synchronously: an id outside [0, N) gives a row of
+// NaNs (bf16 0x7FC0), which poisons every logit downstream and is therefore
+// seen at once, rather than silently reading another row or out of bounds.
+//
+// Memory bound and usually tiny (one row per decode step): one thread per
+// 16-byte run of codes, 4 runs per thread loaded before any is stored.
+#ifndef GQUANT_CUDA_EMBEDDING_GATHER_CUH_
+#define GQUANT_CUDA_EMBEDDING_GATHER_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "int8_gemv.cuh"  // Int8RowsWeight
+
+namespace gquant::cuda {
+
+// out ([count, K] bf16, 16-byte aligned) from the rows `ids` (count int32 on
+// the device) of `table`, on `stream`; count = 0 does nothing.
+// InvalidArgument for a bad shape, count or pointer; Internal for a CUDA
+// error. Ids are not checked on the host (see above).
+absl::Status GatherInt8Rows(const Int8RowsWeight& table, const int32_t* ids, int count,
+                            float multiplier, __nv_bfloat16* out, cudaStream_t stream);
+
+}  // namespace gquant::cuda
+
+#endif  // GQUANT_CUDA_EMBEDDING_GATHER_CUH_

@@ -1,0 +1,78 @@
+// Int8 weight-only products for decode on the tensor cores: y[M, N] =
+// x[M, K] · W[N, K]ᵀ for M = 1..16 with bf16 activations and output and fp32
+// accumulation, reading the "cuda_int8_rows" layout (int8_layout.h: int8
+// codes [N, K] row-major, float32 (scale, zero | min) pairs [N][G]).
+//
+// Design (why each choice; numbers for an H100 at ~3 TB/s):
+// - Tensor cores for every M. On CUDA cores M = 16 needs 16 FMAs per weight,
+//   more than the FP32 units issue at HBM speed; mma.m16n8k16 takes 16 rows
+//   of weights as A and up to 8 tokens as B (two B tiles for M > 8), so one
+//   kernel serves M = 1..16 and the extra tokens are nearly free.
+// - Exact weights. An int8 code does not fit a bf16 magic number (8 bits vs
+//   7 mantissa bits), so each code goes through a float: the bits
+//   0x4B000000 | (c ^ 0x80) are 2^23 + 128 + c, one byte permute; one
+//   subtract leaves c exactly, and one F2FP packs two into bf16x2 (exact:
+//   |c| <= 128 has at most 8 significant bits). About 2.75 instructions per
+//   weight, ~5.5 with the mma, copies and group corrections (counted in the
+//   PTX at M = 1): ~40% of the issue rate at 2.6 TB/s of weights.
+// - Group sums shared: a group's part of a dot product is
+//   s · (Σ c x − z Σ x), or s Σ c x − min Σ x in the min form; Σ x comes
+//   from a second mma with an A of ones (row independent), so the scale and
+//   zero are applied once per group and row, not per weight.
+// - Memory-level parallelism without registers: each warp streams its own
+//   16-row (or 32-row) tiles of 128 columns through a private ring of
+//   kStages shared-memory stages with cp.async (16-byte, coalesced: 8 lanes
+//   read one row's 128-byte segment), so 3 tiles (~7.5 KB) per warp and
+//   60-150 KB per SM are in flight while one is used. Warp-private rings need
+//   only __syncwarp, no block barrier, in the main loop.
+// - The mma wants, per lane, 4 columns of a 16-column block for rows g and
+//   g + 8 (g = lane / 4), which a 16-byte row load cannot give without a
+//   transpose; ldmatrix (treating byte pairs as b16) does that transpose
+//   from the stage (XOR-swizzled, so neither the copies nor ldmatrix have
+//   bank conflicts). The mma's k order is free as long as A and B agree:
+//   lane t's k slots 2t, 2t+1, 2t+8, 2t+9 hold columns 4t..4t+3 of the
+//   block, so its B is one 8-byte load of x.
+// - Filling the machine: a block owns 16 (or 32) rows and its W warps split
+//   K (warp w takes tiles w, w + W, ...), adding their partial sums through
+//   shared memory at the end. W (4..16) is picked per shape so the grid has
+//   ~1024+ warps streaming (7.5 MB in flight) and the 128-column tiles split
+//   evenly: K = 5376 is 42 tiles, which 6, 7 or 14 warps share without idle
+//   warps (8 would leave 12.5% idle). N = 2048 gets 14 warps per block.
+#ifndef GQUANT_CUDA_INT8_GEMV_CUH_
+#define GQUANT_CUDA_INT8_GEMV_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "int8_layout.h"
+
+namespace gquant::cuda {
+
+inline constexpr int kInt8GemvMaxM = 16;
+
+// Device pointers and shape of one "cuda_int8_rows" weight (int8_layout.h).
+// codes 16-byte aligned, params 8-byte aligned.
+struct Int8RowsWeight {
+  const int8_t* codes = nullptr;   // [N, K] row-major
+  const float2* params = nullptr;  // [N][K / group_size]: (scale, zero) or (scale, min)
+  int64_t n = 0;
+  int64_t k = 0;
+  int64_t group_size = 32;  // a multiple of 16 dividing K; K for per-row
+  bool min_form = false;    // w = c * scale - min instead of (c - zero) * scale
+};
+
+// y = x · Wᵀ for m in 1..kInt8GemvMaxM rows of x ([m, K] bf16, 8-byte
+// aligned) into y ([m, N] bf16). Tuning knobs for benchmarks (0: the
+// default): `warps_per_block` (1..16) splits K over that many warps;
+// `row_tiles` is 1 or 2 16-row tiles per block (2 halves the activation
+// traffic per weight; at most 8 warps). InvalidArgument for a bad shape,
+// pointer, M or knob; Internal for a launch error.
+absl::Status Int8Gemv(const Int8RowsWeight& weight, const __nv_bfloat16* x, int m, __nv_bfloat16* y,
+                      cudaStream_t stream, int warps_per_block = 0, int row_tiles = 0);
+
+}  // namespace gquant::cuda
+
+#endif  // GQUANT_CUDA_INT8_GEMV_CUH_
