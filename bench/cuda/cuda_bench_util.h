@@ -99,6 +99,43 @@ void TimeLaunches(benchmark::State& state, Launch launch) {
   Check(cudaEventDestroy(stop));
 }
 
+// Event timing of kBatch launches captured once into a CUDA graph and
+// replayed per iteration: how a decode step issues its kernels, without the
+// per-launch gaps of stream launches. `launch(i, stream)` must launch on
+// `stream` (a capturing, non-blocking stream).
+template <typename Launch>
+void TimeGraphLaunches(benchmark::State& state, Launch launch) {
+  cudaStream_t stream;
+  Check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  for (int i = 0; i < kBatch; ++i) launch(i, stream);  // warm-up, outside the capture
+  Check(cudaStreamSynchronize(stream));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  Check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < kBatch; ++i) launch(i, stream);
+  Check(cudaStreamEndCapture(stream, &graph));
+  Check(cudaGraphInstantiate(&exec, graph, 0));
+  cudaEvent_t start, stop;
+  Check(cudaEventCreate(&start));
+  Check(cudaEventCreate(&stop));
+  Check(cudaGraphLaunch(exec, stream));
+  for (auto _ : state) {
+    Check(cudaEventRecord(start, stream));
+    Check(cudaGraphLaunch(exec, stream));
+    Check(cudaEventRecord(stop, stream));
+    Check(cudaEventSynchronize(stop));
+    float ms = 0;
+    Check(cudaEventElapsedTime(&ms, start, stop));
+    state.SetIterationTime(ms / 1e3 / kBatch);
+  }
+  Check(cudaGetLastError());
+  Check(cudaEventDestroy(start));
+  Check(cudaEventDestroy(stop));
+  Check(cudaGraphExecDestroy(exec));
+  Check(cudaGraphDestroy(graph));
+  Check(cudaStreamDestroy(stream));
+}
+
 // The copy ceiling in bytes/s (read + written), measured once per process.
 inline double CopyCeiling() {
   static const double ceiling = [] {
@@ -157,7 +194,9 @@ inline void CublasBf16Gemm(cublasHandle_t handle, const uint16_t* w, const uint1
 
 // Times cuBLAS bf16 at shape `s` and M = m with rotating random weights and
 // reports weight_GBps of the bf16 matrix: the baseline of the same run.
-inline void TimeCublasBf16(benchmark::State& state, const LinearShape& s, int m) {
+// `graph`: timed as a replayed CUDA graph (TimeGraphLaunches) instead.
+inline void TimeCublasBf16(benchmark::State& state, const LinearShape& s, int m,
+                           bool graph = false) {
   const int64_t wbytes = s.n * s.k * 2;
   const int copies = Copies(wbytes);
   std::vector<DeviceBuffer<uint16_t>> w = RandomCopies<uint16_t>(s.n * s.k, copies, 7);
@@ -166,9 +205,17 @@ inline void TimeCublasBf16(benchmark::State& state, const LinearShape& s, int m)
   if (!y.ok()) std::abort();
   cublasHandle_t handle;
   if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) std::abort();
-  TimeLaunches(state, [&](int64_t i) {
+  const auto launch = [&](int64_t i) {
     CublasBf16Gemm(handle, w[i % copies].data(), x.data(), y->data(), m, s.n, s.k);
-  });
+  };
+  if (graph) {
+    TimeGraphLaunches(state, [&](int64_t i, cudaStream_t stream) {
+      if (cublasSetStream(handle, stream) != CUBLAS_STATUS_SUCCESS) std::abort();
+      launch(i);
+    });
+  } else {
+    TimeLaunches(state, launch);
+  }
   cublasDestroy(handle);
   Report(state, wbytes);
 }

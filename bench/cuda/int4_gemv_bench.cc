@@ -75,7 +75,8 @@ void BM_Int4Gemv(benchmark::State& state) {
 }
 
 // The tensor-core kernel. Args: shape index, M, variant = 100 * stages +
-// warps per multiprocessor (0 = defaults).
+// warps per multiprocessor (0 = defaults), graph (1: launches replayed from a
+// CUDA graph, as a decode step runs them).
 void BM_Int4MmaGemv(benchmark::State& state) {
   if (NoGpu(state)) return;
   Int4Problem p(kShapes[state.range(0)], static_cast<int>(state.range(1)));
@@ -83,56 +84,64 @@ void BM_Int4MmaGemv(benchmark::State& state) {
                              static_cast<int>(state.range(2)) % 100};
   auto workspace = Int4MmaWorkspace::Create(p.shape.n);
   if (!workspace.ok()) std::abort();
-  TimeLaunches(state, [&](int64_t i) {
+  const auto launch = [&](int64_t i, cudaStream_t stream) {
     const Int4MmaWeight w{reinterpret_cast<const uint4*>(p.codes[i % p.copies].data()),
                           p.Params(i),
                           p.shape.n,
                           p.shape.k,
                           kGroup,
                           false};
-    if (!Int4MmaGemv(w, p.X(), p.m, p.Y(), *workspace, nullptr, tuning).ok()) std::abort();
-  });
+    if (!Int4MmaGemv(w, p.X(), p.m, p.Y(), *workspace, stream, tuning).ok()) std::abort();
+  };
+  if (state.range(3) != 0) {
+    TimeGraphLaunches(state, launch);
+  } else {
+    TimeLaunches(state, [&](int64_t i) { launch(i, nullptr); });
+  }
   Report(state, p.bytes);
-  state.SetLabel(std::string(p.shape.name) + " int4 g32 tensor cores");
+  state.SetLabel(std::string(p.shape.name) + " int4 g32 tensor cores" +
+                 (state.range(3) != 0 ? ", graph" : ""));
 }
 
 // cuBLAS bf16 at the same shape.
 void BM_CublasBf16(benchmark::State& state) {
   if (NoGpu(state)) return;
   const LinearShape& s = kShapes[state.range(0)];
-  TimeCublasBf16(state, s, static_cast<int>(state.range(1)));
-  state.SetLabel(std::string(s.name) + " cublas bf16");
+  TimeCublasBf16(state, s, static_cast<int>(state.range(1)), state.range(3) != 0);
+  state.SetLabel(std::string(s.name) + " cublas bf16" + (state.range(3) != 0 ? ", graph" : ""));
 }
 
-// Every shape at M = 1, 4, 8; `variants` adds the tuning knob's values at M = 1.
-void Shapes(benchmark::internal::Benchmark* b, std::initializer_list<int> variants) {
+// Every shape at M = 1, 4, 8, 16 (with `graphs`, also replayed from a CUDA
+// graph); `variants` adds the tuning knob's values at M = 1.
+void Shapes(benchmark::internal::Benchmark* b, std::initializer_list<int> variants, bool graphs) {
   for (int shape = 0; shape < static_cast<int>(kShapes.size()); ++shape) {
     for (int m : {1, 4, 8, 16}) {
-      b->Args({shape, m, 0});
+      b->Args({shape, m, 0, 0});
+      if (graphs) b->Args({shape, m, 0, 1});
       if (m == 1) {
-        for (int v : variants) b->Args({shape, m, v});
+        for (int v : variants) b->Args({shape, m, v, 0});
       }
     }
   }
 }
 
 BENCHMARK(BM_Int4Gemv)
-    ->ArgNames({"shape", "m", "rows"})
-    ->Apply([](benchmark::internal::Benchmark* b) { Shapes(b, {}); })
+    ->ArgNames({"shape", "m", "rows", "graph"})
+    ->Apply([](benchmark::internal::Benchmark* b) { Shapes(b, {}, false); })
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond)
     ->MinTime(0.05);
 BENCHMARK(BM_Int4MmaGemv)
-    ->ArgNames({"shape", "m", "variant"})
+    ->ArgNames({"shape", "m", "variant", "graph"})
     ->Apply([](benchmark::internal::Benchmark* b) {
-      Shapes(b, {800, 416, 424});
+      Shapes(b, {800, 416, 424, 408}, true);
     })
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond)
     ->MinTime(0.05);
 BENCHMARK(BM_CublasBf16)
-    ->ArgNames({"shape", "m", "rows"})
-    ->Apply([](benchmark::internal::Benchmark* b) { Shapes(b, {}); })
+    ->ArgNames({"shape", "m", "variant", "graph"})
+    ->Apply([](benchmark::internal::Benchmark* b) { Shapes(b, {}, true); })
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond)
     ->MinTime(0.05);
