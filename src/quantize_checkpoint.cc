@@ -112,10 +112,11 @@ absl::StatusOr<PackedWeight> QuantizeTensor(const Tensor& input, const Quantized
   PackedWeight packed(layout);
   const QuantConfig& config = layout.config();
   const int64_t rows = layout.rows(), cols = layout.cols(), groups = layout.groups();
-  // HQQ's stopping rule is global over a matrix: hand it a whole one.
-  const int64_t block_rows = config.method == QuantMethod::kHqq
-                                 ? rows
-                                 : std::clamp<int64_t>(kBlockElements / cols, 1, rows);
+  // HQQ's stopping rule is global over a matrix: hand it a whole one. A
+  // custom quantizer (the GPU) also gets whole matrices, to transfer each once.
+  const bool whole_matrix = config.method == QuantMethod::kHqq || options.quantizer;
+  const int64_t block_rows =
+      whole_matrix ? rows : std::clamp<int64_t>(kBlockElements / cols, 1, rows);
   std::vector<int8_t> codes(block_rows * cols);
   std::vector<float> scale(block_rows * groups), zero(block_rows * groups);
   const int64_t element_bytes = DTypeSize(input.dtype());
@@ -129,7 +130,9 @@ absl::StatusOr<PackedWeight> QuantizeTensor(const Tensor& input, const Quantized
                                  std::span(scale).first(n * groups),
                                  std::span(zero).first(n * groups)};
       absl::Status status =
-          Quantize(config, input.dtype(), source, n, cols, spans, quantize_options);
+          options.quantizer
+              ? options.quantizer(config, input.dtype(), source, n, cols, spans, quantize_options)
+              : Quantize(config, input.dtype(), source, n, cols, spans, quantize_options);
       if (!status.ok()) {
         return Annotate(status, absl::StrFormat("matrix %d, rows from %d", m, r0));
       }

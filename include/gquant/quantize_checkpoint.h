@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -25,12 +26,23 @@
 
 namespace gquant {
 
+// Quantizes one matrix with gquant::Quantize's contract (arguments, outputs,
+// errors, error_stats accumulation).
+using MatrixQuantizer = std::function<absl::Status(
+    const QuantConfig& config, DType dtype, std::span<const std::byte> weight, int64_t rows,
+    int64_t cols, const QuantizedSpans& out, const QuantizeOptions& options)>;
+
 struct QuantizeJobOptions {
   std::string input;       // HF checkpoint directory (or one .safetensors file)
   std::string output_dir;  // created if missing
   int threads = 0;         // 0: all hardware threads
   bool dry_run = false;    // plan and report the matched rules; write nothing
   HqqOptions hqq;
+  // Quantizes one matrix; empty: gquant::Quantize on the CPU (threads above).
+  // gquant-quantize --device=cuda passes cuda::QuantizeOnGpu. When set, every
+  // matrix (one expert of a 3-D tensor) is passed whole, min-max ones too, so
+  // a GPU quantizer pays its transfers once per matrix.
+  MatrixQuantizer quantizer;
   // Called after each tensor (from the calling thread).
   ProgressCallback progress;
 };

@@ -2,14 +2,17 @@
 // and save a quantized checkpoint (see gquant/quantize_checkpoint.h).
 //
 //   gquant-quantize --recipe=default --output=OUT_DIR [--threads=N] [--dry-run]
-//                   [--eval [--prompts=FILE]] INPUT
+//                   [--device=cpu|cuda] [--eval [--prompts=FILE]] INPUT
 //
 // Flag names take dashes or underscores (--dry-run, --dry_run).
 //
 // INPUT is a checkpoint directory (model.safetensors or a sharded index) or
 // one .safetensors file. --recipe takes a bundled name (default, sensitive) or
-// a JSON path. Progress goes to stderr: a bar on a terminal, plain lines
-// otherwise; the report goes to stdout and OUT_DIR/quantize_report.json.
+// a JSON path. --device=cuda quantizes each matrix on the first GPU
+// (cuda/gpu_quantize.cuh: the CPU's results within float rounding); it needs
+// a build with the CUDA backend. Progress goes to stderr: a bar on a
+// terminal, plain lines otherwise; the report (after a "device:" line) goes to
+// stdout and OUT_DIR/quantize_report.json.
 //
 // --eval then loads INPUT and OUT_DIR with the CPU reference model and prints
 // the KL divergence and top-1 agreement of the quantized model's next-token
@@ -37,10 +40,17 @@
 #include "tools/flag_spelling.h"
 #include "tools/progress_printer.h"
 
+#if defined(GQUANT_HAS_CUDA)
+#include "device.cuh"
+#include "gpu_quantize.cuh"
+#endif
+
 ABSL_FLAG(std::string, recipe, "default",
           "Bundled recipe name (default, sensitive) or path to a recipe JSON file");
 ABSL_FLAG(std::string, output, "", "Output directory (created if missing)");
 ABSL_FLAG(int, threads, 0, "Worker threads (0: all hardware threads)");
+ABSL_FLAG(std::string, device, "cpu",
+          "Where to quantize: cpu (all --threads) or cuda (the first GPU; CUDA builds only)");
 ABSL_FLAG(bool, dry_run, false, "Print the rule each tensor matches; write nothing");
 ABSL_FLAG(bool, per_tensor, true, "Print per-tensor error and SNR in the report");
 ABSL_FLAG(bool, hqq_best_iterate, false,
@@ -72,6 +82,31 @@ absl::StatusOr<gquant::gemma4::QualityReport> Evaluate(const std::string& input,
   return gquant::gemma4::CompareModels(*reference, *quantized, prompts);
 }
 
+// Points options->quantizer at the device named by --device and returns the
+// report's device line; an error message for an unknown or unavailable device.
+absl::StatusOr<std::string> SelectDevice(const std::string& device,
+                                         gquant::QuantizeJobOptions* options) {
+  if (device == "cpu") return std::string("device: cpu");
+  if (device != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--device: expected cpu or cuda, but got '%s'", device));
+  }
+#if defined(GQUANT_HAS_CUDA)
+  if (gquant::cuda::DeviceCount() == 0) {
+    return absl::FailedPreconditionError("--device=cuda: no CUDA device is visible");
+  }
+  GQ_ASSIGN_OR_RETURN(const gquant::cuda::DeviceInfo info, gquant::cuda::GetDeviceInfo(0));
+  options->quantizer = gquant::cuda::QuantizeOnGpu;
+  return absl::StrFormat("device: cuda:0 %s (compute capability %d.%d)", info.name,
+                         info.compute_capability_major, info.compute_capability_minor);
+#else
+  (void)options;
+  return absl::FailedPreconditionError(
+      "--device=cuda: this gquant-quantize was built without the CUDA backend (configure with "
+      "nvcc available and -DGQUANT_ENABLE_CUDA=ON)");
+#endif
+}
+
 void PrintDryRun(const gquant::Recipe& recipe, const gquant::QuantizeReport& report) {
   for (const gquant::TensorReport& t : report.tensors) {
     const std::string rule =
@@ -89,7 +124,7 @@ int main(int argc, char** argv) {
   gquant::tools::DashesToUnderscoresInFlagNames(argc, argv);
   absl::SetProgramUsageMessage(
       "gquant-quantize --recipe=NAME_OR_PATH --output=DIR [--threads=N] [--dry-run] "
-      "[--eval [--prompts=FILE]] INPUT");
+      "[--device=cpu|cuda] [--eval [--prompts=FILE]] INPUT");
   const std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   const bool dry_run = absl::GetFlag(FLAGS_dry_run);
   const bool eval = absl::GetFlag(FLAGS_eval);
@@ -120,6 +155,12 @@ int main(int argc, char** argv) {
   options.dry_run = dry_run;
   options.hqq.keep_best_iterate = absl::GetFlag(FLAGS_hqq_best_iterate);
   options.progress = [&printer](const gquant::JobProgress& p) { printer.Update(p); };
+  const absl::StatusOr<std::string> device_line =
+      SelectDevice(absl::GetFlag(FLAGS_device), &options);
+  if (!device_line.ok()) {
+    std::fprintf(stderr, "gquant-quantize: %s\n", device_line.status().ToString().c_str());
+    return absl::IsInvalidArgument(device_line.status()) ? 2 : 1;
+  }
 
   const absl::StatusOr<gquant::QuantizeReport> report =
       gquant::QuantizeCheckpoint(*recipe, options);
@@ -128,6 +169,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (dry_run) PrintDryRun(*recipe, *report);
+  std::printf("%s\n", device_line->c_str());
   std::printf("%s", report->ToText(!dry_run && absl::GetFlag(FLAGS_per_tensor)).c_str());
   if (!dry_run) {
     std::printf("wrote %s/model.safetensors and quantize_report.json\n",
