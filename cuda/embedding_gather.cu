@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_format.h"
 #include "cuda_status.cuh"
+#include "device_primitives.cuh"
 #include "embedding_gather.cuh"
 
 namespace gquant::cuda {
@@ -36,11 +37,6 @@ struct Args {
 __device__ __forceinline__ float Scaled(float c, float2 p, bool min_form, float multiplier) {
   const float w = min_form ? __fsub_rn(__fmul_rn(c, p.x), p.y) : __fmul_rn(__fsub_rn(c, p.y), p.x);
   return __fmul_rn(w, multiplier);
-}
-
-__device__ __forceinline__ uint32_t PackBf16x2(float lo, float hi) {
-  const __nv_bfloat162 pair = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&pair);
 }
 
 // Codes 2j and 2j + 1 of `word` (little-endian bytes), scaled, as bf16x2.

@@ -87,39 +87,6 @@ __global__ void RowErrorSumsKernel(const void* __restrict__ weight,   // [rows, 
   }
 }
 
-absl::Status CheckSpanSize(const char* what, size_t size, int64_t expected) {
-  if (static_cast<int64_t>(size) == expected) return absl::OkStatus();
-  return absl::InvalidArgumentError(
-      absl::StrFormat("%s: expected %d elements, but got %d", what, expected, size));
-}
-
-// gquant::Quantize's checks, in its order (same codes and messages); returns
-// the resolved group size.
-absl::StatusOr<int64_t> CheckArguments(const QuantConfig& config, DType dtype,
-                                       std::span<const std::byte> weight, int64_t rows,
-                                       int64_t cols, const QuantizedSpans& out) {
-  GQ_RETURN_IF_ERROR(ValidateQuantConfig(config));
-  if (rows < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("weight rows: expected a count >= 0, but got %d", rows));
-  }
-  GQ_ASSIGN_OR_RETURN(const int64_t group, ResolveGroupSize(config, cols));
-  if (rows > std::numeric_limits<int64_t>::max() / 8 / cols) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("weight shape: expected fewer elements, but got [%d, %d]", rows, cols));
-  }
-  if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "weight dtype: expected F32, F16 or BF16, but got %s", std::string(DTypeName(dtype))));
-  }
-  const int64_t num_groups = cols / group;
-  GQ_RETURN_IF_ERROR(CheckSpanSize("weight bytes", weight.size(), rows * cols * DTypeSize(dtype)));
-  GQ_RETURN_IF_ERROR(CheckSpanSize("codes", out.codes.size(), rows * cols));
-  GQ_RETURN_IF_ERROR(CheckSpanSize("scale", out.scale.size(), rows * num_groups));
-  GQ_RETURN_IF_ERROR(CheckSpanSize("zero_point", out.zero_point.size(), rows * num_groups));
-  return group;
-}
-
 // The flat index of the first NaN/Inf of the device matrix, or `count`.
 absl::StatusOr<int64_t> FirstNonFinite(DType dtype, const void* weight, int64_t count) {
   GQ_ASSIGN_OR_RETURN(DeviceBuffer<unsigned long long> first,
@@ -187,7 +154,8 @@ absl::Status AccumulateErrorStats(const GpuQuantJob& job, ErrorStats* stats) {
 absl::Status QuantizeOnGpu(const QuantConfig& config, DType dtype,
                            std::span<const std::byte> weight, int64_t rows, int64_t cols,
                            const QuantizedSpans& out, const QuantizeOptions& options) {
-  GQ_ASSIGN_OR_RETURN(const int64_t group, CheckArguments(config, dtype, weight, rows, cols, out));
+  GQ_ASSIGN_OR_RETURN(const int64_t group,
+                      CheckQuantizeArguments(config, dtype, weight, rows, cols, out));
   if (rows == 0) return absl::OkStatus();
   const int64_t count = rows * cols, num_groups = cols / group;
 

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_format.h"
 #include "cuda_status.cuh"
+#include "device_primitives.cuh"
 #include "int4_dequantize.cuh"
 #include "int4_mma_layout.h"
 
@@ -44,11 +45,6 @@ __device__ __forceinline__ float Nibble(uint32_t word, int shift) {
 template <bool kMinForm>
 __device__ __forceinline__ float Dequantize(float q, float scale, float zero) {
   return kMinForm ? __fsub_rn(__fmul_rn(q, scale), zero) : __fmul_rn(__fsub_rn(q, zero), scale);
-}
-
-__device__ __forceinline__ uint32_t PackBf16x2(float lo, float hi) {
-  const __nv_bfloat162 pair = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&pair);
 }
 
 // Eight consecutive columns of one row from the lane's two words of a tile

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_format.h"
 #include "cuda_status.cuh"
+#include "device_primitives.cuh"
 #include "int4_mma_gemv.cuh"
 
 namespace gquant::cuda {
@@ -22,36 +23,6 @@ constexpr int kSlotsPerWarp = 2;  // partial sums: a warp's first and last row b
 constexpr int kTilesPerStage = 2;
 constexpr int TileSlotBytes(int tokens) { return kTileBytes + kParamBytes + tokens * 2 * kTileK; }
 constexpr int StageBytes(int tokens) { return kTilesPerStage * TileSlotBytes(tokens); }
-
-// 16-byte asynchronous copies to a shared-memory address, when `valid`.
-__device__ __forceinline__ void CopyAsyncL2(uint32_t smem, const void* global, bool valid) {
-  asm volatile(
-      "{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n @p cp.async.cg.shared.global [%0], [%1], "
-      "16;\n}\n" ::"r"(smem),
-      "l"(global), "r"(static_cast<int>(valid)));
-}
-// x is re-read by every warp of the multiprocessor: keep it in L1 too.
-__device__ __forceinline__ void CopyAsyncL1(uint32_t smem, const void* global, bool valid) {
-  asm volatile(
-      "{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n @p cp.async.ca.shared.global [%0], [%1], "
-      "16;\n}\n" ::"r"(smem),
-      "l"(global), "r"(static_cast<int>(valid)));
-}
-__device__ __forceinline__ void CommitCopies() { asm volatile("cp.async.commit_group;\n"); }
-template <int kPending>
-__device__ __forceinline__ void WaitCopies() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
-
-// D += A · B for one m16n8k16 bf16 tile, fp32 accumulate.
-__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                    uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 struct Args {
   const uint8_t* qweight;
@@ -171,7 +142,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, kTokens > 8 ? 4 : 8)
     x_target[r] = kTileBytes + kParamBytes + ((h * kTokens + token) * 4 + ct) * 16;
   }
   const bool copies_params = lane < 4 * kGroupsPerTile;
-  const uint32_t ring_address = static_cast<uint32_t>(__cvta_generic_to_shared(ring));
+  const uint32_t ring_address = SharedAddress(ring);
   const uint8_t* next_weights = a.qweight + begin * kTileBytes + lane * 16;
   // Params follow the tile sequence: 128 bytes per tile for group size 32,
   // 64 bytes per tiles_per_group tiles otherwise (row blocks are contiguous).
@@ -185,12 +156,12 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, kTokens > 8 ? 4 : 8)
     for (int v = 0; v < kTilesPerStage; ++v) {
       const bool valid = next < count;
       const uint32_t tile = ring_address + next_stage * kStage + v * kTileSlot;
-      CopyAsyncL2(tile + lane * 16, next_weights, valid);
-      CopyAsyncL2(tile + kTileBytes + lane * 16, next_params, valid && copies_params);
+      CopyAsync16If(tile + lane * 16, next_weights, valid);
+      CopyAsync16If(tile + kTileBytes + lane * 16, next_params, valid && copies_params);
       const __nv_bfloat16* x_tile = a.x + next_kt * kTileK;
 #pragma unroll
       for (int r = 0; r < kXChunksPerLane; ++r) {
-        CopyAsyncL1(tile + x_target[r], x_tile + x_source[r], valid && x_valid[r]);
+        CopyAsync16CachedIf(tile + x_target[r], x_tile + x_source[r], valid && x_valid[r]);
       }
       ++next;
       next_weights += kTileBytes;

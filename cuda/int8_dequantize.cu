@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_format.h"
 #include "cuda_status.cuh"
+#include "device_primitives.cuh"
 #include "int8_dequantize.cuh"
 
 namespace gquant::cuda {
@@ -35,11 +36,6 @@ struct Args {
 template <bool kMinForm>
 __device__ __forceinline__ float Dequantize(float c, float scale, float zero) {
   return kMinForm ? __fsub_rn(__fmul_rn(c, scale), zero) : __fmul_rn(__fsub_rn(c, zero), scale);
-}
-
-__device__ __forceinline__ uint32_t PackBf16x2(float lo, float hi) {
-  const __nv_bfloat162 pair = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&pair);
 }
 
 // Codes 2j and 2j + 1 of `word` (j = 0, 1; little-endian bytes) as bf16x2.

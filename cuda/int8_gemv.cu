@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_format.h"
 #include "cuda_status.cuh"
+#include "device_primitives.cuh"
 #include "int8_gemv.cuh"
 
 namespace gquant::cuda {
@@ -43,52 +44,6 @@ struct Stage {
   static constexpr int kCodeBytes = kRowTiles * kRows * kTileK;
   static constexpr int kBytes = kCodeBytes + kRowTiles * kRows * kSlots * 8;
 };
-
-__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// Global -> shared copies that complete asynchronously (cp.async): 16-byte
-// codes bypass L1 (read once); 8-byte params go through it (neighbouring
-// tiles share lines).
-__device__ __forceinline__ void CopyAsync16(uint32_t dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
-}
-__device__ __forceinline__ void CopyAsync8(uint32_t dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(src) : "memory");
-}
-__device__ __forceinline__ void CommitCopies() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-// Waits until at most kPending of this thread's committed groups are pending.
-template <int kPending>
-__device__ __forceinline__ void WaitCopies() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-
-// Four 8x8 b16 matrices from shared memory; lane l gives the row address of
-// matrix l / 8, row l % 8. Lane (g, t) gets bytes 4t..4t+3 of row g of each.
-__device__ __forceinline__ void LoadMatrixX4(uint32_t address, uint32_t (&d)[4]) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
-               : "r"(address)
-               : "memory");
-}
-
-// D += A · B for one m16n8k16 bf16 tile, fp32 accumulate.
-__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                    uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t PackBf16x2(float lo, float hi) {
-  const __nv_bfloat162 pair = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&pair);
-}
 
 // The four int8 codes of `word` (byte i = code i) as exact bf16 pairs
 // (c0, c1) and (c2, c3). Float bits 0x4B0000bb are 2^23 + bb, so with

@@ -190,9 +190,9 @@ absl::StatusOr<int64_t> CheckShape(const QuantConfig& config, int64_t rows, int6
 
 }  // namespace
 
-absl::Status Quantize(const QuantConfig& config, DType dtype, std::span<const std::byte> weight,
-                      int64_t rows, int64_t cols, const QuantizedSpans& out,
-                      const QuantizeOptions& options) {
+absl::StatusOr<int64_t> CheckQuantizeArguments(const QuantConfig& config, DType dtype,
+                                               std::span<const std::byte> weight, int64_t rows,
+                                               int64_t cols, const QuantizedSpans& out) {
   GQ_ASSIGN_OR_RETURN(const int64_t group, CheckShape(config, rows, cols));
   if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -203,6 +203,15 @@ absl::Status Quantize(const QuantConfig& config, DType dtype, std::span<const st
   GQ_RETURN_IF_ERROR(CheckSpanSize("codes", out.codes.size(), rows * cols));
   GQ_RETURN_IF_ERROR(CheckSpanSize("scale", out.scale.size(), rows * num_groups));
   GQ_RETURN_IF_ERROR(CheckSpanSize("zero_point", out.zero_point.size(), rows * num_groups));
+  return group;
+}
+
+absl::Status Quantize(const QuantConfig& config, DType dtype, std::span<const std::byte> weight,
+                      int64_t rows, int64_t cols, const QuantizedSpans& out,
+                      const QuantizeOptions& options) {
+  GQ_ASSIGN_OR_RETURN(const int64_t group,
+                      CheckQuantizeArguments(config, dtype, weight, rows, cols, out));
+  const int64_t num_groups = cols / group;
   if (rows == 0) return absl::OkStatus();
 
   const QuantJob job{config, dtype, weight.data(), rows, cols, group, num_groups, out, options};

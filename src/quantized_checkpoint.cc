@@ -88,6 +88,28 @@ PartShapes PartShapesOf(const std::vector<int64_t>& shape, Kind kind, int bits,
   return parts;
 }
 
+// The three stored tensors of a quantized weight, checked against its
+// metadata (dtypes and shapes); zero is the min in the min form.
+struct QuantizedTensors {
+  Tensor qdata, scale, zero;
+};
+absl::StatusOr<QuantizedTensors> GetQuantizedTensors(const Checkpoint& checkpoint,
+                                                     const QuantizedWeightInfo& info) {
+  const Kind kind = info.kind;
+  const PartShapes shapes = PartShapesOf(info.shape, kind, info.bits, info.group_size);
+  GQ_ASSIGN_OR_RETURN(const FlattenedNames parts, FlattenedNamesOf(info.fqn));
+  GQ_ASSIGN_OR_RETURN(Tensor qdata,
+                      GetPart(checkpoint, parts.qdata,
+                              {kind == Kind::kIntx ? DType::kI8 : DType::kU8}, shapes.qdata));
+  GQ_ASSIGN_OR_RETURN(
+      Tensor scale,
+      GetPart(checkpoint, parts.scale, {DType::kBF16, DType::kF16, DType::kF32}, shapes.scale));
+  GQ_ASSIGN_OR_RETURN(Tensor zero,
+                      GetPart(checkpoint, kind == Kind::kMin ? parts.min : parts.zero_point,
+                              {DType::kBF16, DType::kF16, DType::kF32, DType::kI8}, shapes.scale));
+  return QuantizedTensors{std::move(qdata), std::move(scale), std::move(zero)};
+}
+
 // One weight's stored parts in file layout (quantized_checkpoint.h's table),
 // as raw bytes covering every matrix.
 struct StoredParts {
@@ -542,17 +564,8 @@ absl::StatusOr<UnpackedMatrix> QuantizedCheckpoint::Unpack(std::string_view fqn,
                         std::string(fqn), matrix, matrices, ShapeToString(info->shape)));
   }
   const Kind kind = info->kind;
-  const PartShapes shapes = PartShapesOf(info->shape, kind, info->bits, info->group_size);
-  GQ_ASSIGN_OR_RETURN(const FlattenedNames parts, FlattenedNamesOf(fqn));
-  GQ_ASSIGN_OR_RETURN(const Tensor qdata,
-                      GetPart(checkpoint_, parts.qdata,
-                              {kind == Kind::kIntx ? DType::kI8 : DType::kU8}, shapes.qdata));
-  GQ_ASSIGN_OR_RETURN(
-      const Tensor scale,
-      GetPart(checkpoint_, parts.scale, {DType::kBF16, DType::kF16, DType::kF32}, shapes.scale));
-  GQ_ASSIGN_OR_RETURN(const Tensor zero,
-                      GetPart(checkpoint_, kind == Kind::kMin ? parts.min : parts.zero_point,
-                              {DType::kBF16, DType::kF16, DType::kF32, DType::kI8}, shapes.scale));
+  GQ_ASSIGN_OR_RETURN(const QuantizedTensors stored, GetQuantizedTensors(checkpoint_, *info));
+  const Tensor &qdata = stored.qdata, &scale = stored.scale, &zero = stored.zero;
   return UnpackStored({{kind, info->bits, n, k, info->group_size},
                        qdata.bytes(),
                        scale.dtype(),
@@ -588,17 +601,8 @@ absl::StatusOr<std::vector<float>> QuantizedCheckpoint::DequantizeRows(std::stri
     return out;
   }
   const Kind kind = info->kind;
-  const PartShapes shapes = PartShapesOf(info->shape, kind, info->bits, info->group_size);
-  GQ_ASSIGN_OR_RETURN(const FlattenedNames parts, FlattenedNamesOf(fqn));
-  GQ_ASSIGN_OR_RETURN(const Tensor qdata,
-                      GetPart(checkpoint_, parts.qdata,
-                              {kind == Kind::kIntx ? DType::kI8 : DType::kU8}, shapes.qdata));
-  GQ_ASSIGN_OR_RETURN(
-      const Tensor scale_part,
-      GetPart(checkpoint_, parts.scale, {DType::kBF16, DType::kF16, DType::kF32}, shapes.scale));
-  GQ_ASSIGN_OR_RETURN(const Tensor zero_part,
-                      GetPart(checkpoint_, kind == Kind::kMin ? parts.min : parts.zero_point,
-                              {DType::kBF16, DType::kF16, DType::kF32, DType::kI8}, shapes.scale));
+  GQ_ASSIGN_OR_RETURN(const QuantizedTensors stored, GetQuantizedTensors(checkpoint_, *info));
+  const Tensor &qdata = stored.qdata, &scale_part = stored.scale, &zero_part = stored.zero;
 
   const int64_t n = info->shape[info->shape.size() - 2];
   const int64_t group = info->group_size, g_count = k / group;

@@ -126,6 +126,13 @@ absl::Status Quantize(const QuantConfig& config, DType dtype, std::span<const st
                       int64_t rows, int64_t cols, const QuantizedSpans& out,
                       const QuantizeOptions& options = {});
 
+// Quantize's argument checks alone (config, shape, dtype, span sizes; not
+// the values), for other implementations of the same contract (the GPU
+// quantizers). Returns the resolved group size, or Quantize's error.
+absl::StatusOr<int64_t> CheckQuantizeArguments(const QuantConfig& config, DType dtype,
+                                               std::span<const std::byte> weight, int64_t rows,
+                                               int64_t cols, const QuantizedSpans& out);
+
 // out[r, c] = (codes[r, c] - zero_point[r, g]) * scale[r, g], g = c / group.
 // Returns InvalidArgument for mismatched sizes or a bad config.
 absl::Status Dequantize(const QuantConfig& config, int64_t rows, int64_t cols,
