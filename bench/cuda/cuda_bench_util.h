@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "device.cuh"
@@ -76,27 +77,50 @@ std::vector<DeviceBuffer<T>> RandomCopies(size_t count, int copies, uint64_t see
   return out;
 }
 
+// A start and a stop event, reused for every measurement.
+class EventTimer {
+ public:
+  EventTimer() {
+    Check(cudaEventCreate(&start_));
+    Check(cudaEventCreate(&stop_));
+  }
+  ~EventTimer() {
+    Check(cudaEventDestroy(start_));
+    Check(cudaEventDestroy(stop_));
+  }
+  EventTimer(const EventTimer&) = delete;
+  EventTimer& operator=(const EventTimer&) = delete;
+
+  // Milliseconds of the work `issue()` puts on `stream`.
+  template <typename Issue>
+  float Milliseconds(cudaStream_t stream, Issue issue) {
+    Check(cudaEventRecord(start_, stream));
+    issue();
+    Check(cudaEventRecord(stop_, stream));
+    Check(cudaEventSynchronize(stop_));
+    float ms = 0;
+    Check(cudaEventElapsedTime(&ms, start_, stop_));
+    return ms;
+  }
+
+ private:
+  cudaEvent_t start_, stop_;
+};
+
 // Event timing of `launch(i)` for iteration i; one launch per iteration.
 template <typename Launch>
 void TimeLaunches(benchmark::State& state, Launch launch) {
-  cudaEvent_t start, stop;
-  Check(cudaEventCreate(&start));
-  Check(cudaEventCreate(&stop));
+  EventTimer timer;
   for (int i = 0; i < kBatch; ++i) launch(i);  // warm-up
   Check(cudaDeviceSynchronize());
   int64_t i = 0;
   for (auto _ : state) {
-    Check(cudaEventRecord(start));
-    for (int b = 0; b < kBatch; ++b) launch(i++);
-    Check(cudaEventRecord(stop));
-    Check(cudaEventSynchronize(stop));
-    float ms = 0;
-    Check(cudaEventElapsedTime(&ms, start, stop));
+    const float ms = timer.Milliseconds(nullptr, [&] {
+      for (int b = 0; b < kBatch; ++b) launch(i++);
+    });
     state.SetIterationTime(ms / 1e3 / kBatch);
   }
   Check(cudaGetLastError());
-  Check(cudaEventDestroy(start));
-  Check(cudaEventDestroy(stop));
 }
 
 // Event timing of kBatch launches captured once into a CUDA graph and
@@ -115,22 +139,15 @@ void TimeGraphLaunches(benchmark::State& state, Launch launch) {
   for (int i = 0; i < kBatch; ++i) launch(i, stream);
   Check(cudaStreamEndCapture(stream, &graph));
   Check(cudaGraphInstantiate(&exec, graph, 0));
-  cudaEvent_t start, stop;
-  Check(cudaEventCreate(&start));
-  Check(cudaEventCreate(&stop));
-  Check(cudaGraphLaunch(exec, stream));
-  for (auto _ : state) {
-    Check(cudaEventRecord(start, stream));
+  {
+    EventTimer timer;
     Check(cudaGraphLaunch(exec, stream));
-    Check(cudaEventRecord(stop, stream));
-    Check(cudaEventSynchronize(stop));
-    float ms = 0;
-    Check(cudaEventElapsedTime(&ms, start, stop));
-    state.SetIterationTime(ms / 1e3 / kBatch);
+    for (auto _ : state) {
+      const float ms = timer.Milliseconds(stream, [&] { Check(cudaGraphLaunch(exec, stream)); });
+      state.SetIterationTime(ms / 1e3 / kBatch);
+    }
+    Check(cudaGetLastError());
   }
-  Check(cudaGetLastError());
-  Check(cudaEventDestroy(start));
-  Check(cudaEventDestroy(stop));
   Check(cudaGraphExecDestroy(exec));
   Check(cudaGraphDestroy(graph));
   Check(cudaStreamDestroy(stream));
@@ -143,18 +160,12 @@ inline double CopyCeiling() {
     auto a = DeviceBuffer<uint8_t>::Allocate(bytes), b = DeviceBuffer<uint8_t>::Allocate(bytes);
     if (!a.ok() || !b.ok()) std::abort();
     Check(cudaMemset(a->data(), 1, bytes));
-    cudaEvent_t start, stop;
-    Check(cudaEventCreate(&start));
-    Check(cudaEventCreate(&stop));
+    EventTimer timer;
     std::vector<float> times;
     for (int i = 0; i < 12; ++i) {
-      Check(cudaEventRecord(start));
-      Check(cudaMemcpy(b->data(), a->data(), bytes, cudaMemcpyDeviceToDevice));
-      Check(cudaEventRecord(stop));
-      Check(cudaEventSynchronize(stop));
-      float ms;
-      Check(cudaEventElapsedTime(&ms, start, stop));
-      times.push_back(ms);
+      times.push_back(timer.Milliseconds(nullptr, [&] {
+        Check(cudaMemcpy(b->data(), a->data(), bytes, cudaMemcpyDeviceToDevice));
+      }));
     }
     std::sort(times.begin(), times.end());
     return 2.0 * bytes / (times[times.size() / 2] / 1e3);
@@ -178,46 +189,69 @@ inline void Report(benchmark::State& state, int64_t weight_bytes) {
   state.counters["copy_GBps"] = CopyCeiling() / 1e9;
 }
 
-// y[M, N] = x[M, K] W[N, K]^T in bf16 with fp32 compute: the cuBLAS baseline
-// every kernel is compared with. Column-major view: W is K x N (lda K), x is
-// K x M, y is N x M.
-inline void CublasBf16Gemm(cublasHandle_t handle, const uint16_t* w, const uint16_t* x, uint16_t* y,
-                           int m, int64_t n, int64_t k) {
-  const float alpha = 1, beta = 0;
-  if (cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), m, static_cast<int>(k),
-                   &alpha, w, CUDA_R_16BF, static_cast<int>(k), x, CUDA_R_16BF, static_cast<int>(k),
-                   &beta, y, CUDA_R_16BF, static_cast<int>(n), CUBLAS_COMPUTE_32F,
-                   CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS) {
-    std::abort();
+// y[M, N] = x[M, K] W[N, K]^T in bf16 with fp32 compute on rotating random
+// weights: the cuBLAS baseline every kernel is compared with.
+class CublasBf16Baseline {
+ public:
+  CublasBf16Baseline(const LinearShape& s, int m)
+      : shape_(s),
+        m_(m),
+        copies_(Copies(weight_bytes())),
+        w_(RandomCopies<uint16_t>(s.n * s.k, copies_, 7)),
+        x_(Upload(RandomHost<uint16_t>(m * s.k, 99))) {
+    auto y = DeviceBuffer<uint16_t>::Allocate(m * s.n);
+    if (!y.ok()) std::abort();
+    y_ = *std::move(y);
+    if (cublasCreate(&handle_) != CUBLAS_STATUS_SUCCESS) std::abort();
   }
-}
+  ~CublasBf16Baseline() { cublasDestroy(handle_); }
+  CublasBf16Baseline(const CublasBf16Baseline&) = delete;
+  CublasBf16Baseline& operator=(const CublasBf16Baseline&) = delete;
+
+  // Bytes of one bf16 weight copy.
+  int64_t weight_bytes() const { return shape_.n * shape_.k * 2; }
+
+  // Later launches go to `stream`.
+  void SetStream(cudaStream_t stream) {
+    if (cublasSetStream(handle_, stream) != CUBLAS_STATUS_SUCCESS) std::abort();
+  }
+
+  // The GEMM on weight copy i % copies. Column-major view: W is K x N
+  // (lda K), x is K x M, y is N x M.
+  void Launch(int64_t i) {
+    const float alpha = 1, beta = 0;
+    const int n = static_cast<int>(shape_.n), k = static_cast<int>(shape_.k);
+    if (cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, n, m_, k, &alpha, w_[i % copies_].data(),
+                     CUDA_R_16BF, k, x_.data(), CUDA_R_16BF, k, &beta, y_.data(), CUDA_R_16BF, n,
+                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS) {
+      std::abort();
+    }
+  }
+
+ private:
+  const LinearShape& shape_;
+  int m_;
+  int copies_;
+  std::vector<DeviceBuffer<uint16_t>> w_;
+  DeviceBuffer<uint16_t> x_, y_;
+  cublasHandle_t handle_;
+};
 
 // Times cuBLAS bf16 at shape `s` and M = m with rotating random weights and
 // reports weight_GBps of the bf16 matrix: the baseline of the same run.
 // `graph`: timed as a replayed CUDA graph (TimeGraphLaunches) instead.
 inline void TimeCublasBf16(benchmark::State& state, const LinearShape& s, int m,
                            bool graph = false) {
-  const int64_t wbytes = s.n * s.k * 2;
-  const int copies = Copies(wbytes);
-  std::vector<DeviceBuffer<uint16_t>> w = RandomCopies<uint16_t>(s.n * s.k, copies, 7);
-  auto x = Upload(RandomHost<uint16_t>(m * s.k, 99));
-  auto y = DeviceBuffer<uint16_t>::Allocate(m * s.n);
-  if (!y.ok()) std::abort();
-  cublasHandle_t handle;
-  if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) std::abort();
-  const auto launch = [&](int64_t i) {
-    CublasBf16Gemm(handle, w[i % copies].data(), x.data(), y->data(), m, s.n, s.k);
-  };
+  CublasBf16Baseline cublas(s, m);
   if (graph) {
     TimeGraphLaunches(state, [&](int64_t i, cudaStream_t stream) {
-      if (cublasSetStream(handle, stream) != CUBLAS_STATUS_SUCCESS) std::abort();
-      launch(i);
+      cublas.SetStream(stream);
+      cublas.Launch(i);
     });
   } else {
-    TimeLaunches(state, launch);
+    TimeLaunches(state, [&](int64_t i) { cublas.Launch(i); });
   }
-  cublasDestroy(handle);
-  Report(state, wbytes);
+  Report(state, cublas.weight_bytes());
 }
 
 }  // namespace gquant::cuda::bench

@@ -7,54 +7,17 @@
 // Counters: weight_GBps = bytes of packed weights + scales (or of the bf16
 // matrix) per second; vs_copy = that over the copy ceiling; vs_cublas =
 // cuBLAS time / our time.
-#include <cuda_bf16.h>
-
 #include <string>
-#include <vector>
 
 #include "cuda_bench_util.h"
 #include "int4_gemv.cuh"
 #include "int4_mma_gemv.cuh"
+#include "int4_problem.h"
 
 namespace gquant::cuda {
 namespace {
 
 using namespace bench;
-
-constexpr int kGroup = 32;
-
-// Device buffers of one int4 g32 benchmark: rotating copies of random codes
-// and of (scale, zero) = (0.0078125, 0.0078125) in bf16 (sane values; the
-// speed does not depend on them), activations and the output. Both kernels'
-// layouts have the same sizes.
-struct Int4Problem {
-  const LinearShape& shape;
-  int m;
-  int64_t bytes;  // codes + params of one copy
-  int copies;
-  std::vector<DeviceBuffer<uint8_t>> codes;
-  std::vector<DeviceBuffer<uint32_t>> params;
-  DeviceBuffer<uint16_t> x, y;
-
-  Int4Problem(const LinearShape& s, int m_rows) : shape(s), m(m_rows) {
-    const int64_t qbytes = s.n * s.k / 2, pbytes = s.n * (s.k / kGroup) * 4;
-    bytes = qbytes + pbytes;
-    copies = Copies(bytes);
-    codes = RandomCopies<uint8_t>(qbytes, copies, 1);
-    for (int c = 0; c < copies; ++c) {
-      params.push_back(Upload(std::vector<uint32_t>(pbytes / 4, 0x3C003C00u)));
-    }
-    x = Upload(RandomHost<uint16_t>(m * s.k, 99));
-    auto out = DeviceBuffer<uint16_t>::Allocate(m * s.n);
-    if (!out.ok()) std::abort();
-    y = *std::move(out);
-  }
-  const __nv_bfloat162* Params(int64_t i) const {
-    return reinterpret_cast<const __nv_bfloat162*>(params[i % copies].data());
-  }
-  const __nv_bfloat16* X() const { return reinterpret_cast<const __nv_bfloat16*>(x.data()); }
-  __nv_bfloat16* Y() { return reinterpret_cast<__nv_bfloat16*>(y.data()); }
-};
 
 // Args: shape index, M, rows per warp (0 = default).
 void BM_Int4Gemv(benchmark::State& state) {
@@ -63,12 +26,11 @@ void BM_Int4Gemv(benchmark::State& state) {
     state.SkipWithError("the CUDA-core kernel takes M <= 8");
     return;
   }
-  Int4Problem p(kShapes[state.range(0)], static_cast<int>(state.range(1)));
+  const int m = static_cast<int>(state.range(1));
+  Int4Problem p(kShapes[state.range(0)], m);
   const int rows_per_warp = static_cast<int>(state.range(2));
   TimeLaunches(state, [&](int64_t i) {
-    const Int4GemvWeight w{
-        p.codes[i % p.copies].data(), p.Params(i), p.shape.n, p.shape.k, kGroup, false};
-    if (!Int4Gemv(w, p.X(), p.m, p.Y(), nullptr, rows_per_warp).ok()) std::abort();
+    if (!Int4Gemv(p.GemvWeight(i), p.X(), m, p.Y(), nullptr, rows_per_warp).ok()) std::abort();
   });
   Report(state, p.bytes);
   state.SetLabel(std::string(p.shape.name) + " int4 g32 cuda cores");
@@ -79,19 +41,16 @@ void BM_Int4Gemv(benchmark::State& state) {
 // CUDA graph, as a decode step runs them).
 void BM_Int4MmaGemv(benchmark::State& state) {
   if (NoGpu(state)) return;
-  Int4Problem p(kShapes[state.range(0)], static_cast<int>(state.range(1)));
+  const int m = static_cast<int>(state.range(1));
+  Int4Problem p(kShapes[state.range(0)], m);
   const Int4MmaTuning tuning{static_cast<int>(state.range(2)) / 100,
                              static_cast<int>(state.range(2)) % 100};
   auto workspace = Int4MmaWorkspace::Create(p.shape.n);
   if (!workspace.ok()) std::abort();
   const auto launch = [&](int64_t i, cudaStream_t stream) {
-    const Int4MmaWeight w{reinterpret_cast<const uint4*>(p.codes[i % p.copies].data()),
-                          p.Params(i),
-                          p.shape.n,
-                          p.shape.k,
-                          kGroup,
-                          false};
-    if (!Int4MmaGemv(w, p.X(), p.m, p.Y(), *workspace, stream, tuning).ok()) std::abort();
+    if (!Int4MmaGemv(p.MmaWeight(i), p.X(), m, p.Y(), *workspace, stream, tuning).ok()) {
+      std::abort();
+    }
   };
   if (state.range(3) != 0) {
     TimeGraphLaunches(state, launch);

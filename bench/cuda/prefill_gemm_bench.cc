@@ -24,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "cuda_bench_util.h"
 #include "int4_dequantize.cuh"
+#include "int4_problem.h"
 #include "prefill_gemm.cuh"
 
 namespace gquant::cuda {
@@ -31,85 +32,29 @@ namespace {
 
 using namespace bench;
 
-constexpr int kGroup = 32;
-
-// Rotating random int4 codes with (scale, zero) = (2^-7, 2^-7) in bf16 (the
-// speed does not depend on the values), activations and the output.
-struct Int4Problem {
-  const LinearShape& shape;
-  int64_t m;
-  int64_t bytes;  // codes + params of one copy
-  int copies;
-  std::vector<DeviceBuffer<uint8_t>> codes;
-  std::vector<DeviceBuffer<uint32_t>> params;
-  DeviceBuffer<uint16_t> x, y;
-
-  Int4Problem(const LinearShape& s, int64_t m_rows) : shape(s), m(m_rows) {
-    const int64_t qbytes = s.n * s.k / 2, pbytes = s.n * (s.k / kGroup) * 4;
-    bytes = qbytes + pbytes;
-    copies = Copies(bytes);
-    codes = RandomCopies<uint8_t>(qbytes, copies, 1);
-    for (int c = 0; c < copies; ++c) {
-      params.push_back(Upload(std::vector<uint32_t>(pbytes / 4, 0x3C003C00u)));
-    }
-    if (m > 0) {
-      x = Upload(RandomHost<uint16_t>(m * s.k, 99));
-      auto out = DeviceBuffer<uint16_t>::Allocate(m * s.n);
-      if (!out.ok()) std::abort();
-      y = *std::move(out);
-    }
-  }
-  Int4MmaWeight Weight(int64_t i) const {
-    return {reinterpret_cast<const uint4*>(codes[i % copies].data()),
-            reinterpret_cast<const __nv_bfloat162*>(params[i % copies].data()),
-            shape.n,
-            shape.k,
-            kGroup,
-            false};
-  }
-  const __nv_bfloat16* X() const { return reinterpret_cast<const __nv_bfloat16*>(x.data()); }
-  __nv_bfloat16* Y() { return reinterpret_cast<__nv_bfloat16*>(y.data()); }
-};
-
-// cuBLAS bf16 seconds per launch at (shape, m), on the same rotating data as
-// bench::TimeCublasBf16: median of 5 batches after ~0.1 s of warm-up, so the
-// GPU runs at the sustained (power-limited) clock ours is timed at; a cold
-// measurement read ~15% faster. Measured once per process.
+// cuBLAS bf16 seconds per launch at (shape, m), with the same setup as
+// bench::TimeCublasBf16 (CublasBf16Baseline): median of 5 batches after
+// ~0.1 s of warm-up, so the GPU runs at the sustained (power-limited) clock
+// ours is timed at; a cold measurement read ~15% faster. Measured once per
+// process.
 double CublasSeconds(const LinearShape& s, int64_t m) {
   static std::map<std::tuple<int64_t, int64_t, int64_t>, double> cache;
   const auto key = std::make_tuple(s.n, s.k, m);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
-  const int copies = Copies(s.n * s.k * 2);
-  std::vector<DeviceBuffer<uint16_t>> w = RandomCopies<uint16_t>(s.n * s.k, copies, 7);
-  auto x = Upload(RandomHost<uint16_t>(m * s.k, 99));
-  auto y = DeviceBuffer<uint16_t>::Allocate(m * s.n);
-  if (!y.ok()) std::abort();
-  cublasHandle_t handle;
-  if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) std::abort();
-  auto launch = [&](int64_t i) {
-    CublasBf16Gemm(handle, w[i % copies].data(), x.data(), y->data(), static_cast<int>(m), s.n,
-                   s.k);
-  };
-  cudaEvent_t start, stop;
-  Check(cudaEventCreate(&start));
-  Check(cudaEventCreate(&stop));
+  CublasBf16Baseline cublas(s, static_cast<int>(m));
   int64_t i = 0;
   const auto start_warm_up = std::chrono::steady_clock::now();
   while (std::chrono::steady_clock::now() - start_warm_up < std::chrono::milliseconds(100)) {
-    for (int b = 0; b < kBatch; ++b) launch(i++);
+    for (int b = 0; b < kBatch; ++b) cublas.Launch(i++);
     Check(cudaDeviceSynchronize());
   }
+  EventTimer timer;
   std::vector<float> ms(5);
   for (float& t : ms) {
-    Check(cudaEventRecord(start));
-    for (int b = 0; b < kBatch; ++b) launch(i++);
-    Check(cudaEventRecord(stop));
-    Check(cudaEventSynchronize(stop));
-    Check(cudaEventElapsedTime(&t, start, stop));
+    t = timer.Milliseconds(nullptr, [&] {
+      for (int b = 0; b < kBatch; ++b) cublas.Launch(i++);
+    });
   }
-  Check(cudaEventDestroy(start));
-  Check(cudaEventDestroy(stop));
-  cublasDestroy(handle);
   std::sort(ms.begin(), ms.end());
   return cache[key] = ms[ms.size() / 2] / 1e3 / kBatch;
 }
@@ -188,7 +133,7 @@ void BM_PrefillInt4(benchmark::State& state) {
   const double cublas_seconds = CublasSeconds(s, m);
   Int4Problem p(s, m);
   TimeLaunches(state, [&](int64_t i) {
-    if (!gemm->Run(p.Weight(i), p.X(), m, p.Y(), nullptr).ok()) std::abort();
+    if (!gemm->Run(p.MmaWeight(i), p.X(), m, p.Y(), nullptr).ok()) std::abort();
   });
   Report(state, p.bytes);
   const double flops = 2.0 * m * s.n * s.k;
@@ -238,7 +183,7 @@ void BM_DequantizeInt4(benchmark::State& state) {
   TimeLaunches(state, [&](int64_t i) {
     for (int64_t row = 0, c = 0; row < s.n; row += out_rows, ++c) {
       auto* o = reinterpret_cast<__nv_bfloat16*>(out[c % out.size()].data());
-      if (!DequantizeInt4Mma(p.Weight(i), row, std::min(out_rows, s.n - row), o, nullptr,
+      if (!DequantizeInt4Mma(p.MmaWeight(i), row, std::min(out_rows, s.n - row), o, nullptr,
                              multiprocessors)
                .ok()) {
         std::abort();

@@ -29,14 +29,6 @@ struct Table {
   Int8RowsWeight view;
 };
 
-template <typename T>
-DeviceBuffer<T> Upload(const std::vector<T>& host) {
-  auto buffer = DeviceBuffer<T>::Allocate(host.size());
-  REQUIRE_OK(buffer);
-  REQUIRE_OK(buffer->CopyFromHost(host));
-  return *std::move(buffer);
-}
-
 // Random int8 codes (6-bit unsigned in the min form) and params, packed and
 // uploaded.
 Table MakeTable(int64_t n, int64_t k, int64_t group, bool min_form, std::mt19937_64& rng) {
@@ -53,8 +45,8 @@ Table MakeTable(int64_t n, int64_t k, int64_t group, bool min_form, std::mt19937
   }
   auto packed = PackInt8Rows(t.codes, t.scale, t.zero, n, k, group);
   REQUIRE_OK(packed);
-  t.codes_d = Upload(packed->codes);
-  t.params_d = Upload(packed->params);
+  t.codes_d = testing::Upload(packed->codes);
+  t.params_d = testing::Upload(packed->params);
   t.view = {t.codes_d.data(), reinterpret_cast<const float2*>(t.params_d.data()), n, k, group,
             min_form};
   return t;
@@ -78,7 +70,7 @@ bool IsBf16NaN(uint16_t bits) { return (bits & 0x7F80) == 0x7F80 && (bits & 0x7F
 // returns it ([count, K] bf16 bits).
 std::vector<uint16_t> Gather(const Table& t, const std::vector<int32_t>& ids, float multiplier,
                              unsigned char poison) {
-  auto ids_d = Upload(ids);
+  auto ids_d = testing::Upload(ids);
   auto out = DeviceBuffer<uint16_t>::Allocate(ids.size() * t.k);
   REQUIRE_OK(out);
   REQUIRE_OK(out->FillBytes(poison));

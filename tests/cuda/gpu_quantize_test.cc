@@ -254,6 +254,14 @@ void RequireStatsMatch(const QuantConfig& config, const std::vector<float>& w, c
               .margin(1e-30));
 }
 
+// Codes and params bit-identical to the CPU's; stats equal up to summation order.
+void RequireSameAsCpu(const QuantConfig& config, const std::vector<float>& w, const Shape& shape,
+                      const Quantized& cpu, const Quantized& gpu) {
+  RequireBitIdentical(gpu, cpu);
+  RequireStatsMatch(config, w, shape, gpu, cpu);
+  REQUIRE(gpu.stats.error_sq == Approx(cpu.stats.error_sq).epsilon(kStatsTolerance).margin(0));
+}
+
 TEST_CASE("GPU min-max is bit-identical to the CPU", "[cuda][gpu_quantize]") {
   GQ_SKIP_WITHOUT_CUDA();
   const std::vector<QuantConfig> configs = {
@@ -265,14 +273,7 @@ TEST_CASE("GPU min-max is bit-identical to the CPU", "[cuda][gpu_quantize]") {
       {5, 32, false, QuantMethod::kMinMax},
       {6, 32, true, QuantMethod::kMinMax},
   };
-  ForEachCase(configs, {},
-              [](const QuantConfig& config, const std::vector<float>& w, const Shape& shape,
-                 const Quantized& cpu, const Quantized& gpu) {
-                RequireBitIdentical(gpu, cpu);
-                RequireStatsMatch(config, w, shape, gpu, cpu);
-                REQUIRE(gpu.stats.error_sq ==
-                        Approx(cpu.stats.error_sq).epsilon(kStatsTolerance).margin(0));
-              });
+  ForEachCase(configs, {}, RequireSameAsCpu);
 }
 
 TEST_CASE("GPU scale-only HQQ is bit-identical to the CPU", "[cuda][gpu_quantize]") {
@@ -282,14 +283,7 @@ TEST_CASE("GPU scale-only HQQ is bit-identical to the CPU", "[cuda][gpu_quantize
       {8, 32, true, QuantMethod::kHqq},
       {6, 64, true, QuantMethod::kHqq},
   };
-  ForEachCase(configs, {},
-              [](const QuantConfig& config, const std::vector<float>& w, const Shape& shape,
-                 const Quantized& cpu, const Quantized& gpu) {
-                RequireBitIdentical(gpu, cpu);
-                RequireStatsMatch(config, w, shape, gpu, cpu);
-                REQUIRE(gpu.stats.error_sq ==
-                        Approx(cpu.stats.error_sq).epsilon(kStatsTolerance).margin(0));
-              });
+  ForEachCase(configs, {}, RequireSameAsCpu);
 }
 
 // Asymmetric HQQ within the bound at the top of the file.

@@ -70,14 +70,6 @@ Case MakeCase(const Problem& p, int m, std::mt19937_64& rng) {
   return c;
 }
 
-template <typename T>
-DeviceBuffer<T> Upload(const std::vector<T>& host) {
-  auto buffer = DeviceBuffer<T>::Allocate(host.size());
-  REQUIRE_OK(buffer);
-  REQUIRE_OK(buffer->CopyFromHost(host));
-  return *std::move(buffer);
-}
-
 // ||got - want|| / ||want|| after checking every output was written.
 double RelativeError(const std::vector<uint16_t>& got, const std::vector<double>& want) {
   double err = 0, ref = 0;
@@ -102,14 +94,14 @@ TEST_CASE("int4 GEMV matches a float64 reference", "[cuda][int4_gemv]") {
     for (int m : {1, 3, 8}) {
       const Case c = MakeCase(p, m, rng);
       const auto params = PackInt4GemvParams(c.scale_gn, c.zero_gn, p.n, p.k / p.group);
-      auto qweight = Upload(c.qweight);
-      auto params_d = Upload(params);
-      auto x = Upload(c.x);
+      auto qweight = testing::Upload(c.qweight);
+      auto params_d = testing::Upload(params);
+      auto x = testing::Upload(c.x);
       for (int rows_per_warp : {0, 1, 4}) {
         INFO("N=" << p.n << " K=" << p.k << " group " << p.group << " min form " << p.min_form
                   << " M=" << m << " rows/warp " << rows_per_warp);
         // Poison: 0xFFFF is a bf16 NaN, so an unwritten output fails below.
-        auto y = Upload(std::vector<uint16_t>(m * p.n, 0xFFFF));
+        auto y = testing::Upload(std::vector<uint16_t>(m * p.n, 0xFFFF));
         const Int4GemvWeight w{qweight.data(),
                                reinterpret_cast<const __nv_bfloat162*>(params_d.data()),
                                p.n,
@@ -155,19 +147,19 @@ TEST_CASE("int4 tensor-core GEMV matches a float64 reference", "[cuda][int4_gemv
   // sizes 32, 64, 128, 256 in both zero forms. The reference is computed once
   // for 16 tokens; M < 16 uses its first rows.
   const Problem problems[] = {
-      {16, 64, 32, false},     {96, 64, 32, false},      {16, 128, 64, true},
-      {48, 4096, 64, true},    {8192, 5376, 32, false},  {2048, 5376, 32, true},
-      {5376, 21504, 128, false}, {256, 1536, 32, false}, {1536, 12288, 32, true},
-      {4096, 1536, 256, false}, {512, 1536, 32, false},
+      {16, 64, 32, false},       {96, 64, 32, false},     {16, 128, 64, true},
+      {48, 4096, 64, true},      {8192, 5376, 32, false}, {2048, 5376, 32, true},
+      {5376, 21504, 128, false}, {256, 1536, 32, false},  {1536, 12288, 32, true},
+      {4096, 1536, 256, false},  {512, 1536, 32, false},
   };
   auto workspace = Int4MmaWorkspace::Create(8192);
   REQUIRE_OK(workspace);
   for (const Problem& p : problems) {
     const Case c = MakeCase(p, kInt4MmaMaxM, rng);
     const PackedInt4Mma packed = PackForMma(c, p);
-    auto qweight = Upload(packed.qweight);
-    auto params = Upload(packed.params);
-    auto x = Upload(c.x);
+    auto qweight = testing::Upload(packed.qweight);
+    auto params = testing::Upload(packed.params);
+    auto x = testing::Upload(c.x);
     const Int4MmaWeight w{reinterpret_cast<const uint4*>(qweight.data()),
                           reinterpret_cast<const __nv_bfloat162*>(params.data()),
                           p.n,
@@ -185,7 +177,7 @@ TEST_CASE("int4 tensor-core GEMV matches a float64 reference", "[cuda][int4_gemv
                   << tuning.warps_per_sm);
         std::vector<uint16_t> first;
         for (int run = 0; run < 2; ++run) {
-          auto y = Upload(std::vector<uint16_t>(m * p.n, 0xFFFF));  // NaN poison
+          auto y = testing::Upload(std::vector<uint16_t>(m * p.n, 0xFFFF));  // NaN poison
           REQUIRE_OK(Int4MmaGemv(w, reinterpret_cast<const __nv_bfloat16*>(x.data()), m,
                                  reinterpret_cast<__nv_bfloat16*>(y.data()), *workspace, nullptr,
                                  tuning));

@@ -86,14 +86,6 @@ HostWeight MakeWeight(const Spec& spec, std::mt19937_64& rng) {
   return w;
 }
 
-template <typename T>
-DeviceBuffer<T> Upload(const std::vector<T>& host) {
-  auto buffer = DeviceBuffer<T>::Allocate(host.size());
-  REQUIRE_OK(buffer);
-  REQUIRE_OK(buffer->CopyFromHost(host));
-  return *std::move(buffer);
-}
-
 // The packed weight on the device.
 struct DeviceWeight {
   DeviceBuffer<int8_t> codes;
@@ -102,7 +94,7 @@ struct DeviceWeight {
 };
 
 DeviceWeight UploadWeight(const HostWeight& w) {
-  DeviceWeight d{Upload(w.packed.codes), Upload(w.packed.params), {}};
+  DeviceWeight d{testing::Upload(w.packed.codes), testing::Upload(w.packed.params), {}};
   d.view = {d.codes.data(), reinterpret_cast<const float2*>(d.params.data()),
             w.spec.n,       w.spec.k,
             w.spec.group,   w.spec.min_form};
@@ -192,7 +184,7 @@ void CheckGemv(const Spec& spec, std::mt19937_64& rng, bool all_knobs) {
   const std::vector<uint16_t> x = RandomActivations(kInt8GemvMaxM * spec.k, rng);
   const Reference ref = ReferenceProducts(w, x);
   DeviceWeight dw = UploadWeight(w);
-  auto x_d = Upload(x);  // M = 16 rows; smaller M use the first rows
+  auto x_d = testing::Upload(x);  // M = 16 rows; smaller M use the first rows
   for (int m : {1, 3, 16}) {
     for (const auto& [warps, tiles] : kKnobs) {
       if (!all_knobs && warps != 0) break;

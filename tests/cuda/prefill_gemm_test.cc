@@ -83,14 +83,6 @@ HostInt4 MakeInt4(const Int4Shape& s, std::mt19937_64& rng) {
   return w;
 }
 
-template <typename T>
-DeviceBuffer<T> Upload(const std::vector<T>& host) {
-  auto buffer = DeviceBuffer<T>::Allocate(host.size());
-  REQUIRE_OK(buffer);
-  REQUIRE_OK(buffer->CopyFromHost(host));
-  return *std::move(buffer);
-}
-
 DeviceBuffer<uint16_t> Poisoned(size_t count) {
   auto buffer = DeviceBuffer<uint16_t>::Allocate(count);
   REQUIRE_OK(buffer);
@@ -111,7 +103,7 @@ struct DeviceInt4 {
 };
 
 DeviceInt4 UploadInt4(const HostInt4& w) {
-  DeviceInt4 d{Upload(w.packed.qweight), Upload(w.packed.params), {}};
+  DeviceInt4 d{testing::Upload(w.packed.qweight), testing::Upload(w.packed.params), {}};
   d.weight = {reinterpret_cast<const uint4*>(d.qweight.data()),
               reinterpret_cast<const __nv_bfloat162*>(d.params.data()),
               w.shape.n,
@@ -296,7 +288,7 @@ void CheckInt4Gemm(const Int4Shape& s, std::initializer_list<int64_t> ms,
   for (int64_t m : ms) {
     const std::vector<uint16_t> x_host = RandomActivations(m * s.k, rng);
     const std::vector<float> x_float = ToFloat(x_host);
-    const auto x = Upload(x_host);
+    const auto x = testing::Upload(x_host);
     for (size_t o = 0; o < gemms.size(); ++o) {
       INFO("N=" << s.n << " K=" << s.k << " group " << s.group << " min form " << s.min_form
                 << " M=" << m << " option set " << o);
@@ -371,7 +363,7 @@ TEST_CASE("weight-only GEMM orders its streams", "[cuda][prefill_gemm]") {
   std::vector<DeviceBuffer<uint16_t>> x, y;
   for (int i = 0; i < 2; ++i) {
     x_host.push_back(RandomActivations(kM * shapes[i].k, rng));
-    x.push_back(Upload(x_host[i]));
+    x.push_back(testing::Upload(x_host[i]));
     y.push_back(Poisoned(kM * shapes[i].n));
   }
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);  // the uploads and poison are done
@@ -395,8 +387,8 @@ TEST_CASE("weight-only GEMM takes any row dequantizer", "[cuda][prefill_gemm]") 
   constexpr int64_t kN = 40, kK = 96, kM = 5;
   const std::vector<uint16_t> w_host = RandomActivations(kN * kK, rng);
   const std::vector<uint16_t> x_host = RandomActivations(kM * kK, rng);
-  const auto w = Upload(w_host);
-  const auto x = Upload(x_host);
+  const auto w = testing::Upload(w_host);
+  const auto x = testing::Upload(x_host);
   auto y = Poisoned(kM * kN);
   WeightOnlyGemmOptions options;
   options.chunk_rows = 16;
