@@ -16,28 +16,6 @@
 namespace gquant::cuda::internal_gpu_quantize {
 namespace {
 
-// The formula's constants for one config, as the CPU's ConstantsOf.
-struct MinMaxConstants {
-  float qmin;     // asymmetric 4-bit 0, symmetric 4-bit -8, 5/6/8-bit -2^(b-1)
-  float qmax;     // 15, 7, 2^(b-1) - 1
-  float divisor;  // qmax - qmin (asymmetric), (qmax - qmin) / 2 (symmetric)
-  int offset;     // 8 for 4-bit symmetric: codes and zero are stored +8
-};
-
-MinMaxConstants ConstantsOf(const QuantConfig& config) {
-  MinMaxConstants k;
-  if (config.bits == 4) {
-    k.qmin = config.symmetric ? -8 : 0;
-    k.qmax = config.symmetric ? 7 : 15;
-  } else {
-    k.qmin = static_cast<float>(-(1 << (config.bits - 1)));
-    k.qmax = static_cast<float>((1 << (config.bits - 1)) - 1);
-  }
-  k.divisor = config.symmetric ? (k.qmax - k.qmin) / 2 : k.qmax - k.qmin;
-  k.offset = config.bits == 4 && config.symmetric ? 8 : 0;
-  return k;
-}
-
 // Scale and zero, then codes, of group g (§2.6, in the CPU's float32 order):
 //   asymmetric: mx = max(max_g, +0), mn = min(min_g, -0),
 //               s = max((mx - mn) / divisor, FLT_MIN),
@@ -99,7 +77,7 @@ __global__ void MinMaxKernel(const void* __restrict__ weight,  // [rows, cols] o
 }  // namespace
 
 absl::Status QuantizeMinMaxOnGpu(const GpuQuantJob& job) {
-  const MinMaxConstants k = ConstantsOf(job.config);
+  const MinMaxConstants k = MinMaxConstantsOf(job.config);
   const int64_t total_groups = job.total_groups();
   return DispatchDtype(job.dtype, [&](auto source) -> absl::Status {
     constexpr DType kDtype = decltype(source)::value;

@@ -33,28 +33,12 @@ namespace gquant::internal_quantize {
 namespace {
 
 // The formula's constants for one config (§2.6).
-struct Constants {
-  float qmin;     // asymmetric 4-bit [0, 15], symmetric 4-bit [-8, 7],
-  float qmax;     // 5/6/8-bit [-2^(b-1), 2^(b-1) - 1]
-  float divisor;  // qmax - qmin (asymmetric), (qmax - qmin) / 2 (symmetric)
+struct Constants : MinMaxConstants {
   bool symmetric;
-  int32_t offset;  // 8 for 4-bit symmetric: codes and zero are stored +8
 };
 
 Constants ConstantsOf(const QuantConfig& config) {
-  Constants k;
-  if (config.bits == 4) {
-    k.qmin = config.symmetric ? -8 : 0;
-    k.qmax = config.symmetric ? 7 : 15;
-  } else {
-    k.qmin = static_cast<float>(-(1 << (config.bits - 1)));
-    k.qmax = static_cast<float>((1 << (config.bits - 1)) - 1);
-  }
-  // Python: float(quant_max - quant_min) [/ 2]; exact in float32.
-  k.divisor = config.symmetric ? (k.qmax - k.qmin) / 2 : k.qmax - k.qmin;
-  k.symmetric = config.symmetric;
-  k.offset = config.bits == 4 && config.symmetric ? 8 : 0;
-  return k;
+  return {MinMaxConstantsOf(config), config.symmetric};
 }
 
 // Group extremes without converting to float or comparing floats. As
@@ -476,3 +460,22 @@ absl::Status QuantizeMinMax(const QuantJob& job) {
 }
 
 }  // namespace gquant::internal_quantize
+
+namespace gquant {
+
+MinMaxConstants MinMaxConstantsOf(const QuantConfig& config) {
+  MinMaxConstants k;
+  if (config.bits == 4) {
+    k.qmin = config.symmetric ? -8 : 0;
+    k.qmax = config.symmetric ? 7 : 15;
+  } else {
+    k.qmin = static_cast<float>(-(1 << (config.bits - 1)));
+    k.qmax = static_cast<float>((1 << (config.bits - 1)) - 1);
+  }
+  // Python: float(quant_max - quant_min) [/ 2]; exact in float32.
+  k.divisor = config.symmetric ? (k.qmax - k.qmin) / 2 : k.qmax - k.qmin;
+  k.offset = config.bits == 4 && config.symmetric ? 8 : 0;
+  return k;
+}
+
+}  // namespace gquant

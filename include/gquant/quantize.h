@@ -73,6 +73,17 @@ struct CodeRange {
 };
 CodeRange CodeRangeOf(const QuantConfig& config);
 
+// The min-max formula's constants for a config (spec §2.6), shared by the CPU
+// and GPU quantizers: the signed code range the formula works in (4-bit
+// symmetric codes are then stored +8), and the divisor of the group's range.
+struct MinMaxConstants {
+  float qmin;      // asymmetric 4-bit 0, symmetric 4-bit -8, 5/6/8-bit -2^(b-1)
+  float qmax;      // 15, 7, 2^(b-1) - 1
+  float divisor;   // qmax - qmin (asymmetric), (qmax - qmin) / 2 (symmetric)
+  int32_t offset;  // 8 for 4-bit symmetric: codes and zero are stored +8
+};
+MinMaxConstants MinMaxConstantsOf(const QuantConfig& config);
+
 // The group size for a [rows, cols] weight: config.group_size, or cols when
 // per-row. Returns InvalidArgument when cols is not a multiple of it.
 absl::StatusOr<int64_t> ResolveGroupSize(const QuantConfig& config, int64_t cols);
