@@ -5,12 +5,10 @@
 // timed iteration is kBatch back-to-back launches (as decode issues them, in
 // a stream or graph) between two events; the time reported is per launch.
 // Counters: weight_GBps = bytes of packed weights + scales (or of the bf16
-// matrix) per second; vs_copy = that over the copy ceiling; vs_cublas =
-// cuBLAS time / our time.
+// matrix) per second, copy_GBps = the copy ceiling.
 #include <string>
 
 #include "cuda_bench_util.h"
-#include "int4_gemv.cuh"
 #include "int4_mma_gemv.cuh"
 #include "int4_problem.h"
 
@@ -18,23 +16,6 @@ namespace gquant::cuda {
 namespace {
 
 using namespace bench;
-
-// Args: shape index, M, rows per warp (0 = default).
-void BM_Int4Gemv(benchmark::State& state) {
-  if (NoGpu(state)) return;
-  if (state.range(1) > kInt4GemvMaxM) {
-    state.SkipWithError("the CUDA-core kernel takes M <= 8");
-    return;
-  }
-  const int m = static_cast<int>(state.range(1));
-  Int4Problem p(kShapes[state.range(0)], m);
-  const int rows_per_warp = static_cast<int>(state.range(2));
-  TimeLaunches(state, [&](int64_t i) {
-    if (!Int4Gemv(p.GemvWeight(i), p.X(), m, p.Y(), nullptr, rows_per_warp).ok()) std::abort();
-  });
-  Report(state, p.bytes);
-  state.SetLabel(std::string(p.shape.name) + " int4 g32 cuda cores");
-}
 
 // The tensor-core kernel. Args: shape index, M, variant = 100 * stages +
 // warps per multiprocessor (0 = defaults), graph (1: launches replayed from a
@@ -70,13 +51,13 @@ void BM_CublasBf16(benchmark::State& state) {
   state.SetLabel(std::string(s.name) + " cublas bf16" + (state.range(3) != 0 ? ", graph" : ""));
 }
 
-// Every shape at M = 1, 4, 8, 16 (with `graphs`, also replayed from a CUDA
-// graph); `variants` adds the tuning knob's values at M = 1.
-void Shapes(benchmark::internal::Benchmark* b, std::initializer_list<int> variants, bool graphs) {
+// Every shape at M = 1, 4, 8, 16, launched on a stream and replayed from a
+// CUDA graph; `variants` adds the tuning knob's values at M = 1.
+void Shapes(benchmark::internal::Benchmark* b, std::initializer_list<int> variants) {
   for (int shape = 0; shape < static_cast<int>(kShapes.size()); ++shape) {
     for (int m : {1, 4, 8, 16}) {
       b->Args({shape, m, 0, 0});
-      if (graphs) b->Args({shape, m, 0, 1});
+      b->Args({shape, m, 0, 1});
       if (m == 1) {
         for (int v : variants) b->Args({shape, m, v, 0});
       }
@@ -84,23 +65,17 @@ void Shapes(benchmark::internal::Benchmark* b, std::initializer_list<int> varian
   }
 }
 
-BENCHMARK(BM_Int4Gemv)
-    ->ArgNames({"shape", "m", "rows", "graph"})
-    ->Apply([](benchmark::internal::Benchmark* b) { Shapes(b, {}, false); })
-    ->UseManualTime()
-    ->Unit(benchmark::kMicrosecond)
-    ->MinTime(0.05);
 BENCHMARK(BM_Int4MmaGemv)
     ->ArgNames({"shape", "m", "variant", "graph"})
     ->Apply([](benchmark::internal::Benchmark* b) {
-      Shapes(b, {800, 416, 424, 408}, true);
+      Shapes(b, {800, 416, 424, 408});
     })
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond)
     ->MinTime(0.05);
 BENCHMARK(BM_CublasBf16)
     ->ArgNames({"shape", "m", "variant", "graph"})
-    ->Apply([](benchmark::internal::Benchmark* b) { Shapes(b, {}, true); })
+    ->Apply([](benchmark::internal::Benchmark* b) { Shapes(b, {}); })
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond)
     ->MinTime(0.05);

@@ -1,8 +1,7 @@
 // Device buffers of one int4 g32 benchmark (decode GEMV and prefill GEMM):
 // rotating copies of random codes and of (scale, zero) = (2^-7, 2^-7) in bf16
 // (sane values; the speed does not depend on them), activations and the
-// output. The CUDA-core and tensor-core layouts have the same sizes, so one
-// problem serves both kernels.
+// output, in the cuda_int4_mma16 layout.
 #ifndef GQUANT_BENCH_CUDA_INT4_PROBLEM_H_
 #define GQUANT_BENCH_CUDA_INT4_PROBLEM_H_
 
@@ -14,7 +13,6 @@
 #include <vector>
 
 #include "cuda_bench_util.h"
-#include "int4_gemv.cuh"
 #include "int4_mma_gemv.cuh"
 
 namespace gquant::cuda::bench {
@@ -46,10 +44,6 @@ struct Int4Problem {
     }
   }
 
-  // Copy i % copies as the CUDA-core kernel's weight.
-  Int4GemvWeight GemvWeight(int64_t i) const {
-    return {codes[i % copies].data(), Params(i), shape.n, shape.k, kGroup, false};
-  }
   // Copy i % copies as the tensor-core kernels' weight.
   Int4MmaWeight MmaWeight(int64_t i) const {
     return {reinterpret_cast<const uint4*>(codes[i % copies].data()),
