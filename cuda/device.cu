@@ -1,5 +1,7 @@
 #include <cuda_runtime_api.h>
 
+#include <atomic>
+
 #include "absl/strings/str_format.h"
 #include "cuda_status.cuh"
 #include "device.cuh"
@@ -29,6 +31,26 @@ absl::StatusOr<DeviceInfo> GetDeviceInfo(int index) {
                     prop.minor,
                     prop.multiProcessorCount,
                     static_cast<int64_t>(prop.totalGlobalMem)};
+}
+
+absl::StatusOr<DeviceLimits> CurrentDeviceLimits() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<bool> known[kMaxDevices] = {};
+  static DeviceLimits limits[kMaxDevices];
+  int device = 0;
+  GQ_RETURN_IF_CUDA_ERROR(cudaGetDevice(&device));
+  if (device < kMaxDevices && known[device].load(std::memory_order_acquire)) return limits[device];
+  DeviceLimits found{};
+  GQ_RETURN_IF_CUDA_ERROR(
+      cudaDeviceGetAttribute(&found.multiprocessors, cudaDevAttrMultiProcessorCount, device));
+  GQ_RETURN_IF_CUDA_ERROR(cudaDeviceGetAttribute(&found.shared_per_block,
+                                                 cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  if (device < kMaxDevices) {
+    // Racing writers store the same values.
+    limits[device] = found;
+    known[device].store(true, std::memory_order_release);
+  }
+  return found;
 }
 
 }  // namespace gquant::cuda

@@ -27,6 +27,16 @@ int DeviceCount();
 // for a CUDA error.
 absl::StatusOr<DeviceInfo> GetDeviceInfo(int index);
 
+// The limits launchers size their grids by, for the current device.
+struct DeviceLimits {
+  int multiprocessors;
+  int shared_per_block;  // opt-in maximum of dynamic shared memory per block, bytes
+};
+
+// Looked up once per device (launchers call it on every launch). Internal for
+// a CUDA error.
+absl::StatusOr<DeviceLimits> CurrentDeviceLimits();
+
 }  // namespace gquant::cuda
 
 #endif  // GQUANT_CUDA_DEVICE_CUH_

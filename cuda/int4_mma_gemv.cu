@@ -1,11 +1,14 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "absl/strings/str_format.h"
 #include "cuda_status.cuh"
+#include "device.cuh"
 #include "device_primitives.cuh"
 #include "int4_mma_gemv.cuh"
+#include "launch.cuh"
 
 namespace gquant::cuda {
 namespace {
@@ -13,10 +16,8 @@ namespace {
 constexpr int kRows = kInt4MmaRows;
 constexpr int kTileK = kInt4MmaTileK;
 constexpr int kTileBytes = kInt4MmaTileBytes;
-constexpr int kParamBytes = 128;   // a tile's params: two 32-groups x 16 rows x 4 bytes
-constexpr int kWarpsPerBlock = 4;  // warps are independent; small blocks pack SMs evenly
-constexpr int kMinTilesPerWarp = 8;
-constexpr int kSlotsPerWarp = 2;  // partial sums: a warp's first and last row block
+constexpr int kParamBytes = 128;  // a tile's params: two 32-groups x 16 rows x 4 bytes
+constexpr int kMaxWarpsPerBlock = 16;
 
 // A ring stage holds kTilesPerStage slots of: the tile, its params, and x for
 // its 64 columns ([h][token][t] chunks of 8 bf16, the order lanes read them).
@@ -29,108 +30,56 @@ struct Args {
   const uint8_t* params;
   const __nv_bfloat16* x;
   __nv_bfloat16* y;
-  float* partials;
-  int* counters;
   int m, n, k, k_tiles, groups, tiles_per_group;
-  int64_t total_tiles;
-  int64_t total_warps;
+  int row_blocks;        // N / 16
+  int block_row_blocks;  // row blocks per thread block (the last may have fewer)
 };
 
-// The warp's run of tiles is [FirstTile(w), FirstTile(w + 1)).
-__device__ __forceinline__ int64_t FirstTile(const Args& a, int64_t warp) {
-  return a.total_tiles * warp / a.total_warps;
-}
-// The warp whose run holds `tile`.
-__device__ __forceinline__ int64_t OwnerOf(const Args& a, int64_t tile) {
-  return ((tile + 1) * a.total_warps - 1) / a.total_tiles;
-}
-
-// Writes a row block's sums: straight to y when the warp's run held the
-// whole block; otherwise into the warp's partial slot (slot 1 when the block
-// started before the run, i.e. it is the run's last block, else slot 0), and
-// the last of the block's warps to arrive adds the slots in warp order.
-template <int kTokenTiles>
-__device__ __forceinline__ void Finish(const Args& a, const float (&acc)[kTokenTiles][4],
-                                       int64_t block, int64_t begin, int64_t warp, bool block_ends,
-                                       int lane) {
-  const int g = lane / 4, t = lane % 4;
-  const auto store = [&](const float(&sum)[kTokenTiles][4]) {
-#pragma unroll
-    for (int n8 = 0; n8 < kTokenTiles; ++n8) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int token = 8 * n8 + 2 * t + i % 2;
-        const int64_t row = block * kRows + g + 8 * (i / 2);
-        if (token < a.m)
-          a.y[static_cast<int64_t>(token) * a.n + row] = __float2bfloat16(sum[n8][i]);
-      }
-    }
-  };
-  const int64_t block_first = block * a.k_tiles;
-  if (begin <= block_first && block_ends) {
-    store(acc);
-    return;
-  }
-  const auto slot_of = [&](int64_t w) {
-    return a.partials +
-           (w * kSlotsPerWarp + (FirstTile(a, w) < block_first ? 1 : 0)) * (128 * kTokenTiles);
-  };
-  float* mine = slot_of(warp);
-#pragma unroll
-  for (int n8 = 0; n8 < kTokenTiles; ++n8) {
-    reinterpret_cast<float4*>(mine)[n8 * 32 + lane] =
-        make_float4(acc[n8][0], acc[n8][1], acc[n8][2], acc[n8][3]);
-  }
-  __threadfence();
-  __syncwarp();
-  const int64_t first = OwnerOf(a, block_first), last = OwnerOf(a, block_first + a.k_tiles - 1);
-  int arrived = 0;
-  if (lane == 0) arrived = atomicAdd(a.counters + block, 1);
-  arrived = __shfl_sync(0xFFFFFFFFu, arrived, 0);
-  if (arrived != last - first) return;
-  __threadfence();  // the last of the row block's warps: every slot is written
-  float sum[kTokenTiles][4] = {};
-  for (int64_t w = first; w <= last; ++w) {
-    const float* part = slot_of(w);
-#pragma unroll
-    for (int n8 = 0; n8 < kTokenTiles; ++n8) {
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(part) + n8 * 32 + lane);
-      sum[n8][0] += v.x;
-      sum[n8][1] += v.y;
-      sum[n8][2] += v.z;
-      sum[n8][3] += v.w;
-    }
-  }
-  store(sum);
-  if (lane == 0) a.counters[block] = 0;
+// Within a thread block of `warps` warps and `tiles` tiles, warp w's run is
+// [RunBegin(w), RunBegin(w + 1)).
+__device__ __forceinline__ int RunBegin(int tiles, int warps, int warp) {
+  return tiles * warp / warps;
 }
 
 // kTokens: 1, 8 or 16 activation rows the ring has room for (M <= kTokens).
 // kGroupsPerTile: 2 for group size 32, 1 for multiples of 64. A ring stage
 // holds kTilesPerStage consecutive tiles of the warp's run, so the pipeline's
 // bookkeeping (wait, warp sync, addresses) is paid once per stage.
+//
+// A thread block owns block_row_blocks whole row blocks; its warps take equal
+// contiguous runs of their tiles. A row block inside one run is stored
+// straight to y; a row block split between runs leaves a partial sum per
+// warp (its first block's in registers, its last block's in its ring after
+// the loop), and after one barrier the warp holding the block's first tile
+// adds them in warp order, so results do not depend on timing and nothing
+// crosses thread blocks.
 template <int kTokens, int kGroupsPerTile, bool kMinForm, int kStages>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32, kTokens > 8 ? 4 : 8)
+__global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
     Int4MmaGemvKernel(const Args a) {
   constexpr int kTokenTiles = (kTokens + 7) / 8;
   constexpr int kStage = StageBytes(kTokens);
   constexpr int kTileSlot = TileSlotBytes(kTokens);
+  constexpr int kPartialFloats = kTokenTiles * 128;  // a warp's sums for one row block
+  static_assert(2 * kPartialFloats * 4 <= kStages * kStage, "partials alias the ring");
   extern __shared__ __align__(16) uint8_t shared[];
-  const int lane = threadIdx.x % 32;
-  const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-  if (warp >= a.total_warps) return;
-  uint8_t* ring = shared + (threadIdx.x / 32) * kStages * kStage;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  uint8_t* ring = shared + warp * kStages * kStage;
   const int g = lane / 4, t = lane % 4;  // mma fragment coordinates
-  const int64_t begin = FirstTile(a, warp), end = FirstTile(a, warp + 1);
-  const int count = static_cast<int>(end - begin);
-  const int64_t first_block = begin / a.k_tiles;
-  const int first_kt = static_cast<int>(begin - first_block * a.k_tiles);
+  const int first_row_block = blockIdx.x * a.block_row_blocks;
+  const int tiles = min(a.block_row_blocks, a.row_blocks - first_row_block) * a.k_tiles;
+  const int run_begin = RunBegin(tiles, warps, warp);
+  const int count = RunBegin(tiles, warps, warp + 1) - run_begin;
+  const int64_t begin = int64_t{first_row_block} * a.k_tiles + run_begin;  // global tile index
+  const int first_kt = run_begin % a.k_tiles;
+
+  WaitForPredecessor();  // x and y belong to earlier kernels until here
+  AllowDependents();
 
   // Stage u holds tiles begin + kTilesPerStage u + v. Each lane copies its 16
   // bytes of each tile, lanes 0..7 (or 0..3) each tile's params, and the
   // lanes covering x's chunks (token, h, t) for the valid tokens. Everything
-  // lane-dependent is computed once; sources advance by counting (a 64-bit
-  // division costs ~70 instructions), and copies are predicated, not branched.
+  // lane-dependent is computed once; sources advance by counting, and copies
+  // are predicated, not branched.
   constexpr int kXChunksPerLane = (kTokens * 8 + 31) / 32;
   int x_source[kXChunksPerLane], x_target[kXChunksPerLane];
   bool x_valid[kXChunksPerLane];
@@ -185,11 +134,28 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, kTokens > 8 ? 4 : 8)
   // With one token only accumulators 0 and 2 (token column 0) are ever used.
   constexpr int kAccStep = kTokens == 1 ? 2 : 1;
 
-  // Per token tile: rows g, g, g+8, g+8; tokens 2t, 2t+1, 2t, 2t+1 (+ 8 per tile).
+  // Writes a finished row block's sums (rows g, g, g+8, g+8; tokens 2t,
+  // 2t+1, 2t, 2t+1, + 8 per token tile) to y.
+  const auto store = [&](int block, const float(&sum)[kTokenTiles][4]) {
+#pragma unroll
+    for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int token = 8 * n8 + 2 * t + i % 2;
+        const int64_t row = int64_t{first_row_block + block} * kRows + g + 8 * (i / 2);
+        if (token < a.m) a.y[int64_t{token} * a.n + row] = __float2bfloat16(sum[n8][i]);
+      }
+    }
+  };
+
   float acc[kTokenTiles][4] = {};
+  // The run's first row block when another run shares it (kept until the
+  // barrier), and its last one likewise; -1: none.
+  float first_partial[kTokenTiles][4] = {};
+  int first_partial_block = -1, last_partial_block = -1;
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) issue();
-  int64_t block = first_block;
+  int block = run_begin / a.k_tiles;  // within the thread block
   int kt = first_kt, stage_index = 0;
   for (int done = 0; done < count; done += kTilesPerStage) {
     WaitCopies<kStages - 2>();
@@ -260,97 +226,138 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, kTokens > 8 ? 4 : 8)
       }
 
       const bool block_ends = kt == a.k_tiles - 1;
-      const int64_t this_block = block;
-      if (++kt == a.k_tiles) {
-        kt = 0;
-        ++block;
-      }
-      if (!block_ends && done + v != count - 1) continue;
-      Finish(a, acc, this_block, begin, warp, block_ends, lane);
+      const bool run_ends = done + v == count - 1;
+      if (++kt == a.k_tiles) kt = 0;
+      if (!block_ends && !run_ends) continue;
+      const bool whole = block * a.k_tiles >= run_begin && block_ends;
+      if (whole) {
+        store(block, acc);
+      } else if (block * a.k_tiles < run_begin) {  // began in an earlier run
+        first_partial_block = block;
 #pragma unroll
-      for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+        for (int n8 = 0; n8 < kTokenTiles; ++n8) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) acc[n8][i] = 0;
+          for (int i = 0; i < 4; ++i) first_partial[n8][i] = acc[n8][i];
+        }
+      } else {  // began in this run, continues in the next
+        last_partial_block = block;
       }
+      if (!run_ends) {
+#pragma unroll
+        for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) acc[n8][i] = 0;
+        }
+      }
+      ++block;
     }
   }
-  WaitCopies<0>();  // no copy may outlive the warp
+  WaitCopies<0>();  // the ring is idle: it now holds this warp's partial sums
+  __syncwarp();
+
+  // Partial slots in the ring: 0 for the run's first block, 1 for its last.
+  const auto slot = [&](int w, int which) {
+    return reinterpret_cast<float*>(shared + w * kStages * kStage) + which * kPartialFloats;
+  };
+  const auto put = [&](int which, const float(&sum)[kTokenTiles][4]) {
+#pragma unroll
+    for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+      reinterpret_cast<float4*>(slot(warp, which))[n8 * 32 + lane] =
+          make_float4(sum[n8][0], sum[n8][1], sum[n8][2], sum[n8][3]);
+    }
+  };
+  if (first_partial_block >= 0) put(0, first_partial);
+  if (last_partial_block >= 0) put(1, acc);
+  __syncthreads();
+  if (last_partial_block < 0) return;
+  // This warp holds the first tile of last_partial_block: add every run's
+  // part in warp order. A later warp's part is in its slot 0.
+  const int block_first = last_partial_block * a.k_tiles;
+  const int last_warp = ((block_first + a.k_tiles) * warps - 1) / tiles;
+  float sum[kTokenTiles][4] = {};
+  for (int w = warp; w <= last_warp; ++w) {
+    const float* part = slot(w, w == warp ? 1 : 0);
+#pragma unroll
+    for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+      const float4 v = reinterpret_cast<const float4*>(part)[n8 * 32 + lane];
+      sum[n8][0] += v.x;
+      sum[n8][1] += v.y;
+      sum[n8][2] += v.z;
+      sum[n8][3] += v.w;
+    }
+  }
+  store(last_partial_block, sum);
 }
 
+// Shapes the grid for `base` on this device and launches: thread blocks of
+// up to kMaxWarpsPerBlock warps, as many resident per multiprocessor as
+// `warps_per_sm` allows, each owning enough whole row blocks that the grid is
+// a single wave.
 template <int kTokens, int kGroupsPerTile, bool kMinForm, int kStages>
-absl::Status Launch(const Args& base, int multiprocessors, int warps_per_sm, cudaStream_t stream) {
+absl::Status Launch(const Args& base, const DeviceLimits& device, int warps_per_sm, bool overlap,
+                    cudaStream_t stream) {
   const auto kernel = Int4MmaGemvKernel<kTokens, kGroupsPerTile, kMinForm, kStages>;
-  const int smem = kWarpsPerBlock * kStages * StageBytes(kTokens);
-  static const int blocks_per_sm = [&] {
-    int blocks = 0;
-    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
-            cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kWarpsPerBlock * 32, smem) !=
-            cudaSuccess) {
-      return 0;
+  constexpr int kWarpBytes = kStages * StageBytes(kTokens);
+  static const cudaError_t raised =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           std::min(kMaxWarpsPerBlock * kWarpBytes, device.shared_per_block));
+  GQ_RETURN_IF_CUDA_ERROR(raised);
+  // Resident thread blocks per multiprocessor for each block size, found once.
+  static std::atomic<int> fits[kMaxWarpsPerBlock + 1] = {};
+  const auto blocks_that_fit = [&](int warps) -> absl::StatusOr<int> {
+    if (fits[warps] == 0) {
+      int blocks = 0;
+      GQ_RETURN_IF_CUDA_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &blocks, kernel, warps * 32, warps * kWarpBytes));
+      fits[warps] = blocks + 1;  // 0 marks "not looked up"
     }
-    return blocks;
-  }();
+    return fits[warps] - 1;
+  };
+  Args a = base;
+  int warps = std::min(kMaxWarpsPerBlock, warps_per_sm), blocks_per_sm = 0;
+  for (; warps > 0; --warps) {  // the largest block that fits
+    if (warps * kWarpBytes > device.shared_per_block) continue;
+    absl::StatusOr<int> blocks = blocks_that_fit(warps);
+    if (!blocks.ok()) return blocks.status();
+    if ((blocks_per_sm = *blocks) > 0) break;
+  }
   if (blocks_per_sm == 0) {
-    GQ_RETURN_IF_CUDA_ERROR(cudaGetLastError());
     return absl::InternalError("Int4MmaGemv: the kernel does not fit on a multiprocessor");
   }
-  int per_sm = blocks_per_sm * kWarpsPerBlock;
-  if (warps_per_sm > 0) per_sm = std::min(per_sm, warps_per_sm);
-  Args a = base;
-  a.total_warps = std::max<int64_t>(
-      1, std::min<int64_t>(int64_t{multiprocessors} * per_sm, a.total_tiles / kMinTilesPerWarp));
-  const int blocks = static_cast<int>((a.total_warps + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  kernel<<<blocks, kWarpsPerBlock * 32, smem, stream>>>(a);
-  GQ_RETURN_IF_CUDA_ERROR(cudaGetLastError());
-  return absl::OkStatus();
+  blocks_per_sm = std::max(1, std::min(blocks_per_sm, warps_per_sm / warps));
+  const int resident = device.multiprocessors * blocks_per_sm;
+  a.block_row_blocks = (a.row_blocks + resident - 1) / resident;
+  const int blocks = (a.row_blocks + a.block_row_blocks - 1) / a.block_row_blocks;
+  warps = std::min(warps, a.block_row_blocks * a.k_tiles);  // every run holds a tile
+  return LaunchKernel(kernel, dim3(blocks), dim3(warps * 32),
+                      static_cast<size_t>(warps) * kWarpBytes, stream, overlap, a);
 }
 
 template <int kTokens, int kStages>
-absl::Status ForGroups(const Args& a, bool g32, bool min_form, int sms, int warps_per_sm,
-                       cudaStream_t stream) {
+absl::Status ForGroups(const Args& a, bool g32, bool min_form, const DeviceLimits& device,
+                       int warps_per_sm, bool overlap, cudaStream_t stream) {
   if (g32) {
-    return min_form ? Launch<kTokens, 2, true, kStages>(a, sms, warps_per_sm, stream)
-                    : Launch<kTokens, 2, false, kStages>(a, sms, warps_per_sm, stream);
+    return min_form ? Launch<kTokens, 2, true, kStages>(a, device, warps_per_sm, overlap, stream)
+                    : Launch<kTokens, 2, false, kStages>(a, device, warps_per_sm, overlap, stream);
   }
-  return min_form ? Launch<kTokens, 1, true, kStages>(a, sms, warps_per_sm, stream)
-                  : Launch<kTokens, 1, false, kStages>(a, sms, warps_per_sm, stream);
+  return min_form ? Launch<kTokens, 1, true, kStages>(a, device, warps_per_sm, overlap, stream)
+                  : Launch<kTokens, 1, false, kStages>(a, device, warps_per_sm, overlap, stream);
 }
 
 template <int kStages>
-absl::Status ForTokens(const Args& a, bool g32, bool min_form, int sms, int warps_per_sm,
-                       cudaStream_t stream) {
-  if (a.m == 1) return ForGroups<1, kStages>(a, g32, min_form, sms, warps_per_sm, stream);
-  if (a.m <= 8) return ForGroups<8, kStages>(a, g32, min_form, sms, warps_per_sm, stream);
-  return ForGroups<16, kStages>(a, g32, min_form, sms, warps_per_sm, stream);
+absl::Status ForTokens(const Args& a, bool g32, bool min_form, const DeviceLimits& device,
+                       int warps_per_sm, bool overlap, cudaStream_t stream) {
+  if (a.m == 1)
+    return ForGroups<1, kStages>(a, g32, min_form, device, warps_per_sm, overlap, stream);
+  if (a.m <= 8)
+    return ForGroups<8, kStages>(a, g32, min_form, device, warps_per_sm, overlap, stream);
+  return ForGroups<16, kStages>(a, g32, min_form, device, warps_per_sm, overlap, stream);
 }
 
 }  // namespace
 
-absl::StatusOr<Int4MmaWorkspace> Int4MmaWorkspace::Create(int64_t max_n) {
-  int device = 0, sms = 0, max_threads = 0;
-  GQ_RETURN_IF_CUDA_ERROR(cudaGetDevice(&device));
-  GQ_RETURN_IF_CUDA_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  GQ_RETURN_IF_CUDA_ERROR(
-      cudaDeviceGetAttribute(&max_threads, cudaDevAttrMaxThreadsPerMultiProcessor, device));
-  Int4MmaWorkspace ws;
-  ws.multiprocessors_ = sms;
-  ws.max_warps_ = int64_t{sms} * (max_threads / 32);
-  absl::StatusOr<DeviceBuffer<float>> partials =
-      DeviceBuffer<float>::Allocate(ws.max_warps_ * kSlotsPerWarp * 128 * 2);
-  if (!partials.ok()) return partials.status();
-  absl::StatusOr<DeviceBuffer<int>> counters =
-      DeviceBuffer<int>::Allocate(std::max<int64_t>(1, (max_n + kRows - 1) / kRows));
-  if (!counters.ok()) return counters.status();
-  if (absl::Status s = counters->FillBytes(0); !s.ok()) return s;
-  ws.partials_ = *std::move(partials);
-  ws.counters_ = *std::move(counters);
-  return ws;
-}
-
 absl::Status Int4MmaGemv(const Int4MmaWeight& w, const __nv_bfloat16* x, int m, __nv_bfloat16* y,
-                         Int4MmaWorkspace& workspace, cudaStream_t stream,
-                         const Int4MmaTuning& tuning) {
+                         cudaStream_t stream, const Int4MmaTuning& tuning) {
   if (w.qweight == nullptr || w.params == nullptr || x == nullptr || y == nullptr) {
     return absl::InvalidArgumentError("Int4MmaGemv: null pointer");
   }
@@ -359,46 +366,47 @@ absl::Status Int4MmaGemv(const Int4MmaWeight& w, const __nv_bfloat16* x, int m, 
     return absl::InvalidArgumentError(
         absl::StrFormat("Int4MmaGemv: M must be 1..%d, but got %d", kInt4MmaMaxM, m));
   }
-  if (w.n / kRows > workspace.max_row_blocks()) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("Int4MmaGemv: the workspace holds %d row blocks, N=%d needs %d",
-                        workspace.max_row_blocks(), w.n, w.n / kRows));
+  if (w.n > (int64_t{1} << 30) || w.k > (int64_t{1} << 24)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "Int4MmaGemv: N must be at most 2^30 and K at most 2^24, but got %d x %d", w.n, w.k));
   }
-  if (tuning.warps_per_sm < 0) {
-    return absl::InvalidArgumentError("Int4MmaGemv: warps_per_sm must not be negative");
+  if (tuning.warps_per_sm < 0 || tuning.warps_per_sm > 64) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "Int4MmaGemv: warps_per_sm must be 0..64, but got %d", tuning.warps_per_sm));
   }
+  absl::StatusOr<DeviceLimits> device = CurrentDeviceLimits();
+  if (!device.ok()) return device.status();
   Args a{};
   a.qweight = reinterpret_cast<const uint8_t*>(w.qweight);
   a.params = reinterpret_cast<const uint8_t*>(w.params);
   a.x = x;
   a.y = y;
-  a.partials = workspace.partials();
-  a.counters = workspace.counters();
   a.m = m;
   a.n = static_cast<int>(w.n);
   a.k = static_cast<int>(w.k);
   a.k_tiles = a.k / kTileK;
   a.groups = a.k / w.group_size;
   a.tiles_per_group = w.group_size / kTileK;  // 0 for group size 32
-  a.total_tiles = w.n / kRows * a.k_tiles;
+  a.row_blocks = a.n / kRows;
   const bool g32 = w.group_size == 32;
-  const int sms = workspace.multiprocessors();
   // Measured on an H100 (bench/int4_gemv_notes.md): 16 warps per
-  // multiprocessor beat a full one (32) by 5-15% on the 31B layer shapes
-  // (longer runs per warp, fewer split row blocks); the 262144-row LM head
-  // prefers the full one.
+  // multiprocessor beat a full one (32) on the 31B layer shapes (longer runs
+  // per warp, fewer split row blocks); the 262144-row LM head prefers 32.
   const int warps_per_sm = tuning.warps_per_sm != 0 ? tuning.warps_per_sm
                            : w.n < 8192 * kRows     ? 16
-                                                    : 0;
+                                                    : 32;
+  const bool overlap = !tuning.serial_launch;
   switch (tuning.stages) {
     case 0:
+    case 3:
+      return ForTokens<3>(a, g32, w.min_form, *device, warps_per_sm, overlap, stream);
     case 4:
-      return ForTokens<4>(a, g32, w.min_form, sms, warps_per_sm, stream);
+      return ForTokens<4>(a, g32, w.min_form, *device, warps_per_sm, overlap, stream);
     case 8:
-      return ForTokens<8>(a, g32, w.min_form, sms, warps_per_sm, stream);
+      return ForTokens<8>(a, g32, w.min_form, *device, warps_per_sm, overlap, stream);
     default:
       return absl::InvalidArgumentError(
-          absl::StrFormat("Int4MmaGemv: stages must be 4 or 8, not %d", tuning.stages));
+          absl::StrFormat("Int4MmaGemv: stages must be 3, 4 or 8, not %d", tuning.stages));
   }
 }
 

@@ -13,12 +13,21 @@
 // rounded, so the only rounding is fp32 accumulation and the bf16 output.
 //
 // Streaming: the 16 x 64 tiles of the layout (int4_mma_layout.h) are one
-// contiguous sequence; every warp of the grid takes an equal contiguous run
-// of it (a whole number of waves, no tail) and streams it through a
+// contiguous sequence, row block after row block. Each thread block owns
+// whole row blocks (enough that the grid is one wave) and its warps take
+// equal contiguous runs of their tiles, streaming them through a
 // shared-memory ring with cp.async, so several tiles per warp are always in
-// flight without holding registers. A row block split between warps is
-// finished by the last warp to arrive (a per-row-block counter), which adds
-// the partial sums in warp order: results do not depend on timing.
+// flight without holding registers. A row block split between two or more
+// runs is finished inside the thread block: partial sums meet in shared
+// memory after one barrier and are added in warp order, so results do not
+// depend on timing and no global scratch or atomics are needed (version 4
+// finished split blocks across the grid with counters: its fences and
+// atomics cost ~2-3 µs per launch).
+//
+// Launch overlap: the kernel is launched with programmatic dependent launch
+// (launch.cuh), so in a chain of decode kernels its launch and set-up overlap
+// the predecessor's tail; it reads x and writes y only after the predecessor
+// is done.
 #ifndef GQUANT_CUDA_INT4_MMA_GEMV_CUH_
 #define GQUANT_CUDA_INT4_MMA_GEMV_CUH_
 
@@ -27,8 +36,7 @@
 
 #include <cstdint>
 
-#include "absl/status/statusor.h"
-#include "device_buffer.cuh"
+#include "absl/status/status.h"
 #include "int4_mma_layout.h"
 
 namespace gquant::cuda {
@@ -45,41 +53,19 @@ struct Int4MmaWeight {
   bool min_form = false;
 };
 
-// Scratch of the split over K: two partial-sum slots per warp of the grid and
-// one arrival counter per 16-row block, zero between launches (the last warp
-// of each row block resets its counter). Launches that may run concurrently
-// need separate workspaces; one per stream is enough.
-class Int4MmaWorkspace {
- public:
-  // Sized for weights of up to `max_n` rows on the current device. Internal
-  // for a CUDA error.
-  static absl::StatusOr<Int4MmaWorkspace> Create(int64_t max_n);
-
-  float* partials() { return partials_.data(); }
-  int* counters() { return counters_.data(); }
-  int64_t max_warps() const { return max_warps_; }
-  int64_t max_row_blocks() const { return static_cast<int64_t>(counters_.size()); }
-  int multiprocessors() const { return multiprocessors_; }
-
- private:
-  DeviceBuffer<float> partials_;
-  DeviceBuffer<int> counters_;
-  int64_t max_warps_ = 0;
-  int multiprocessors_ = 0;
-};
-
-// Benchmark knobs (0: the default).
+// Benchmark knobs; the defaults are the measured best.
 struct Int4MmaTuning {
-  int stages = 0;        // tiles per warp in the shared-memory ring: 4 or 8
-  int warps_per_sm = 0;  // caps the grid below what fits on a multiprocessor
+  int stages = 0;              // ring stages per warp (2 tiles each): 3, 4 or 8 (0: 3)
+  int warps_per_sm = 0;        // resident warps per multiprocessor (0: 16, 32 for N >= 131072)
+  bool serial_launch = false;  // no programmatic dependent launch (launch.cuh)
 };
 
 // y = x · Wᵀ for m in 1..kInt4MmaMaxM rows of x ([m, K] bf16) into y ([m, N]
-// bf16). InvalidArgument for a bad shape, pointer, knob or a workspace too
-// small for N; Internal for a launch error.
+// bf16). InvalidArgument for a bad shape, pointer or knob; Internal for a
+// launch error. Launches on one stream may overlap (programmatic dependent
+// launch) but each reads x only after the previous kernel has finished.
 absl::Status Int4MmaGemv(const Int4MmaWeight& weight, const __nv_bfloat16* x, int m,
-                         __nv_bfloat16* y, Int4MmaWorkspace& workspace, cudaStream_t stream,
-                         const Int4MmaTuning& tuning = {});
+                         __nv_bfloat16* y, cudaStream_t stream, const Int4MmaTuning& tuning = {});
 
 }  // namespace gquant::cuda
 

@@ -7,6 +7,7 @@
 #include "cuda_status.cuh"
 #include "device_primitives.cuh"
 #include "int8_gemv.cuh"
+#include "launch.cuh"
 
 namespace gquant::cuda {
 namespace {
@@ -110,6 +111,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32 / kRowTiles)
       }
     }
   }
+
+  WaitForPredecessor();  // x and y belong to earlier kernels until here
 
   // Queues the copies of this warp's j-th tile into stage j % kStages, then
   // commits a group (empty past the warp's last tile, keeping the count).
@@ -290,11 +293,12 @@ __global__ void __launch_bounds__(kMaxWarps * 32 / kRowTiles)
     const int row = row0 + rt * kRows + l / 4 + 8 * (i / 2);
     if (token < m && row < n) y[static_cast<int64_t>(token) * n + row] = __float2bfloat16(sum);
   }
+  AllowDependents();  // late: the grid has several waves (device_primitives.cuh)
 }
 
 template <int kTokenTiles, int kRowTiles, int kGroupBlocks>
 absl::Status Launch(const Int8RowsWeight& w, const __nv_bfloat16* x, int m, __nv_bfloat16* y,
-                    cudaStream_t stream, int warps) {
+                    cudaStream_t stream, int warps, const Int8GemvTuning& tuning) {
   constexpr int kStageBytes = Stage<kRowTiles, kGroupBlocks>::kBytes;
   const auto kernel = Int8GemvKernel<kTokenTiles, kRowTiles, kGroupBlocks>;
   // The shared-memory limit is raised once, to what the largest block of this
@@ -306,21 +310,20 @@ absl::Status Launch(const Int8RowsWeight& w, const __nv_bfloat16* x, int m, __nv
   const int smem = warps * kStages * kStageBytes;
   const int64_t block_rows = int64_t{kRowTiles} * kRows;
   const dim3 grid(static_cast<unsigned>((w.n + block_rows - 1) / block_rows));
-  kernel<<<grid, warps * 32, smem, stream>>>(w.codes, w.params, x, y, m, static_cast<int>(w.n),
-                                             static_cast<int>(w.k),
-                                             static_cast<int>(w.group_size / 16), w.min_form);
-  GQ_RETURN_IF_CUDA_ERROR(cudaGetLastError());
-  return absl::OkStatus();
+  return LaunchKernel(kernel, grid, dim3(warps * 32), smem, stream, !tuning.serial_launch, w.codes,
+                      w.params, x, y, m, static_cast<int>(w.n), static_cast<int>(w.k),
+                      static_cast<int>(w.group_size / 16), w.min_form);
 }
 
 template <int kTokenTiles, int kRowTiles>
 absl::Status LaunchForGroup(const Int8RowsWeight& w, const __nv_bfloat16* x, int m,
-                            __nv_bfloat16* y, cudaStream_t stream, int warps) {
+                            __nv_bfloat16* y, cudaStream_t stream, int warps,
+                            const Int8GemvTuning& t) {
   if (w.group_size == w.k)
-    return Launch<kTokenTiles, kRowTiles, kPerRow>(w, x, m, y, stream, warps);
-  if (w.group_size == 16) return Launch<kTokenTiles, kRowTiles, 1>(w, x, m, y, stream, warps);
-  if (w.group_size == 32) return Launch<kTokenTiles, kRowTiles, 2>(w, x, m, y, stream, warps);
-  return Launch<kTokenTiles, kRowTiles, kAnyGroup>(w, x, m, y, stream, warps);
+    return Launch<kTokenTiles, kRowTiles, kPerRow>(w, x, m, y, stream, warps, t);
+  if (w.group_size == 16) return Launch<kTokenTiles, kRowTiles, 1>(w, x, m, y, stream, warps, t);
+  if (w.group_size == 32) return Launch<kTokenTiles, kRowTiles, 2>(w, x, m, y, stream, warps, t);
+  return Launch<kTokenTiles, kRowTiles, kAnyGroup>(w, x, m, y, stream, warps, t);
 }
 
 bool Aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
@@ -347,7 +350,8 @@ int DefaultWarps(int64_t row_blocks, int64_t k_tiles, int max_warps) {
 }  // namespace
 
 absl::Status Int8Gemv(const Int8RowsWeight& w, const __nv_bfloat16* x, int m, __nv_bfloat16* y,
-                      cudaStream_t stream, int warps_per_block, int row_tiles) {
+                      cudaStream_t stream, const Int8GemvTuning& tuning) {
+  const int warps_per_block = tuning.warps_per_block, row_tiles = tuning.row_tiles;
   if (w.codes == nullptr || w.params == nullptr || x == nullptr || y == nullptr ||
       !Aligned(w.codes, 16) || !Aligned(w.params, 8) || !Aligned(x, 8)) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -379,11 +383,11 @@ absl::Status Int8Gemv(const Int8RowsWeight& w, const __nv_bfloat16* x, int m, __
                         max_warps, tiles, warps_per_block));
   }
   if (m <= 8) {
-    return tiles == 1 ? LaunchForGroup<1, 1>(w, x, m, y, stream, warps)
-                      : LaunchForGroup<1, 2>(w, x, m, y, stream, warps);
+    return tiles == 1 ? LaunchForGroup<1, 1>(w, x, m, y, stream, warps, tuning)
+                      : LaunchForGroup<1, 2>(w, x, m, y, stream, warps, tuning);
   }
-  return tiles == 1 ? LaunchForGroup<2, 1>(w, x, m, y, stream, warps)
-                    : LaunchForGroup<2, 2>(w, x, m, y, stream, warps);
+  return tiles == 1 ? LaunchForGroup<2, 1>(w, x, m, y, stream, warps, tuning)
+                    : LaunchForGroup<2, 2>(w, x, m, y, stream, warps, tuning);
 }
 
 }  // namespace gquant::cuda

@@ -64,14 +64,18 @@ struct Int8RowsWeight {
   bool min_form = false;    // w = c * scale - min instead of (c - zero) * scale
 };
 
+// Benchmark knobs; the defaults (0) are the measured best.
+struct Int8GemvTuning {
+  int warps_per_block = 0;     // 1..16: K split over that many warps
+  int row_tiles = 0;           // 1 or 2 16-row tiles per block (2: at most 8 warps)
+  bool serial_launch = false;  // no programmatic dependent launch
+};
+
 // y = x · Wᵀ for m in 1..kInt8GemvMaxM rows of x ([m, K] bf16, 8-byte
-// aligned) into y ([m, N] bf16). Tuning knobs for benchmarks (0: the
-// default): `warps_per_block` (1..16) splits K over that many warps;
-// `row_tiles` is 1 or 2 16-row tiles per block (2 halves the activation
-// traffic per weight; at most 8 warps). InvalidArgument for a bad shape,
-// pointer, M or knob; Internal for a launch error.
+// aligned) into y ([m, N] bf16). InvalidArgument for a bad shape, pointer,
+// M or knob; Internal for a launch error.
 absl::Status Int8Gemv(const Int8RowsWeight& weight, const __nv_bfloat16* x, int m, __nv_bfloat16* y,
-                      cudaStream_t stream, int warps_per_block = 0, int row_tiles = 0);
+                      cudaStream_t stream, const Int8GemvTuning& tuning = {});
 
 }  // namespace gquant::cuda
 

@@ -189,6 +189,27 @@ inline void Report(benchmark::State& state, int64_t weight_bytes) {
   state.counters["copy_GBps"] = CopyCeiling() / 1e9;
 }
 
+// Times back-to-back cudaMemcpyAsync D2D moving `bytes` (read + written,
+// so bytes / 2 copied) between rotating buffers, like a kernel's launches;
+// reports weight_GBps as those bytes per second.
+inline void TimeCopies(benchmark::State& state, int64_t bytes, bool graph) {
+  const int64_t half = bytes / 2;
+  const int copies = Copies(half);
+  std::vector<DeviceBuffer<uint8_t>> from = RandomCopies<uint8_t>(half, copies, 5);
+  auto to = DeviceBuffer<uint8_t>::Allocate(half);
+  if (!to.ok()) std::abort();
+  const auto copy = [&](int64_t i, cudaStream_t stream) {
+    Check(cudaMemcpyAsync(to->data(), from[i % copies].data(), half, cudaMemcpyDeviceToDevice,
+                          stream));
+  };
+  if (graph) {
+    TimeGraphLaunches(state, copy);
+  } else {
+    TimeLaunches(state, [&](int64_t i) { copy(i, nullptr); });
+  }
+  Report(state, 2 * half);
+}
+
 // y[M, N] = x[M, K] W[N, K]^T in bf16 with fp32 compute on rotating random
 // weights: the cuBLAS baseline every kernel is compared with.
 class CublasBf16Baseline {

@@ -6,6 +6,7 @@
 // a stream or graph) between two events; the time reported is per launch.
 // Counters: weight_GBps = bytes of packed weights + scales (or of the bf16
 // matrix) per second, copy_GBps = the copy ceiling.
+#include <iterator>
 #include <string>
 
 #include "cuda_bench_util.h"
@@ -17,19 +18,30 @@ namespace {
 
 using namespace bench;
 
-// The tensor-core kernel. Args: shape index, M, variant = 100 * stages +
-// warps per multiprocessor (0 = defaults), graph (1: launches replayed from a
-// CUDA graph, as a decode step runs them).
+// Knob settings compared at M = 1 (variant 0 is the default).
+struct Variant {
+  const char* label;
+  Int4MmaTuning tuning;
+};
+const Variant kVariants[] = {
+    {"", {}},
+    {"serial launch", {.serial_launch = true}},
+    {"4 stages", {.stages = 4}},
+    {"8 stages", {.stages = 8}},
+    {"8 warps/SM", {.warps_per_sm = 8}},
+    {"12 warps/SM", {.warps_per_sm = 12}},
+    {"32 warps/SM", {.warps_per_sm = 32}},
+};
+
+// The tensor-core kernel. Args: shape index, M, variant (kVariants), graph
+// (1: launches replayed from a CUDA graph, as a decode step runs them).
 void BM_Int4MmaGemv(benchmark::State& state) {
   if (NoGpu(state)) return;
   const int m = static_cast<int>(state.range(1));
   Int4Problem p(kShapes[state.range(0)], m);
-  const Int4MmaTuning tuning{static_cast<int>(state.range(2)) / 100,
-                             static_cast<int>(state.range(2)) % 100};
-  auto workspace = Int4MmaWorkspace::Create(p.shape.n);
-  if (!workspace.ok()) std::abort();
+  const Variant& variant = kVariants[state.range(2)];
   const auto launch = [&](int64_t i, cudaStream_t stream) {
-    if (!Int4MmaGemv(p.MmaWeight(i), p.X(), m, p.Y(), *workspace, stream, tuning).ok()) {
+    if (!Int4MmaGemv(p.MmaWeight(i), p.X(), m, p.Y(), stream, variant.tuning).ok()) {
       std::abort();
     }
   };
@@ -39,7 +51,18 @@ void BM_Int4MmaGemv(benchmark::State& state) {
     TimeLaunches(state, [&](int64_t i) { launch(i, nullptr); });
   }
   Report(state, p.bytes);
-  state.SetLabel(std::string(p.shape.name) + " int4 g32 tensor cores" +
+  state.SetLabel(std::string(p.shape.name) + " int4 g32" + (state.range(3) != 0 ? ", graph" : "") +
+                 (variant.label[0] != 0 ? ", " : "") + variant.label);
+}
+
+// The copy ceiling for the same bytes: back-to-back cudaMemcpyAsync D2D of
+// half the packed weight's bytes (read + written = the bytes a GEMV reads),
+// rotating like the weights, so the fixed cost per launch is in it too.
+void BM_CopySameBytes(benchmark::State& state) {
+  if (NoGpu(state)) return;
+  Int4Problem p(kShapes[state.range(0)], 0);
+  TimeCopies(state, p.bytes, state.range(3) != 0);
+  state.SetLabel(std::string(p.shape.name) + " D2D copy of the int4 g32 bytes" +
                  (state.range(3) != 0 ? ", graph" : ""));
 }
 
@@ -52,14 +75,14 @@ void BM_CublasBf16(benchmark::State& state) {
 }
 
 // Every shape at M = 1, 4, 8, 16, launched on a stream and replayed from a
-// CUDA graph; `variants` adds the tuning knob's values at M = 1.
-void Shapes(benchmark::internal::Benchmark* b, std::initializer_list<int> variants) {
+// CUDA graph; with `variants`, every other variant at M = 1 as a graph.
+void Shapes(benchmark::internal::Benchmark* b, bool variants) {
   for (int shape = 0; shape < static_cast<int>(kShapes.size()); ++shape) {
     for (int m : {1, 4, 8, 16}) {
       b->Args({shape, m, 0, 0});
       b->Args({shape, m, 0, 1});
-      if (m == 1) {
-        for (int v : variants) b->Args({shape, m, v, 0});
+      if (m == 1 && variants) {
+        for (int v = 1; v < static_cast<int>(std::size(kVariants)); ++v) b->Args({shape, m, v, 1});
       }
     }
   }
@@ -67,15 +90,24 @@ void Shapes(benchmark::internal::Benchmark* b, std::initializer_list<int> varian
 
 BENCHMARK(BM_Int4MmaGemv)
     ->ArgNames({"shape", "m", "variant", "graph"})
-    ->Apply([](benchmark::internal::Benchmark* b) {
-      Shapes(b, {800, 416, 424, 408});
-    })
+    ->Apply([](benchmark::internal::Benchmark* b) { Shapes(b, true); })
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond)
     ->MinTime(0.05);
 BENCHMARK(BM_CublasBf16)
     ->ArgNames({"shape", "m", "variant", "graph"})
-    ->Apply([](benchmark::internal::Benchmark* b) { Shapes(b, {}); })
+    ->Apply([](benchmark::internal::Benchmark* b) { Shapes(b, false); })
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(0.05);
+BENCHMARK(BM_CopySameBytes)
+    ->ArgNames({"shape", "m", "variant", "graph"})
+    ->Apply([](benchmark::internal::Benchmark* b) {
+      for (int shape = 0; shape < static_cast<int>(kShapes.size()); ++shape) {
+        b->Args({shape, 1, 0, 0});
+        b->Args({shape, 1, 0, 1});
+      }
+    })
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond)
     ->MinTime(0.05);

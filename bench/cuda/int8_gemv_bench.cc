@@ -72,26 +72,37 @@ std::string GroupLabel(int64_t group) {
 }
 
 // Args: shape index, M, group size (0 = per-row), variant = 100 * row tiles
-// + warps per block (0 = defaults).
+// + warps per block (0 = defaults); 1000: the defaults without L2 prefetch
+// and programmatic dependent launch; 2000: the defaults replayed from a
+// CUDA graph.
 void BM_Int8Gemv(benchmark::State& state) {
   if (NoGpu(state)) return;
   const LinearShape& s = kShapes[state.range(0)];
   const int m = static_cast<int>(state.range(1));
-  const int row_tiles = static_cast<int>(state.range(3)) / 100;
-  const int warps = static_cast<int>(state.range(3)) % 100;
+  const int variant = static_cast<int>(state.range(3));
+  Int8GemvTuning tuning{.warps_per_block = variant % 100, .row_tiles = variant % 1000 / 100};
+  tuning.serial_launch = variant == 1000;
   const Int8Weights& w = CachedWeights(s.n, s.k, state.range(2));
   auto x = Upload(RandomHost<uint16_t>(m * s.k, 99));
   auto y = DeviceBuffer<uint16_t>::Allocate(m * s.n);
   if (!y.ok()) std::abort();
-  TimeLaunches(state, [&](int64_t i) {
+  const auto launch = [&](int64_t i, cudaStream_t stream) {
     if (!Int8Gemv(w.View(i), reinterpret_cast<const __nv_bfloat16*>(x.data()), m,
-                  reinterpret_cast<__nv_bfloat16*>(y->data()), nullptr, warps, row_tiles)
+                  reinterpret_cast<__nv_bfloat16*>(y->data()), stream, tuning)
              .ok()) {
       std::abort();
     }
-  });
+  };
+  if (variant == 2000) {
+    TimeGraphLaunches(state, launch);
+  } else {
+    TimeLaunches(state, [&](int64_t i) { launch(i, nullptr); });
+  }
   Report(state, w.bytes);
-  state.SetLabel(std::string(s.name) + " " + GroupLabel(state.range(2)));
+  state.SetLabel(std::string(s.name) + " " + GroupLabel(state.range(2)) +
+                 (variant == 1000   ? ", serial launch"
+                  : variant == 2000 ? ", graph"
+                                    : ""));
 }
 
 // cuBLAS bf16 at the same shapes and M (the baseline of the same run).
@@ -168,7 +179,7 @@ void Shapes(benchmark::internal::Benchmark* b, std::initializer_list<int> varian
 BENCHMARK(BM_Int8Gemv)
     ->ArgNames({"shape", "m", "group", "variant"})
     ->Apply([](benchmark::internal::Benchmark* b) {
-      Shapes(b, {104, 108, 116, 204, 208});
+      Shapes(b, {1000, 2000, 104, 108, 116, 204, 208});
     })
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond)

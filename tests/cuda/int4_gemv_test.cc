@@ -102,6 +102,25 @@ PackedInt4Mma PackForMma(const Case& c, const Problem& p) {
   return *std::move(packed);
 }
 
+// A Case's weights packed and uploaded, and the kernel's view of them.
+struct DeviceWeight {
+  DeviceBuffer<uint8_t> qweight;
+  DeviceBuffer<uint32_t> params;
+  Int4MmaWeight view;
+
+  DeviceWeight(const Case& c, const Problem& p) {
+    const PackedInt4Mma packed = PackForMma(c, p);
+    qweight = testing::Upload(packed.qweight);
+    params = testing::Upload(packed.params);
+    view = {reinterpret_cast<const uint4*>(qweight.data()),
+            reinterpret_cast<const __nv_bfloat162*>(params.data()),
+            p.n,
+            p.k,
+            p.group,
+            p.min_form};
+  }
+};
+
 TEST_CASE("int4 tensor-core GEMV matches a float64 reference", "[cuda][int4_gemv]") {
   GQ_SKIP_WITHOUT_CUDA();
   auto rng = testing::MakeRng();
@@ -114,23 +133,21 @@ TEST_CASE("int4 tensor-core GEMV matches a float64 reference", "[cuda][int4_gemv
       {5376, 21504, 128, false}, {256, 1536, 32, false},  {1536, 12288, 32, true},
       {4096, 1536, 256, false},  {512, 1536, 32, false},
   };
-  auto workspace = Int4MmaWorkspace::Create(8192);
-  REQUIRE_OK(workspace);
   for (const Problem& p : problems) {
     const Case c = MakeCase(p, kInt4MmaMaxM, rng);
-    const PackedInt4Mma packed = PackForMma(c, p);
-    auto qweight = testing::Upload(packed.qweight);
-    auto params = testing::Upload(packed.params);
+    const DeviceWeight dw(c, p);
+    const Int4MmaWeight& w = dw.view;
     auto x = testing::Upload(c.x);
-    const Int4MmaWeight w{reinterpret_cast<const uint4*>(qweight.data()),
-                          reinterpret_cast<const __nv_bfloat162*>(params.data()),
-                          p.n,
-                          p.k,
-                          p.group,
-                          p.min_form};
-    // Default; the deep ring; few warps (long runs, whole row blocks per
-    // warp); one warp per multiprocessor.
-    const Int4MmaTuning tunings[] = {{0, 0}, {8, 0}, {4, 4}, {0, 1}};
+    // Default; the deep and the shallow ring; few warps (long runs, whole row
+    // blocks per warp); one warp per multiprocessor; more warps than fit (the
+    // launcher caps them); an ordinary launch.
+    const Int4MmaTuning tunings[] = {{},
+                                     {.stages = 8},
+                                     {.stages = 4},
+                                     {.stages = 4, .warps_per_sm = 4},
+                                     {.warps_per_sm = 1},
+                                     {.warps_per_sm = 48},
+                                     {.serial_launch = true}};
     for (int m : {1, 2, 5, 8, 9, 16}) {
       const std::vector<double> want(c.y.begin(), c.y.begin() + m * p.n);
       for (const Int4MmaTuning& tuning : tunings) {
@@ -141,8 +158,7 @@ TEST_CASE("int4 tensor-core GEMV matches a float64 reference", "[cuda][int4_gemv
         for (int run = 0; run < 2; ++run) {
           auto y = testing::Upload(std::vector<uint16_t>(m * p.n, 0xFFFF));  // NaN poison
           REQUIRE_OK(Int4MmaGemv(w, reinterpret_cast<const __nv_bfloat16*>(x.data()), m,
-                                 reinterpret_cast<__nv_bfloat16*>(y.data()), *workspace, nullptr,
-                                 tuning));
+                                 reinterpret_cast<__nv_bfloat16*>(y.data()), nullptr, tuning));
           std::vector<uint16_t> got(m * p.n);
           REQUIRE_OK(y.CopyToHost(got));
           REQUIRE(RelativeError(got, want) < kOutputRoundingBound);
@@ -156,6 +172,50 @@ TEST_CASE("int4 tensor-core GEMV matches a float64 reference", "[cuda][int4_gemv
   }
 }
 
+// Launches overlap their predecessor (programmatic dependent launch): a
+// chain whose second GEMV reads the first one's output (read after write)
+// and overwrites its input (write after read), queued back to back with no
+// host synchronization between them, must see finished data both ways. The
+// intermediate buffer is poisoned before each chain.
+TEST_CASE("int4 GEMV chained launches wait for their predecessor", "[cuda][int4_gemv]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  auto rng = testing::MakeRng();
+  const Problem p{5376, 5376, 32, false};
+  Case c = MakeCase(p, 1, rng);
+  const DeviceWeight dw(c, p);
+  const Int4MmaWeight& w = dw.view;
+  // The float64 product of the weights with a bf16 vector.
+  const auto reference = [&](const std::vector<uint16_t>& v) {
+    std::vector<double> y(p.n, 0.0);
+    for (int64_t r = 0; r < p.n; ++r) {
+      for (int64_t col = 0; col < p.k; ++col) {
+        const int q = (c.qweight[r * p.k / 2 + col / 2] >> (4 * (col % 2))) & 0xF;
+        const int64_t g = col / p.group;
+        y[r] += (q - BFloat16ToFloat(c.zero_gn[g * p.n + r])) *
+                static_cast<double>(BFloat16ToFloat(c.scale_gn[g * p.n + r])) *
+                BFloat16ToFloat(v[col]);
+      }
+    }
+    return y;
+  };
+  for (int chain = 0; chain < 3; ++chain) {
+    INFO("chain " << chain);
+    auto a = testing::Upload(c.x);
+    auto b = testing::Upload(std::vector<uint16_t>(p.n, 0xFFFF));  // NaN poison
+    const auto bf16 = [](DeviceBuffer<uint16_t>& d) {
+      return reinterpret_cast<__nv_bfloat16*>(d.data());
+    };
+    REQUIRE_OK(Int4MmaGemv(w, bf16(a), 1, bf16(b), nullptr));  // b = W a
+    REQUIRE_OK(Int4MmaGemv(w, bf16(b), 1, bf16(a), nullptr));  // a = W b
+    std::vector<uint16_t> first(p.n), second(p.n);
+    REQUIRE_OK(b.CopyToHost(first));
+    REQUIRE_OK(a.CopyToHost(second));
+    REQUIRE(RelativeError(first, reference(c.x)) < kOutputRoundingBound);
+    REQUIRE(RelativeError(second, reference(first)) < kOutputRoundingBound);
+    c.x = second;  // the next chain starts where this one ended
+  }
+}
+
 TEST_CASE("int4 GEMV rejects bad shapes", "[cuda][int4_gemv]") {
   GQ_SKIP_WITHOUT_CUDA();
   auto buffer = DeviceBuffer<uint8_t>::Allocate(1 << 20);
@@ -165,22 +225,21 @@ TEST_CASE("int4 GEMV rejects bad shapes", "[cuda][int4_gemv]") {
   const auto* x = reinterpret_cast<const __nv_bfloat16*>(any);
   auto* y = reinterpret_cast<__nv_bfloat16*>(buffer->data());
   const auto* tiles = reinterpret_cast<const uint4*>(any);
-  auto ws = Int4MmaWorkspace::Create(64);
-  REQUIRE_OK(ws);
-  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 24, 64, 32}, x, 1, y, *ws, nullptr),
+  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 24, 64, 32}, x, 1, y, nullptr),
                     absl::StatusCode::kInvalidArgument);  // N % 16
-  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 96, 32}, x, 1, y, *ws, nullptr),
+  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 96, 32}, x, 1, y, nullptr),
                     absl::StatusCode::kInvalidArgument);  // K % 64
-  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 192, 96}, x, 1, y, *ws, nullptr),
+  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 192, 96}, x, 1, y, nullptr),
                     absl::StatusCode::kInvalidArgument);  // group 96
-  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 64, 32}, x, 0, y, *ws, nullptr),
+  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 64, 32}, x, 0, y, nullptr),
                     absl::StatusCode::kInvalidArgument);  // M
-  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 64, 32}, x, 17, y, *ws, nullptr),
+  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 64, 32}, x, 17, y, nullptr),
                     absl::StatusCode::kInvalidArgument);
-  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 128, 64, 32}, x, 1, y, *ws, nullptr),
-                    absl::StatusCode::kInvalidArgument);  // workspace for 64 rows
-  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 64, 32}, x, 1, y, *ws, nullptr, {5, 0}),
+  REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 64, 32}, x, 1, y, nullptr, {.stages = 5}),
                     absl::StatusCode::kInvalidArgument);  // stages
+  REQUIRE_STATUS_IS(
+      Int4MmaGemv({tiles, params, 16, 64, 32}, x, 1, y, nullptr, {.warps_per_sm = -1}),
+      absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

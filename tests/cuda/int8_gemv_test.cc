@@ -193,7 +193,8 @@ void CheckGemv(const Spec& spec, std::mt19937_64& rng, bool all_knobs) {
       REQUIRE_OK(y);
       REQUIRE_OK(y->FillBytes(0xFF));  // bf16 NaN: an unwritten output fails
       REQUIRE_OK(Int8Gemv(dw.view, reinterpret_cast<const __nv_bfloat16*>(x_d.data()), m,
-                          reinterpret_cast<__nv_bfloat16*>(y->data()), nullptr, warps, tiles));
+                          reinterpret_cast<__nv_bfloat16*>(y->data()), nullptr,
+                          {.warps_per_block = warps, .row_tiles = tiles}));
       std::vector<uint16_t> got(m * spec.n);
       REQUIRE_OK(y->CopyToHost(got));
       CheckOutputs(got, ref, m, spec.n);
@@ -278,10 +279,11 @@ TEST_CASE("int8 GEMV rejects bad arguments", "[cuda][int8_gemv]") {
   REQUIRE_STATUS_IS(Int8Gemv(good, x, 1, nullptr, nullptr), invalid);
   // codes not 16-byte aligned
   REQUIRE_STATUS_IS(Int8Gemv({codes + 8, params, 64, 64, 32, false}, x, 1, y, nullptr), invalid);
-  REQUIRE_STATUS_IS(Int8Gemv(good, x, 1, y, nullptr, 17), invalid);    // warps
-  REQUIRE_STATUS_IS(Int8Gemv(good, x, 1, y, nullptr, -1), invalid);    // warps
-  REQUIRE_STATUS_IS(Int8Gemv(good, x, 1, y, nullptr, 0, 3), invalid);  // row tiles
-  REQUIRE_STATUS_IS(Int8Gemv(good, x, 1, y, nullptr, 9, 2), invalid);  // 9 warps x 2 row tiles
+  REQUIRE_STATUS_IS(Int8Gemv(good, x, 1, y, nullptr, {.warps_per_block = 17}), invalid);
+  REQUIRE_STATUS_IS(Int8Gemv(good, x, 1, y, nullptr, {.warps_per_block = -1}), invalid);
+  REQUIRE_STATUS_IS(Int8Gemv(good, x, 1, y, nullptr, {.row_tiles = 3}), invalid);
+  REQUIRE_STATUS_IS(Int8Gemv(good, x, 1, y, nullptr, {.warps_per_block = 9, .row_tiles = 2}),
+                    invalid);
 }
 
 // The dequantizer's contract, computed on the host: float32 operations
