@@ -1,12 +1,15 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 
 #include "absl/strings/str_format.h"
 #include "cuda_status.cuh"
 #include "device_primitives.cuh"
 #include "embedding_gather.cuh"
+#include "launch.cuh"
+#include "row_access.cuh"
 
 namespace gquant::cuda {
 namespace {
@@ -86,7 +89,37 @@ __global__ void __launch_bounds__(kThreads) GatherInt8RowsKernel(const Args a) {
   }
 }
 
-bool Aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+struct Bf16GatherArgs {
+  const __nv_bfloat16* table;  // [rows, dim]
+  const int32_t* ids;          // [count]
+  __nv_bfloat16* out;          // [count, dim]
+  int64_t rows;
+  int64_t dim;
+  int64_t runs_per_row;  // dim / kWidth
+  int64_t runs;          // count * runs_per_row
+  float multiplier;
+};
+
+// One thread per run of kWidth elements of one output row.
+template <int kWidth>
+__global__ void __launch_bounds__(kThreads) GatherBf16RowsKernel(const Bf16GatherArgs a) {
+  WaitForPredecessor();
+  AllowDependents();
+  const int64_t run = int64_t{blockIdx.x} * kThreads + threadIdx.x;
+  if (run >= a.runs) return;
+  const int64_t t = run / a.runs_per_row, column = (run - t * a.runs_per_row) * kWidth;
+  const int64_t id = a.ids[t];
+  float v[kWidth];
+  if (id >= 0 && id < a.rows) {
+    LoadBf16<kWidth>(a.table + id * a.dim + column, v);
+#pragma unroll
+    for (int i = 0; i < kWidth; ++i) v[i] = __fmul_rn(v[i], a.multiplier);
+  } else {
+#pragma unroll
+    for (int i = 0; i < kWidth; ++i) v[i] = __int_as_float(0x7FC00000);  // stays a NaN in bf16
+  }
+  StoreBf16<kWidth>(a.out + t * a.dim + column, v);
+}
 
 }  // namespace
 
@@ -127,6 +160,35 @@ absl::Status GatherInt8Rows(const Int8RowsWeight& table, const int32_t* ids, int
     GQ_RETURN_IF_CUDA_ERROR(cudaGetLastError());
   }
   return absl::OkStatus();
+}
+
+absl::Status GatherBf16Rows(const __nv_bfloat16* table, int64_t rows, int64_t dim,
+                            const int32_t* ids, int count, float multiplier, __nv_bfloat16* out,
+                            cudaStream_t stream) {
+  if (rows <= 0 || dim <= 0 || count < 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "GatherBf16Rows: expected rows, dim > 0 and count >= 0, but got rows %d, dim %d, count %d",
+        rows, dim, count));
+  }
+  if (table == nullptr || ids == nullptr || out == nullptr || !Aligned(table, 2) ||
+      !Aligned(ids, 4) || !Aligned(out, 2)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "GatherBf16Rows: expected non-null aligned table, ids and out, but got %p, %p, %p", table,
+        ids, out));
+  }
+  if (count == 0) return absl::OkStatus();
+  const bool vectorized = dim % kVectorWidth == 0 && Aligned(table, 16) && Aligned(out, 16);
+  const int64_t runs_per_row = vectorized ? dim / kVectorWidth : dim;
+  const Bf16GatherArgs args{table,     ids, out, rows, dim, runs_per_row, count * runs_per_row,
+                            multiplier};
+  const int64_t blocks = (args.runs + kThreads - 1) / kThreads;
+  if (blocks > INT_MAX) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "GatherBf16Rows: %d ids of %d elements is more than one launch covers", count, dim));
+  }
+  const auto kernel = vectorized ? GatherBf16RowsKernel<kVectorWidth> : GatherBf16RowsKernel<1>;
+  return LaunchKernel(kernel, static_cast<int>(blocks), kThreads, 0, stream, /*overlap=*/true,
+                      args);
 }
 
 }  // namespace gquant::cuda

@@ -34,6 +34,20 @@ namespace gquant::cuda {
 absl::Status GatherInt8Rows(const Int8RowsWeight& table, const int32_t* ids, int count,
                             float multiplier, __nv_bfloat16* out, cudaStream_t stream);
 
+// The same contract for a plain bf16 table [rows, dim] (the unquantized
+// embedding, or the per-layer-embedding table):
+//   out[t, :] = bf16(float32(table[ids[t], :]) * multiplier),
+// one rounded float32 multiply and round-to-nearest-even, so with a bf16
+// multiplier (HF's bf16(sqrt(H)), spec gemma4.md §2.2) it equals HF's bf16
+// product. Ids outside [0, rows) give NaN rows. Any dim > 0 (16-byte accesses
+// when dim % 8 == 0 and table and out are 16-byte aligned); launched with
+// programmatic dependent launch (the ids usually come from the previous
+// kernel). InvalidArgument for a bad shape, count or pointer; Internal for a
+// CUDA error.
+absl::Status GatherBf16Rows(const __nv_bfloat16* table, int64_t rows, int64_t dim,
+                            const int32_t* ids, int count, float multiplier, __nv_bfloat16* out,
+                            cudaStream_t stream);
+
 }  // namespace gquant::cuda
 
 #endif  // GQUANT_CUDA_EMBEDDING_GATHER_CUH_

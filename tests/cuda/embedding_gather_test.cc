@@ -1,9 +1,10 @@
-// The int8 embedding gather against an exact host computation on fresh
-// random tables and ids, outputs poisoned first, and its NaN rows for ids
-// out of range.
+// The int8 and bf16 embedding gathers against an exact host computation on
+// fresh random tables and ids, outputs poisoned first, and their NaN rows
+// for ids out of range.
 #include "embedding_gather.cuh"
 
 #include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
 
 #include <cmath>
 #include <cstdint>
@@ -11,6 +12,7 @@
 #include <random>
 #include <vector>
 
+#include "bf16_test_data.h"
 #include "cuda_test_util.h"
 #include "device_buffer.cuh"
 #include "gquant/dtype.h"
@@ -166,6 +168,124 @@ TEST_CASE("int8 embedding gather rejects bad arguments", "[cuda][embedding_gathe
                     invalid);  // K % 16
   REQUIRE_STATUS_IS(GatherInt8Rows({codes, params, 0, 64, 64, false}, ids, 4, 1.0f, out, nullptr),
                     invalid);  // N
+}
+
+// The bf16 gather's contract on the host: one float32 product (the bf16
+// value times a float is exact in double, so the cast rounds once), then
+// round-to-nearest-even to bf16.
+uint16_t Bf16GatherOnHost(uint16_t value, float multiplier) {
+  return FloatToBFloat16(
+      static_cast<float>(static_cast<double>(BFloat16ToFloat(value)) * multiplier));
+}
+
+// Runs GatherBf16Rows on `table` ([rows, dim] bits) into an output of
+// `out_offset` + count x dim elements poisoned with `poison` bytes, and
+// returns the count x dim elements from out_offset on.
+std::vector<uint16_t> GatherBf16(const cuda::DeviceBuffer<uint16_t>& table, int64_t rows,
+                                 int64_t dim, const std::vector<int32_t>& ids, float multiplier,
+                                 int64_t out_offset, unsigned char poison) {
+  auto ids_d = testing::Upload(ids);
+  const int64_t n = static_cast<int64_t>(ids.size()) * dim;
+  auto out = DeviceBuffer<uint16_t>::Allocate(out_offset + n);
+  REQUIRE_OK(out);
+  REQUIRE_OK(out->FillBytes(poison));
+  REQUIRE_OK(GatherBf16Rows(testing::AsBf16(table), rows, dim, ids_d.data(),
+                            static_cast<int>(ids.size()), multiplier,
+                            testing::AsBf16(*out) + out_offset, nullptr));
+  std::vector<uint16_t> all(out_offset + n);
+  REQUIRE_OK(out->CopyToHost(all));
+  return std::vector<uint16_t>(all.begin() + out_offset, all.end());
+}
+
+TEST_CASE("bf16 embedding gather is bit-exact against the host", "[cuda][embedding_gather]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  auto rng = testing::MakeRng();
+  struct Shape {
+    int64_t rows, dim, out_offset;
+  };
+  // The 31B and E2B embeddings and the E2B per-layer table (35 x 256), with
+  // fewer rows than the real 262144 (the kernel does not depend on them),
+  // odd widths and a misaligned output (scalar path).
+  const Shape shapes[] = {{1000, 5376, 0}, {3000, 1536, 0}, {500, 8960, 0}, {37, 1, 0},
+                          {37, 7, 0},      {50, 100, 0},    {200, 256, 1}};
+  // 1; HF's bf16(sqrt(H)) for the 31B and E2B and the PLE's 16; a float32
+  // sqrt(H) that is not a bf16 (llama.cpp's scale).
+  const float multipliers[] = {1.0f, 73.5f, 39.25f, 16.0f, std::sqrt(5376.0f)};
+  for (const Shape& s : shapes) {
+    const auto table = testing::RandomBf16(s.rows * s.dim, 1e-3f, 0.1f, rng);
+    auto table_d = testing::Upload(table.bits);
+    for (int count : {1, 7, 300}) {
+      for (float multiplier : multipliers) {
+        INFO("rows " << s.rows << " dim " << s.dim << " out offset " << s.out_offset << " count "
+                     << count << " multiplier " << multiplier);
+        std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(s.rows - 1));
+        std::vector<int32_t> ids(count);
+        for (int32_t& v : ids) v = id(rng);
+        ids[0] = static_cast<int32_t>(s.rows - 1);  // the last row too
+        const std::vector<uint16_t> got =
+            GatherBf16(table_d, s.rows, s.dim, ids, multiplier, s.out_offset, 0xFF);
+        int64_t mismatches = 0, first = -1;
+        for (int i = 0; i < count; ++i) {
+          for (int64_t c = 0; c < s.dim; ++c) {
+            const uint16_t want = Bf16GatherOnHost(table.bits[ids[i] * s.dim + c], multiplier);
+            if (got[i * s.dim + c] != want && mismatches++ == 0) first = i * s.dim + c;
+          }
+        }
+        if (mismatches > 0) {
+          INFO(mismatches << " mismatches; first: id index " << first / s.dim << " column "
+                          << first % s.dim);
+          REQUIRE(mismatches == 0);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("bf16 embedding gather writes NaN rows for ids out of range",
+          "[cuda][embedding_gather]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  auto rng = testing::MakeRng();
+  for (int64_t dim : {1536, 100}) {
+    INFO("dim " << dim);
+    const auto table = testing::RandomBf16(100 * dim, 1e-3f, 0.1f, rng);
+    auto table_d = testing::Upload(table.bits);
+    const std::vector<int32_t> ids = {
+        -1, 100, 42, std::numeric_limits<int32_t>::max(), std::numeric_limits<int32_t>::min(), 99};
+    // Poison 0x7F7F (a finite bf16, ~3.4e38) so a NaN row proves it was written.
+    const std::vector<uint16_t> got = GatherBf16(table_d, 100, dim, ids, 2.0f, 0, 0x7F);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const bool in_range = ids[i] >= 0 && ids[i] < 100;
+      INFO("id " << ids[i]);
+      int64_t wrong = 0;
+      for (int64_t c = 0; c < dim; ++c) {
+        const uint16_t v = got[i * dim + c];
+        wrong +=
+            in_range ? v != Bf16GatherOnHost(table.bits[ids[i] * dim + c], 2.0f) : !IsBf16NaN(v);
+      }
+      REQUIRE(wrong == 0);
+    }
+  }
+}
+
+TEST_CASE("bf16 embedding gather rejects bad arguments", "[cuda][embedding_gather]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  auto buffer = DeviceBuffer<uint16_t>::Allocate(1 << 16);
+  REQUIRE_OK(buffer);
+  REQUIRE_OK(buffer->FillBytes(0));
+  const __nv_bfloat16* table = testing::AsBf16(*buffer);
+  const auto* ids = reinterpret_cast<const int32_t*>(buffer->data());  // zeros: row 0
+  __nv_bfloat16* out = testing::AsBf16(*buffer) + (1 << 15);
+  const auto invalid = absl::StatusCode::kInvalidArgument;
+  REQUIRE_OK(GatherBf16Rows(table, 64, 64, ids, 4, 1.0f, out, nullptr));
+  REQUIRE_OK(GatherBf16Rows(table, 64, 64, ids, 0, 1.0f, out, nullptr));
+  REQUIRE_OK(GatherBf16Rows(table + 1, 64, 7, ids, 4, 1.0f, out + 1, nullptr));  // scalar path
+  REQUIRE_STATUS_IS(GatherBf16Rows(nullptr, 64, 64, ids, 4, 1.0f, out, nullptr), invalid);
+  REQUIRE_STATUS_IS(GatherBf16Rows(table, 64, 64, nullptr, 4, 1.0f, out, nullptr), invalid);
+  REQUIRE_STATUS_IS(GatherBf16Rows(table, 64, 64, ids, 4, 1.0f, nullptr, nullptr), invalid);
+  REQUIRE_STATUS_IS(GatherBf16Rows(table, 64, 64, ids, -1, 1.0f, out, nullptr), invalid);
+  REQUIRE_STATUS_IS(GatherBf16Rows(table, 0, 64, ids, 4, 1.0f, out, nullptr), invalid);
+  REQUIRE_STATUS_IS(GatherBf16Rows(table, 64, 0, ids, 4, 1.0f, out, nullptr), invalid);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);  // the accepted launches ran
 }
 
 }  // namespace

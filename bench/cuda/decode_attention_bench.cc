@@ -1,0 +1,96 @@
+// Decode attention (one query token, split-K over the KV cache) on the Gemma 4
+// layer shapes: the 31B full layer (32 query heads over 4 KV heads, D = 512)
+// at 4K, 32K and 128K positions, the 31B sliding layer (32 over 16, D = 256,
+// window 1024 on a wrapped ring), and the E2B layers (8 over 1). The baseline
+// is the device copy ceiling measured in the same run (cudaMemcpy D2D of
+// 1 GiB, bytes read + written); issue 7's goal is >= 80% of it at 128K.
+// Caches rotate over >= 256 MiB of copies so L2 never holds them. Each timed
+// iteration is kBatch back-to-back launches (on a stream, or replayed from a
+// CUDA graph as a decode step issues them); the time is per launch.
+// Counters: weight_GBps = bytes of the visible K and V rows per second,
+// copy_GBps = the copy ceiling.
+#include <string>
+#include <vector>
+
+#include "cuda_bench_util.h"
+#include "decode_attention.cuh"
+#include "gquant/gemma4/attention_shapes.h"
+
+namespace gquant::cuda {
+namespace {
+
+using namespace bench;
+
+using Layer = gemma4::AttentionShape;
+constexpr std::span<const Layer> kLayers = gemma4::kGemma4AttentionShapes;
+
+// Args: layer index, span (visible keys), variant = 100 * stages +
+// blocks per multiprocessor (0: defaults), graph (1: replayed from a CUDA
+// graph). Full layers use a flat cache of exactly `span` positions at the
+// last one; sliding layers a ring of `window` slots at position 5000 (the
+// visible keys wrap around the ring's end).
+void BM_DecodeAttention(benchmark::State& state) {
+  if (NoGpu(state)) return;
+  const Layer& layer = kLayers[state.range(0)];
+  const int64_t span = state.range(1);
+  const DecodeAttentionTuning tuning{static_cast<int>(state.range(2)) / 100,
+                                     static_cast<int>(state.range(2)) % 100};
+  const bool graph = state.range(3) != 0;
+  const int64_t capacity = span;
+  const int64_t position = layer.window > 0 ? 5000 : span - 1;
+  const int64_t elements = capacity * layer.num_kv_heads * layer.head_dim;
+  const int64_t kv_bytes = 2 * elements * 2;  // K and V, bf16
+  const int copies = Copies(kv_bytes);
+  std::vector<DeviceBuffer<uint16_t>> k = RandomCopies<uint16_t>(elements, copies, 11);
+  std::vector<DeviceBuffer<uint16_t>> v = RandomCopies<uint16_t>(elements, copies, 12);
+  DeviceBuffer<uint16_t> q = Upload(RandomHost<uint16_t>(layer.num_heads * layer.head_dim, 13));
+  DeviceBuffer<int64_t> position_d = Upload(std::vector<int64_t>{position});
+  auto out = DeviceBuffer<uint16_t>::Allocate(layer.num_heads * layer.head_dim);
+  auto workspace = DecodeAttentionWorkspace::Create(layer.num_heads, layer.head_dim,
+                                                    DecodeMaxSpan(layer.window, capacity));
+  if (!out.ok() || !workspace.ok()) std::abort();
+  const auto launch = [&](int64_t i, cudaStream_t stream) {
+    const KvLayerView cache{reinterpret_cast<__nv_bfloat16*>(k[i % copies].data()),
+                            reinterpret_cast<__nv_bfloat16*>(v[i % copies].data()), capacity,
+                            layer.num_kv_heads, layer.head_dim};
+    if (!DecodeAttention(reinterpret_cast<const __nv_bfloat16*>(q.data()), layer.num_heads, cache,
+                         position_d.data(), layer.window,
+                         reinterpret_cast<__nv_bfloat16*>(out->data()), *workspace, stream, tuning)
+             .ok()) {
+      std::abort();
+    }
+  };
+  if (graph) {
+    TimeGraphLaunches(state, launch);
+  } else {
+    TimeLaunches(state, [&](int64_t i) { launch(i, nullptr); });
+  }
+  Report(state, kv_bytes);
+  state.SetLabel(std::string(layer.name) + " " + std::to_string(layer.num_heads) + "q/" +
+                 std::to_string(layer.num_kv_heads) + "kv D=" + std::to_string(layer.head_dim) +
+                 (graph ? ", graph" : ""));
+}
+
+BENCHMARK(BM_DecodeAttention)
+    ->ArgNames({"layer", "span", "variant", "graph"})
+    ->Apply([](benchmark::internal::Benchmark* b) {
+      for (int graph : {0, 1}) {
+        for (int64_t span : {4096, 32768, 131072}) b->Args({1, span, 0, graph});
+        b->Args({0, 1024, 0, graph});
+        b->Args({3, 32768, 0, graph});
+        b->Args({2, 512, 0, graph});
+      }
+      // Ring depth x blocks per multiprocessor at 128K (4 stages, as many
+      // blocks as fit: the default above).
+      for (int stages : {3, 4, 6}) {
+        for (int blocks : {0, 1, 2}) {
+          if (stages != 4 || blocks != 0) b->Args({1, 131072, 100 * stages + blocks, 0});
+        }
+      }
+    })
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(0.05);
+
+}  // namespace
+}  // namespace gquant::cuda

@@ -1,0 +1,110 @@
+// Moving short runs of a row between global memory (bf16 or float32) and
+// float32 registers, plus the warp sum, for the memory-bound row and
+// elementwise kernels (rms_norm, rope, activations, embedding gather).
+// kWidth 8 moves 8 elements with 16-byte accesses (bf16: one, float32: two)
+// and needs 16-byte-aligned addresses; kWidth 1 is the scalar fallback for
+// row lengths or pointers that do not allow it. Device code only; include
+// from .cu files.
+#ifndef GQUANT_CUDA_ROW_ACCESS_CUH_
+#define GQUANT_CUDA_ROW_ACCESS_CUH_
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "device_primitives.cuh"  // PackBf16x2
+
+namespace gquant::cuda {
+
+// Elements per 16-byte bf16 access, the vector width of these kernels.
+inline constexpr int kVectorWidth = 8;
+
+// Host: whether p is a multiple of `bytes`; null passes (optional pointers).
+inline bool Aligned(const void* p, uintptr_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+
+// v[i] = p[i], i < kWidth. bf16 -> float32 is exact (the high 16 bits).
+template <int kWidth>
+__device__ __forceinline__ void LoadBf16(const __nv_bfloat16* p, float (&v)[kWidth]) {
+  static_assert(kWidth == 1 || kWidth == kVectorWidth);
+  if constexpr (kWidth == kVectorWidth) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      v[2 * i] = __uint_as_float(words[i] << 16);  // little-endian: element 2i is the low half
+      v[2 * i + 1] = __uint_as_float(words[i] & 0xFFFF0000u);
+    }
+  } else {
+    v[0] = __bfloat162float(*p);
+  }
+}
+
+// p[i] = bf16(v[i]) rounded to nearest even, i < kWidth.
+template <int kWidth>
+__device__ __forceinline__ void StoreBf16(__nv_bfloat16* p, const float (&v)[kWidth]) {
+  static_assert(kWidth == 1 || kWidth == kVectorWidth);
+  if constexpr (kWidth == kVectorWidth) {
+    *reinterpret_cast<uint4*>(p) = make_uint4(PackBf16x2(v[0], v[1]), PackBf16x2(v[2], v[3]),
+                                              PackBf16x2(v[4], v[5]), PackBf16x2(v[6], v[7]));
+  } else {
+    *p = __float2bfloat16_rn(v[0]);
+  }
+}
+
+template <int kWidth>
+__device__ __forceinline__ void LoadF32(const float* p, float (&v)[kWidth]) {
+  static_assert(kWidth == 1 || kWidth == kVectorWidth);
+  if constexpr (kWidth == kVectorWidth) {
+    const float4 lo = reinterpret_cast<const float4*>(p)[0];
+    const float4 hi = reinterpret_cast<const float4*>(p)[1];
+    v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
+    v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+  } else {
+    v[0] = *p;
+  }
+}
+
+template <int kWidth>
+__device__ __forceinline__ void StoreF32(float* p, const float (&v)[kWidth]) {
+  static_assert(kWidth == 1 || kWidth == kVectorWidth);
+  if constexpr (kWidth == kVectorWidth) {
+    reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+  } else {
+    *p = v[0];
+  }
+}
+
+// p + i, or null for a null p (an optional weight).
+__device__ __forceinline__ const __nv_bfloat16* OffsetOrNull(const __nv_bfloat16* p, int i) {
+  return p == nullptr ? nullptr : p + i;
+}
+
+// x[i] *= scale (then * weight[i] if weight is not null), in that order as
+// cpu::RmsNorm does.
+template <int kWidth>
+__device__ __forceinline__ void ScaleRun(float (&x)[kWidth], float scale,
+                                         const __nv_bfloat16* weight) {
+#pragma unroll
+  for (int i = 0; i < kWidth; ++i) x[i] *= scale;
+  if (weight != nullptr) {
+    float w[kWidth];
+    LoadBf16<kWidth>(weight, w);
+#pragma unroll
+    for (int i = 0; i < kWidth; ++i) x[i] *= w[i];
+  }
+}
+
+// The sum of `v` over the 32 lanes of a (fully active) warp; every lane gets
+// the same value.
+__device__ __forceinline__ float WarpSum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
+  return v;
+}
+
+}  // namespace gquant::cuda
+
+#endif  // GQUANT_CUDA_ROW_ACCESS_CUH_
