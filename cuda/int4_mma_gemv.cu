@@ -41,6 +41,17 @@ __device__ __forceinline__ int RunBegin(int tiles, int warps, int warp) {
   return tiles * warp / warps;
 }
 
+// The two nibbles at bits 0-3 and 16-19 of `word` as bf16 128 + q: the bits
+// 0x4300 | q are 128 + q exactly (bf16 has 7 mantissa bits). One LOP3 with
+// both constants; the compiler emits an AND and an OR for the C form.
+__device__ __forceinline__ uint32_t NibblesAsBf16(uint32_t word) {
+  uint32_t out;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n"  // (a & b) | c
+      : "=r"(out)
+      : "r"(word), "n"(0x000F000F), "n"(0x43004300));
+  return out;
+}
+
 // kTokens: 1, 8 or 16 activation rows the ring has room for (M <= kTokens).
 // kGroupsPerTile: 2 for group size 32, 1 for multiples of 64. A ring stage
 // holds kTilesPerStage consecutive tiles of the warp's run, so the pipeline's
@@ -191,35 +202,39 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
         }
       }
 
-      float dq[kTokenTiles][4] = {}, ds[kTokenTiles][4] = {};  // Σ (128 + q) x and Σ x
+      // One group's part at a time, its sums starting from zero (the mma's C
+      // is then the zero register, no resets).
+      constexpr int kStepsPerGroup = 4 / kGroupsPerTile;
 #pragma unroll
-      for (int s = 0; s < 4; ++s) {
-        uint32_t areg[4];
+      for (int j = 0; j < kGroupsPerTile; ++j) {
+        float dq[kTokenTiles][4] = {}, ds[kTokenTiles][4] = {};  // Σ (128 + q) x and Σ x
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          // bf16 bits 0x4300 | q are 128 + q exactly (bf16 has 7 mantissa bits).
-          areg[i] = ((words[s] >> (4 * i)) & 0x000F000Fu) | 0x43004300u;
+        for (int u = 0; u < kStepsPerGroup; ++u) {
+          const int s = j * kStepsPerGroup + u;
+          uint32_t areg[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) areg[i] = NibblesAsBf16(words[s] >> (4 * i));
+#pragma unroll
+          for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+            Mma(dq[n8], areg, b[n8][s][0], b[n8][s][1]);
+            Mma(ds[n8], ones, b[n8][s][0], b[n8][s][1]);
+          }
         }
+        // (q - z) s summed is s (dq - (128 + z) ds); q s - m summed is
+        // s (dq - 128 ds) - m ds. Each difference is one fused multiply-add,
+        // so the cancellation between its two large terms is rounded once.
 #pragma unroll
-        for (int n8 = 0; n8 < kTokenTiles; ++n8) {
-          Mma(dq[n8], areg, b[n8][s][0], b[n8][s][1]);
-          Mma(ds[n8], ones, b[n8][s][0], b[n8][s][1]);
-        }
-        if (s % (4 / kGroupsPerTile) == 4 / kGroupsPerTile - 1) {  // end of a group's part
-          const int j = kGroupsPerTile == 2 ? s / 2 : 0;
+        for (int h = 0; h < 2; ++h) {  // row g, then row g + 8
+          const uint32_t word = h == 0 ? p[j].x : p[j].y;
+          const float scale = __uint_as_float(word << 16);
+          const float zero = __uint_as_float(word & 0xFFFF0000u);  // or min
+          const float offset = kMinForm ? 128.0f : 128.0f + zero;
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {  // row g, then row g + 8
-            const uint32_t word = h == 0 ? p[j].x : p[j].y;
-            const float scale = __uint_as_float(word << 16);
-            const float zero = __uint_as_float(word & 0xFFFF0000u);
-            const float c = kMinForm ? 128.0f * scale + zero : scale * (128.0f + zero);
+          for (int n8 = 0; n8 < kTokenTiles; ++n8) {
 #pragma unroll
-            for (int n8 = 0; n8 < kTokenTiles; ++n8) {
-#pragma unroll
-              for (int i = 2 * h; i < 2 * h + 2; i += kAccStep) {
-                acc[n8][i] += scale * dq[n8][i] - c * ds[n8][i];
-                dq[n8][i] = ds[n8][i] = 0;
-              }
+            for (int i = 2 * h; i < 2 * h + 2; i += kAccStep) {
+              acc[n8][i] = fmaf(scale, fmaf(-offset, ds[n8][i], dq[n8][i]), acc[n8][i]);
+              if constexpr (kMinForm) acc[n8][i] = fmaf(-zero, ds[n8][i], acc[n8][i]);
             }
           }
         }
