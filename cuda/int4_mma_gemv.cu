@@ -19,11 +19,17 @@ constexpr int kTileBytes = kInt4MmaTileBytes;
 constexpr int kParamBytes = 128;  // a tile's params: two 32-groups x 16 rows x 4 bytes
 constexpr int kMaxWarpsPerBlock = 16;
 
-// A ring stage holds kTilesPerStage slots of: the tile, its params, and x for
+// The kernel streams "units": kRowTiles (1 or 2) row blocks' tiles at the
+// same 64 columns, which share one copy of x and one Σx mma. A ring stage
+// holds 2 / kRowTiles unit slots of: the unit's tiles, their params, and x for
 // its 64 columns ([h][token][t] chunks of 8 bf16, the order lanes read them).
 constexpr int kTilesPerStage = 2;
-constexpr int TileSlotBytes(int tokens) { return kTileBytes + kParamBytes + tokens * 2 * kTileK; }
-constexpr int StageBytes(int tokens) { return kTilesPerStage * TileSlotBytes(tokens); }
+constexpr int UnitSlotBytes(int tokens, int row_tiles) {
+  return row_tiles * (kTileBytes + kParamBytes) + tokens * 2 * kTileK;
+}
+constexpr int StageBytes(int tokens, int row_tiles) {
+  return kTilesPerStage / row_tiles * UnitSlotBytes(tokens, row_tiles);
+}
 
 struct Args {
   const uint8_t* qweight;
@@ -31,8 +37,8 @@ struct Args {
   const __nv_bfloat16* x;
   __nv_bfloat16* y;
   int m, n, k, k_tiles, groups, tiles_per_group;
-  int row_blocks;        // N / 16
-  int block_row_blocks;  // row blocks per thread block (the last may have fewer)
+  int units;        // N / (16 row tiles)
+  int block_units;  // units per thread block (the last may have fewer)
 };
 
 // Within a thread block of `warps` warps and `tiles` tiles, warp w's run is
@@ -57,37 +63,41 @@ __device__ __forceinline__ uint32_t NibblesAsBf16(uint32_t word) {
 // holds kTilesPerStage consecutive tiles of the warp's run, so the pipeline's
 // bookkeeping (wait, warp sync, addresses) is paid once per stage.
 //
-// A thread block owns block_row_blocks whole row blocks; its warps take equal
-// contiguous runs of their tiles. A row block inside one run is stored
-// straight to y; a row block split between runs leaves a partial sum per
-// warp (its first block's in registers, its last block's in its ring after
-// the loop), and after one barrier the warp holding the block's first tile
-// adds them in warp order, so results do not depend on timing and nothing
-// crosses thread blocks.
-template <int kTokens, int kGroupsPerTile, bool kMinForm, int kStages>
+// A thread block owns block_units whole units; its warps take equal
+// contiguous runs of their (unit, 64-column) steps. A unit inside one run is
+// stored straight to y; a unit split between runs leaves a partial sum per
+// warp (its first unit's in registers, its last unit's in its ring after the
+// loop), and after one barrier the warp holding the unit's first step adds
+// them in warp order, so results do not depend on timing and nothing crosses
+// thread blocks.
+template <int kTokens, int kGroupsPerTile, bool kMinForm, int kStages, int kRowTiles>
 __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
     Int4MmaGemvKernel(const Args a) {
   constexpr int kTokenTiles = (kTokens + 7) / 8;
-  constexpr int kStage = StageBytes(kTokens);
-  constexpr int kTileSlot = TileSlotBytes(kTokens);
-  constexpr int kPartialFloats = kTokenTiles * 128;  // a warp's sums for one row block
+  constexpr int kUnitsPerStage = kTilesPerStage / kRowTiles;
+  constexpr int kStage = StageBytes(kTokens, kRowTiles);
+  constexpr int kUnitSlot = UnitSlotBytes(kTokens, kRowTiles);
+  constexpr int kXOffset = kRowTiles * (kTileBytes + kParamBytes);  // x within a unit slot
+  constexpr int kPartialFloats = kRowTiles * kTokenTiles * 128;     // a warp's sums for one unit
   static_assert(2 * kPartialFloats * 4 <= kStages * kStage, "partials alias the ring");
   extern __shared__ __align__(16) uint8_t shared[];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   uint8_t* ring = shared + warp * kStages * kStage;
   const int g = lane / 4, t = lane % 4;  // mma fragment coordinates
-  const int first_row_block = blockIdx.x * a.block_row_blocks;
-  const int tiles = min(a.block_row_blocks, a.row_blocks - first_row_block) * a.k_tiles;
-  const int run_begin = RunBegin(tiles, warps, warp);
-  const int count = RunBegin(tiles, warps, warp + 1) - run_begin;
-  const int64_t begin = int64_t{first_row_block} * a.k_tiles + run_begin;  // global tile index
+  const int first_unit = blockIdx.x * a.block_units;
+  const int steps = min(a.block_units, a.units - first_unit) * a.k_tiles;
+  const int run_begin = RunBegin(steps, warps, warp);
+  const int count = RunBegin(steps, warps, warp + 1) - run_begin;
   const int first_kt = run_begin % a.k_tiles;
+  // The run's first tile (row tile 0 of its first unit) in the tile sequence.
+  const int64_t unit0 = first_unit + run_begin / a.k_tiles;
+  const int64_t begin = unit0 * kRowTiles * a.k_tiles + first_kt;
 
   WaitForPredecessor();  // x and y belong to earlier kernels until here
   AllowDependents();
 
-  // Stage u holds tiles begin + kTilesPerStage u + v. Each lane copies its 16
-  // bytes of each tile, lanes 0..7 (or 0..3) each tile's params, and the
+  // Stage u holds the run's steps kUnitsPerStage u + v. Each lane copies its
+  // 16 bytes of each tile, lanes 0..7 (or 0..3) each tile's params, and the
   // lanes covering x's chunks (token, h, t) for the valid tokens. Everything
   // lane-dependent is computed once; sources advance by counting, and copies
   // are predicated, not branched.
@@ -99,10 +109,14 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
     const int c = lane + 32 * r, token = c / 8, h = c % 8 / 4, ct = c % 4;
     x_valid[r] = c < kTokens * 8 && token < a.m;
     x_source[r] = x_valid[r] ? token * a.k + 32 * h + 8 * ct : 0;
-    x_target[r] = kTileBytes + kParamBytes + ((h * kTokens + token) * 4 + ct) * 16;
+    x_target[r] = kXOffset + ((h * kTokens + token) * 4 + ct) * 16;
   }
   const bool copies_params = lane < 4 * kGroupsPerTile;
   const uint32_t ring_address = SharedAddress(ring);
+  // Row tile r of a unit is a whole row block (k_tiles tiles) after row tile
+  // r - 1; its params likewise (groups x 64 bytes per row block).
+  const int64_t row_tile_bytes = int64_t{a.k_tiles} * kTileBytes;
+  const int64_t row_tile_param_bytes = int64_t{a.groups} * 64;
   const uint8_t* next_weights = a.qweight + begin * kTileBytes + lane * 16;
   // Params follow the tile sequence: 128 bytes per tile for group size 32,
   // 64 bytes per tiles_per_group tiles otherwise (row blocks are contiguous).
@@ -110,18 +124,22 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
       a.params + (kGroupsPerTile == 2 ? begin * 128 : begin / a.tiles_per_group * 64) +
       (copies_params ? lane * 16 : 0);
   int next = 0, next_kt = first_kt, next_stage = 0;
-  int next_in_group = kGroupsPerTile == 2 ? 0 : static_cast<int>(begin % a.tiles_per_group);
+  int next_in_group = kGroupsPerTile == 2 ? 0 : first_kt % a.tiles_per_group;
   const auto issue = [&] {
 #pragma unroll
-    for (int v = 0; v < kTilesPerStage; ++v) {
+    for (int v = 0; v < kUnitsPerStage; ++v) {
       const bool valid = next < count;
-      const uint32_t tile = ring_address + next_stage * kStage + v * kTileSlot;
-      CopyAsync16If(tile + lane * 16, next_weights, valid);
-      CopyAsync16If(tile + kTileBytes + lane * 16, next_params, valid && copies_params);
+      const uint32_t slot = ring_address + next_stage * kStage + v * kUnitSlot;
+#pragma unroll
+      for (int r = 0; r < kRowTiles; ++r) {
+        CopyAsync16If(slot + r * kTileBytes + lane * 16, next_weights + r * row_tile_bytes, valid);
+        CopyAsync16If(slot + kRowTiles * kTileBytes + r * kParamBytes + lane * 16,
+                      next_params + r * row_tile_param_bytes, valid && copies_params);
+      }
       const __nv_bfloat16* x_tile = a.x + next_kt * kTileK;
 #pragma unroll
       for (int r = 0; r < kXChunksPerLane; ++r) {
-        CopyAsync16CachedIf(tile + x_target[r], x_tile + x_source[r], valid && x_valid[r]);
+        CopyAsync16CachedIf(slot + x_target[r], x_tile + x_source[r], valid && x_valid[r]);
       }
       ++next;
       next_weights += kTileBytes;
@@ -131,7 +149,11 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
         next_in_group = 0;
         next_params += 64;
       }
-      if (++next_kt == a.k_tiles) next_kt = 0;
+      if (++next_kt == a.k_tiles) {  // on to the next unit: skip its other row tiles
+        next_kt = 0;
+        next_weights += (kRowTiles - 1) * row_tile_bytes;
+        next_params += (kRowTiles - 1) * row_tile_param_bytes;
+      }
     }
     CommitCopies();  // possibly empty: keeps one group per stage for WaitCopies
     next_stage = next_stage == kStages - 1 ? 0 : next_stage + 1;
@@ -145,46 +167,44 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
   // With one token only accumulators 0 and 2 (token column 0) are ever used.
   constexpr int kAccStep = kTokens == 1 ? 2 : 1;
 
-  // Writes a finished row block's sums (rows g, g, g+8, g+8; tokens 2t,
-  // 2t+1, 2t, 2t+1, + 8 per token tile) to y.
-  const auto store = [&](int block, const float(&sum)[kTokenTiles][4]) {
+  using Sums = float[kRowTiles][kTokenTiles][4];
+  // Writes a finished unit's sums (per row tile: rows g, g, g+8, g+8; tokens
+  // 2t, 2t+1, 2t, 2t+1, + 8 per token tile) to y.
+  const auto store = [&](int unit, const Sums& sum) {
 #pragma unroll
-    for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+    for (int r = 0; r < kRowTiles; ++r) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int token = 8 * n8 + 2 * t + i % 2;
-        const int64_t row = int64_t{first_row_block + block} * kRows + g + 8 * (i / 2);
-        if (token < a.m) a.y[int64_t{token} * a.n + row] = __float2bfloat16(sum[n8][i]);
+      for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int token = 8 * n8 + 2 * t + i % 2;
+          const int64_t row =
+              (int64_t{first_unit + unit} * kRowTiles + r) * kRows + g + 8 * (i / 2);
+          if (token < a.m) a.y[int64_t{token} * a.n + row] = __float2bfloat16(sum[r][n8][i]);
+        }
       }
     }
   };
 
-  float acc[kTokenTiles][4] = {};
-  // The run's first row block when another run shares it (kept until the
+  Sums acc = {};
+  // The run's first unit when another run shares it (kept until the
   // barrier), and its last one likewise; -1: none.
-  float first_partial[kTokenTiles][4] = {};
-  int first_partial_block = -1, last_partial_block = -1;
+  Sums first_partial = {};
+  int first_partial_unit = -1, last_partial_unit = -1;
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) issue();
-  int block = run_begin / a.k_tiles;  // within the thread block
+  int unit = run_begin / a.k_tiles;  // within the thread block
   int kt = first_kt, stage_index = 0;
-  for (int done = 0; done < count; done += kTilesPerStage) {
+  for (int done = 0; done < count; done += kUnitsPerStage) {
     WaitCopies<kStages - 2>();
     __syncwarp();  // the stage is complete for every lane; the previous one is free
     issue();
     const uint8_t* stage = ring + stage_index * kStage;
     stage_index = stage_index == kStages - 1 ? 0 : stage_index + 1;
 #pragma unroll
-    for (int v = 0; v < kTilesPerStage; ++v) {
+    for (int v = 0; v < kUnitsPerStage; ++v) {
       if (done + v >= count) break;
-      const uint8_t* tile = stage + v * kTileSlot;
-      const uint4 w = *reinterpret_cast<const uint4*>(tile + lane * 16);
-      const uint32_t words[4] = {w.x, w.y, w.z, w.w};
-      uint2 p[kGroupsPerTile];  // (row g, row g + 8) of each group
-#pragma unroll
-      for (int j = 0; j < kGroupsPerTile; ++j) {
-        p[j] = *reinterpret_cast<const uint2*>(tile + kTileBytes + (j * 16 + 2 * g) * 4);
-      }
+      const uint8_t* slot = stage + v * kUnitSlot;
       uint32_t b[kTokenTiles][4][2];  // [token tile][k16 step][register]
 #pragma unroll
       for (int n8 = 0; n8 < kTokenTiles; ++n8) {
@@ -192,7 +212,7 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
         for (int h = 0; h < 2; ++h) {
           uint4 x = make_uint4(0, 0, 0, 0);
           if (has_token[n8]) {
-            x = *reinterpret_cast<const uint4*>(tile + kTileBytes + kParamBytes +
+            x = *reinterpret_cast<const uint4*>(slot + kXOffset +
                                                 ((h * kTokens + g + 8 * n8) * 4 + t) * 16);
           }
           b[n8][2 * h][0] = x.x;
@@ -201,118 +221,154 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
           b[n8][2 * h + 1][1] = x.w;
         }
       }
+      uint32_t words[kRowTiles][4];
+      uint2 p[kRowTiles][kGroupsPerTile];  // (row g, row g + 8) of each group
+#pragma unroll
+      for (int r = 0; r < kRowTiles; ++r) {
+        const uint4 w = *reinterpret_cast<const uint4*>(slot + r * kTileBytes + lane * 16);
+        words[r][0] = w.x;
+        words[r][1] = w.y;
+        words[r][2] = w.z;
+        words[r][3] = w.w;
+#pragma unroll
+        for (int j = 0; j < kGroupsPerTile; ++j) {
+          p[r][j] = *reinterpret_cast<const uint2*>(slot + kRowTiles * kTileBytes +
+                                                    r * kParamBytes + (j * 16 + 2 * g) * 4);
+        }
+      }
 
       // One group's part at a time, its sums starting from zero (the mma's C
       // is then the zero register, no resets).
       constexpr int kStepsPerGroup = 4 / kGroupsPerTile;
 #pragma unroll
       for (int j = 0; j < kGroupsPerTile; ++j) {
-        float dq[kTokenTiles][4] = {}, ds[kTokenTiles][4] = {};  // Σ (128 + q) x and Σ x
+        float dq[kRowTiles][kTokenTiles][4] = {};  // Σ (128 + q) x per row tile
+        float ds[kTokenTiles][4] = {};             // Σ x, the same for every row
 #pragma unroll
         for (int u = 0; u < kStepsPerGroup; ++u) {
           const int s = j * kStepsPerGroup + u;
-          uint32_t areg[4];
 #pragma unroll
-          for (int i = 0; i < 4; ++i) areg[i] = NibblesAsBf16(words[s] >> (4 * i));
+          for (int r = 0; r < kRowTiles; ++r) {
+            uint32_t areg[4];
 #pragma unroll
-          for (int n8 = 0; n8 < kTokenTiles; ++n8) {
-            Mma(dq[n8], areg, b[n8][s][0], b[n8][s][1]);
-            Mma(ds[n8], ones, b[n8][s][0], b[n8][s][1]);
+            for (int i = 0; i < 4; ++i) areg[i] = NibblesAsBf16(words[r][s] >> (4 * i));
+#pragma unroll
+            for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+              Mma(dq[r][n8], areg, b[n8][s][0], b[n8][s][1]);
+            }
           }
+#pragma unroll
+          for (int n8 = 0; n8 < kTokenTiles; ++n8) Mma(ds[n8], ones, b[n8][s][0], b[n8][s][1]);
         }
         // (q - z) s summed is s (dq - (128 + z) ds); q s - m summed is
         // s (dq - 128 ds) - m ds. Each difference is one fused multiply-add,
         // so the cancellation between its two large terms is rounded once.
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {  // row g, then row g + 8
-          const uint32_t word = h == 0 ? p[j].x : p[j].y;
-          const float scale = __uint_as_float(word << 16);
-          const float zero = __uint_as_float(word & 0xFFFF0000u);  // or min
-          const float offset = kMinForm ? 128.0f : 128.0f + zero;
+        for (int r = 0; r < kRowTiles; ++r) {
 #pragma unroll
-          for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+          for (int h = 0; h < 2; ++h) {  // row g, then row g + 8
+            const uint32_t word = h == 0 ? p[r][j].x : p[r][j].y;
+            const float scale = __uint_as_float(word << 16);
+            const float zero = __uint_as_float(word & 0xFFFF0000u);  // or min
+            const float offset = kMinForm ? 128.0f : 128.0f + zero;
 #pragma unroll
-            for (int i = 2 * h; i < 2 * h + 2; i += kAccStep) {
-              acc[n8][i] = fmaf(scale, fmaf(-offset, ds[n8][i], dq[n8][i]), acc[n8][i]);
-              if constexpr (kMinForm) acc[n8][i] = fmaf(-zero, ds[n8][i], acc[n8][i]);
+            for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+#pragma unroll
+              for (int i = 2 * h; i < 2 * h + 2; i += kAccStep) {
+                float& sum = acc[r][n8][i];
+                sum = fmaf(scale, fmaf(-offset, ds[n8][i], dq[r][n8][i]), sum);
+                if constexpr (kMinForm) sum = fmaf(-zero, ds[n8][i], sum);
+              }
             }
           }
         }
       }
 
-      const bool block_ends = kt == a.k_tiles - 1;
+      const bool unit_ends = kt == a.k_tiles - 1;
       const bool run_ends = done + v == count - 1;
       if (++kt == a.k_tiles) kt = 0;
-      if (!block_ends && !run_ends) continue;
-      const bool whole = block * a.k_tiles >= run_begin && block_ends;
+      if (!unit_ends && !run_ends) continue;
+      const bool whole = unit * a.k_tiles >= run_begin && unit_ends;
       if (whole) {
-        store(block, acc);
-      } else if (block * a.k_tiles < run_begin) {  // began in an earlier run
-        first_partial_block = block;
+        store(unit, acc);
+      } else if (unit * a.k_tiles < run_begin) {  // began in an earlier run
+        first_partial_unit = unit;
 #pragma unroll
-        for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+        for (int r = 0; r < kRowTiles; ++r) {
 #pragma unroll
-          for (int i = 0; i < 4; ++i) first_partial[n8][i] = acc[n8][i];
+          for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) first_partial[r][n8][i] = acc[r][n8][i];
+          }
         }
       } else {  // began in this run, continues in the next
-        last_partial_block = block;
+        last_partial_unit = unit;
       }
       if (!run_ends) {
 #pragma unroll
-        for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+        for (int r = 0; r < kRowTiles; ++r) {
 #pragma unroll
-          for (int i = 0; i < 4; ++i) acc[n8][i] = 0;
+          for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[r][n8][i] = 0;
+          }
         }
       }
-      ++block;
+      ++unit;
     }
   }
   WaitCopies<0>();  // the ring is idle: it now holds this warp's partial sums
   __syncwarp();
 
-  // Partial slots in the ring: 0 for the run's first block, 1 for its last.
-  const auto slot = [&](int w, int which) {
+  // Partial slots in the ring: 0 for the run's first unit, 1 for its last.
+  const auto slot_of = [&](int w, int which) {
     return reinterpret_cast<float*>(shared + w * kStages * kStage) + which * kPartialFloats;
   };
-  const auto put = [&](int which, const float(&sum)[kTokenTiles][4]) {
+  const auto put = [&](int which, const Sums& sum) {
 #pragma unroll
-    for (int n8 = 0; n8 < kTokenTiles; ++n8) {
-      reinterpret_cast<float4*>(slot(warp, which))[n8 * 32 + lane] =
-          make_float4(sum[n8][0], sum[n8][1], sum[n8][2], sum[n8][3]);
+    for (int r = 0; r < kRowTiles; ++r) {
+#pragma unroll
+      for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+        reinterpret_cast<float4*>(slot_of(warp, which))[(r * kTokenTiles + n8) * 32 + lane] =
+            make_float4(sum[r][n8][0], sum[r][n8][1], sum[r][n8][2], sum[r][n8][3]);
+      }
     }
   };
-  if (first_partial_block >= 0) put(0, first_partial);
-  if (last_partial_block >= 0) put(1, acc);
+  if (first_partial_unit >= 0) put(0, first_partial);
+  if (last_partial_unit >= 0) put(1, acc);
   __syncthreads();
-  if (last_partial_block < 0) return;
-  // This warp holds the first tile of last_partial_block: add every run's
+  if (last_partial_unit < 0) return;
+  // This warp holds the first step of last_partial_unit: add every run's
   // part in warp order. A later warp's part is in its slot 0.
-  const int block_first = last_partial_block * a.k_tiles;
-  const int last_warp = ((block_first + a.k_tiles) * warps - 1) / tiles;
-  float sum[kTokenTiles][4] = {};
+  const int unit_first = last_partial_unit * a.k_tiles;
+  const int last_warp = ((unit_first + a.k_tiles) * warps - 1) / steps;
+  Sums sum = {};
   for (int w = warp; w <= last_warp; ++w) {
-    const float* part = slot(w, w == warp ? 1 : 0);
+    const float* part = slot_of(w, w == warp ? 1 : 0);
 #pragma unroll
-    for (int n8 = 0; n8 < kTokenTiles; ++n8) {
-      const float4 v = reinterpret_cast<const float4*>(part)[n8 * 32 + lane];
-      sum[n8][0] += v.x;
-      sum[n8][1] += v.y;
-      sum[n8][2] += v.z;
-      sum[n8][3] += v.w;
+    for (int r = 0; r < kRowTiles; ++r) {
+#pragma unroll
+      for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+        const float4 v = reinterpret_cast<const float4*>(part)[(r * kTokenTiles + n8) * 32 + lane];
+        sum[r][n8][0] += v.x;
+        sum[r][n8][1] += v.y;
+        sum[r][n8][2] += v.z;
+        sum[r][n8][3] += v.w;
+      }
     }
   }
-  store(last_partial_block, sum);
+  store(last_partial_unit, sum);
 }
 
 // Shapes the grid for `base` on this device and launches: thread blocks of
 // up to kMaxWarpsPerBlock warps, as many resident per multiprocessor as
-// `warps_per_sm` allows, each owning enough whole row blocks that the grid is
-// a single wave.
-template <int kTokens, int kGroupsPerTile, bool kMinForm, int kStages>
+// `warps_per_sm` allows, each owning enough whole units that the grid is a
+// single wave.
+template <int kTokens, int kGroupsPerTile, bool kMinForm, int kStages, int kRowTiles>
 absl::Status Launch(const Args& base, const DeviceLimits& device, int warps_per_sm, bool overlap,
                     cudaStream_t stream) {
-  const auto kernel = Int4MmaGemvKernel<kTokens, kGroupsPerTile, kMinForm, kStages>;
-  constexpr int kWarpBytes = kStages * StageBytes(kTokens);
+  const auto kernel = Int4MmaGemvKernel<kTokens, kGroupsPerTile, kMinForm, kStages, kRowTiles>;
+  constexpr int kWarpBytes = kStages * StageBytes(kTokens, kRowTiles);
   static const cudaError_t raised =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            std::min(kMaxWarpsPerBlock * kWarpBytes, device.shared_per_block));
@@ -329,6 +385,7 @@ absl::Status Launch(const Args& base, const DeviceLimits& device, int warps_per_
     return fits[warps] - 1;
   };
   Args a = base;
+  a.units = a.n / (kRows * kRowTiles);
   int warps = std::min(kMaxWarpsPerBlock, warps_per_sm), blocks_per_sm = 0;
   for (; warps > 0; --warps) {  // the largest block that fits
     if (warps * kWarpBytes > device.shared_per_block) continue;
@@ -341,32 +398,45 @@ absl::Status Launch(const Args& base, const DeviceLimits& device, int warps_per_
   }
   blocks_per_sm = std::max(1, std::min(blocks_per_sm, warps_per_sm / warps));
   const int resident = device.multiprocessors * blocks_per_sm;
-  a.block_row_blocks = (a.row_blocks + resident - 1) / resident;
-  const int blocks = (a.row_blocks + a.block_row_blocks - 1) / a.block_row_blocks;
-  warps = std::min(warps, a.block_row_blocks * a.k_tiles);  // every run holds a tile
+  a.block_units = (a.units + resident - 1) / resident;
+  const int blocks = (a.units + a.block_units - 1) / a.block_units;
+  warps = std::min(warps, a.block_units * a.k_tiles);  // every run holds a step
   return LaunchKernel(kernel, dim3(blocks), dim3(warps * 32),
                       static_cast<size_t>(warps) * kWarpBytes, stream, overlap, a);
 }
 
-template <int kTokens, int kStages>
-absl::Status ForGroups(const Args& a, bool g32, bool min_form, const DeviceLimits& device,
-                       int warps_per_sm, bool overlap, cudaStream_t stream) {
+// The launch settings past the weight and activations.
+struct Plan {
+  const DeviceLimits& device;
+  int warps_per_sm;
+  bool overlap;
+  cudaStream_t stream;
+};
+
+template <int kTokens, int kStages, int kRowTiles>
+absl::Status ForGroups(const Args& a, bool g32, bool min_form, const Plan& p) {
+  const auto launch = [&]<int kGroupsPerTile, bool kMinForm>() {
+    return Launch<kTokens, kGroupsPerTile, kMinForm, kStages, kRowTiles>(
+        a, p.device, p.warps_per_sm, p.overlap, p.stream);
+  };
   if (g32) {
-    return min_form ? Launch<kTokens, 2, true, kStages>(a, device, warps_per_sm, overlap, stream)
-                    : Launch<kTokens, 2, false, kStages>(a, device, warps_per_sm, overlap, stream);
+    return min_form ? launch.template operator()<2, true>()
+                    : launch.template operator()<2, false>();
   }
-  return min_form ? Launch<kTokens, 1, true, kStages>(a, device, warps_per_sm, overlap, stream)
-                  : Launch<kTokens, 1, false, kStages>(a, device, warps_per_sm, overlap, stream);
+  return min_form ? launch.template operator()<1, true>() : launch.template operator()<1, false>();
 }
 
-template <int kStages>
-absl::Status ForTokens(const Args& a, bool g32, bool min_form, const DeviceLimits& device,
-                       int warps_per_sm, bool overlap, cudaStream_t stream) {
-  if (a.m == 1)
-    return ForGroups<1, kStages>(a, g32, min_form, device, warps_per_sm, overlap, stream);
-  if (a.m <= 8)
-    return ForGroups<8, kStages>(a, g32, min_form, device, warps_per_sm, overlap, stream);
-  return ForGroups<16, kStages>(a, g32, min_form, device, warps_per_sm, overlap, stream);
+template <int kStages, int kRowTiles>
+absl::Status ForTokens(const Args& a, bool g32, bool min_form, const Plan& p) {
+  if (a.m == 1) return ForGroups<1, kStages, kRowTiles>(a, g32, min_form, p);
+  if (a.m <= 8) return ForGroups<8, kStages, kRowTiles>(a, g32, min_form, p);
+  return ForGroups<16, kStages, kRowTiles>(a, g32, min_form, p);
+}
+
+template <int kRowTiles>
+absl::Status ForStages(const Args& a, bool g32, bool min_form, int stages, const Plan& p) {
+  return stages == 4 ? ForTokens<4, kRowTiles>(a, g32, min_form, p)
+                     : ForTokens<3, kRowTiles>(a, g32, min_form, p);
 }
 
 }  // namespace
@@ -402,7 +472,6 @@ absl::Status Int4MmaGemv(const Int4MmaWeight& w, const __nv_bfloat16* x, int m, 
   a.k_tiles = a.k / kTileK;
   a.groups = a.k / w.group_size;
   a.tiles_per_group = w.group_size / kTileK;  // 0 for group size 32
-  a.row_blocks = a.n / kRows;
   const bool g32 = w.group_size == 32;
   // Measured on an H100 (bench/int4_gemv_notes.md): 16 warps per
   // multiprocessor beat a full one (32) on the 31B layer shapes (longer runs
@@ -410,19 +479,24 @@ absl::Status Int4MmaGemv(const Int4MmaWeight& w, const __nv_bfloat16* x, int m, 
   const int warps_per_sm = tuning.warps_per_sm != 0 ? tuning.warps_per_sm
                            : w.n < 8192 * kRows     ? 16
                                                     : 32;
-  const bool overlap = !tuning.serial_launch;
-  switch (tuning.stages) {
-    case 0:
-    case 3:
-      return ForTokens<3>(a, g32, w.min_form, *device, warps_per_sm, overlap, stream);
-    case 4:
-      return ForTokens<4>(a, g32, w.min_form, *device, warps_per_sm, overlap, stream);
-    case 8:
-      return ForTokens<8>(a, g32, w.min_form, *device, warps_per_sm, overlap, stream);
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrFormat("Int4MmaGemv: stages must be 3, 4 or 8, not %d", tuning.stages));
+  if (tuning.stages != 0 && tuning.stages != 3 && tuning.stages != 4) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("Int4MmaGemv: stages must be 3 or 4, not %d", tuning.stages));
   }
+  if (tuning.row_tiles < 0 || tuning.row_tiles > 2 || (tuning.row_tiles == 2 && w.n % 32 != 0)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "Int4MmaGemv: row_tiles must be 0, 1 or 2 (2 needs N %% 32 == 0), not %d for N=%d",
+        tuning.row_tiles, w.n));
+  }
+  const Plan plan{*device, warps_per_sm, !tuning.serial_launch, stream};
+  // Two row tiles per step share x and its Σx: measured 1.1-1.5x faster for
+  // M > 8 when the grid still has a unit per two multiprocessors (halving
+  // k_full's 128 row blocks to 64 units left SMs idle: 1.16x slower); at
+  // M <= 8 neutral, and at M = 1 slower (64 registers are then too few).
+  const bool two_row_tiles = m > 8 && w.n % 32 == 0 && w.n / 32 >= device->multiprocessors / 2;
+  const int row_tiles = tuning.row_tiles != 0 ? tuning.row_tiles : two_row_tiles ? 2 : 1;
+  return row_tiles == 2 ? ForStages<2>(a, g32, w.min_form, tuning.stages, plan)
+                        : ForStages<1>(a, g32, w.min_form, tuning.stages, plan);
 }
 
 }  // namespace gquant::cuda

@@ -55,7 +55,8 @@ struct Int4MmaWeight {
 
 // Benchmark knobs; the defaults are the measured best.
 struct Int4MmaTuning {
-  int stages = 0;              // ring stages per warp (2 tiles each): 3, 4 or 8 (0: 3)
+  int stages = 0;              // ring stages per warp (2 tiles each): 3 or 4 (0: 3)
+  int row_tiles = 0;           // 16-row tiles sharing x per step: 1 or 2 (0: 2 for M > 8)
   int warps_per_sm = 0;        // resident warps per multiprocessor (0: 16, 32 for N >= 131072)
   bool serial_launch = false;  // no programmatic dependent launch (launch.cuh)
 };
