@@ -22,7 +22,8 @@
 // memory after one barrier and are added in warp order, so results do not
 // depend on timing and no global scratch or atomics are needed (version 4
 // finished split blocks across the grid with counters: its fences and
-// atomics cost ~2-3 µs per launch).
+// atomics cost ~2-3 µs per launch). For M > 8 a step covers two row blocks'
+// tiles at the same columns, which share one staged copy of x and one Σx mma.
 //
 // Launch overlap: the kernel is launched with programmatic dependent launch
 // (launch.cuh), so in a chain of decode kernels its launch and set-up overlap
