@@ -1,10 +1,12 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #include "absl/strings/str_format.h"
 #include "cuda_status.cuh"
+#include "device.cuh"
 #include "device_primitives.cuh"
 #include "int8_gemv.cuh"
 #include "launch.cuh"
@@ -296,6 +298,37 @@ __global__ void __launch_bounds__(kMaxWarps * 32 / kRowTiles)
   AllowDependents();  // late: the grid has several waves (device_primitives.cuh)
 }
 
+// The default K split: the warp count in [kMinDefaultWarps, max_warps] that
+// maximizes balance x parallelism / rounds, the fewest on a tie. balance =
+// K tiles over what the busiest warp does times the warps (42 tiles over 8
+// warps is 6 + ... + 5: 12.5% idle; over 6 or 7 none); parallelism = the
+// grid's warps over kTargetWarps, at most 1; rounds = 1 when the whole grid
+// is resident at once, else 2 (each round pays the rings' fill and drain,
+// which dominate when a warp has only a few tiles: q_sliding's 512 blocks
+// in one round instead of two measured 1.2x faster). `blocks_per_sm(w)` is
+// the occupancy of a block of w warps.
+template <typename BlocksPerSm>
+int DefaultWarps(int64_t row_blocks, int64_t k_tiles, int max_warps, int multiprocessors,
+                 BlocksPerSm blocks_per_sm) {
+  int best = max_warps;
+  double best_score = 0;
+  for (int w = kMinDefaultWarps; w <= max_warps; ++w) {
+    const double balance = static_cast<double>(k_tiles) / (w * ((k_tiles + w - 1) / w));
+    const double parallelism = std::min(1.0, static_cast<double>(row_blocks * w) / kTargetWarps);
+    const int64_t resident = int64_t{multiprocessors} * std::max(1, blocks_per_sm(w));
+    // One round against two is what matters; past two, the tail is a small
+    // part and fewer warps per block would cost balance and bandwidth.
+    const double rounds =
+        static_cast<double>(std::min<int64_t>(2, (row_blocks + resident - 1) / resident));
+    const double score = balance * parallelism / rounds;
+    if (score > best_score + 1e-9) {
+      best = w;
+      best_score = score;
+    }
+  }
+  return best;
+}
+
 template <int kTokenTiles, int kRowTiles, int kGroupBlocks>
 absl::Status Launch(const Int8RowsWeight& w, const __nv_bfloat16* x, int m, __nv_bfloat16* y,
                     cudaStream_t stream, int warps, const Int8GemvTuning& tuning) {
@@ -307,9 +340,30 @@ absl::Status Launch(const Int8RowsWeight& w, const __nv_bfloat16* x, int m, __nv
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            kMaxWarps / kRowTiles * kStages * kStageBytes);
   GQ_RETURN_IF_CUDA_ERROR(raised);
+  const int64_t row_blocks = (w.n + kRowTiles * kRows - 1) / (kRowTiles * kRows);
+  if (warps == 0) {
+    absl::StatusOr<DeviceLimits> device = CurrentDeviceLimits();
+    if (!device.ok()) return device.status();
+    // Occupancy per block size, looked up once per instantiation.
+    static std::atomic<int> fits[kMaxWarps + 1] = {};
+    const auto blocks_per_sm = [&](int warps_per_block) {
+      if (fits[warps_per_block] == 0) {
+        int blocks = 0;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                &blocks, kernel, warps_per_block * 32, warps_per_block * kStages * kStageBytes) !=
+            cudaSuccess) {
+          cudaGetLastError();  // a failed query only costs the wave estimate
+          blocks = 1;
+        }
+        fits[warps_per_block] = blocks + 1;  // 0 marks "not looked up"
+      }
+      return fits[warps_per_block] - 1;
+    };
+    warps = DefaultWarps(row_blocks, (w.k + kTileK - 1) / kTileK, kMaxWarps / kRowTiles,
+                         device->multiprocessors, blocks_per_sm);
+  }
   const int smem = warps * kStages * kStageBytes;
-  const int64_t block_rows = int64_t{kRowTiles} * kRows;
-  const dim3 grid(static_cast<unsigned>((w.n + block_rows - 1) / block_rows));
+  const dim3 grid(static_cast<unsigned>(row_blocks));
   return LaunchKernel(kernel, grid, dim3(warps * 32), smem, stream, !tuning.serial_launch, w.codes,
                       w.params, x, y, m, static_cast<int>(w.n), static_cast<int>(w.k),
                       static_cast<int>(w.group_size / 16), w.min_form);
@@ -327,25 +381,6 @@ absl::Status LaunchForGroup(const Int8RowsWeight& w, const __nv_bfloat16* x, int
 }
 
 bool Aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-
-// The default K split: the warp count in [kMinDefaultWarps, max_warps] that
-// maximizes balance x parallelism, the fewest on a tie. balance = K tiles
-// over what the busiest warp does times the warps (42 tiles over 8 warps is
-// 6 + ... + 5: 12.5% idle; over 6 or 7 none); parallelism = the grid's warps
-// over kTargetWarps, at most 1.
-int DefaultWarps(int64_t row_blocks, int64_t k_tiles, int max_warps) {
-  int best = max_warps;
-  double best_score = 0;
-  for (int w = kMinDefaultWarps; w <= max_warps; ++w) {
-    const double balance = static_cast<double>(k_tiles) / (w * ((k_tiles + w - 1) / w));
-    const double parallelism = std::min(1.0, static_cast<double>(row_blocks * w) / kTargetWarps);
-    if (balance * parallelism > best_score + 1e-9) {
-      best = w;
-      best_score = balance * parallelism;
-    }
-  }
-  return best;
-}
 
 }  // namespace
 
@@ -374,13 +409,11 @@ absl::Status Int8Gemv(const Int8RowsWeight& w, const __nv_bfloat16* x, int m, __
         absl::StrFormat("Int8Gemv: row_tiles must be 1 or 2, but got %d", row_tiles));
   }
   const int max_warps = kMaxWarps / tiles;
-  const int warps = warps_per_block != 0 ? warps_per_block
-                                         : DefaultWarps((w.n + kRows * tiles - 1) / (kRows * tiles),
-                                                        (w.k + kTileK - 1) / kTileK, max_warps);
-  if (warps < 1 || warps > max_warps) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("Int8Gemv: warps_per_block must be 1..%d with %d row tile(s), but got %d",
-                        max_warps, tiles, warps_per_block));
+  const int warps = warps_per_block;  // 0: Launch picks the default
+  if (warps < 0 || warps > max_warps) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "Int8Gemv: warps_per_block must be 0 (default) or 1..%d with %d row tile(s), but got %d",
+        max_warps, tiles, warps_per_block));
   }
   if (m <= 8) {
     return tiles == 1 ? LaunchForGroup<1, 1>(w, x, m, y, stream, warps, tuning)

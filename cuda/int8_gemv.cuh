@@ -35,9 +35,10 @@
 // - Filling the machine: a block owns 16 (or 32) rows and its W warps split
 //   K (warp w takes tiles w, w + W, ...), adding their partial sums through
 //   shared memory at the end. W (4..16) is picked per shape so the grid has
-//   ~1024+ warps streaming (7.5 MB in flight) and the 128-column tiles split
-//   evenly: K = 5376 is 42 tiles, which 6, 7 or 14 warps share without idle
-//   warps (8 would leave 12.5% idle). N = 2048 gets 14 warps per block.
+//   ~1024+ warps streaming (7.5 MB in flight), the 128-column tiles split
+//   evenly (K = 5376 is 42 tiles, which 6, 7 or 14 warps share without idle
+//   warps; 8 would leave 12.5% idle) and the grid's blocks are resident in as
+//   few rounds as possible (each round pays the rings' fill and drain).
 #ifndef GQUANT_CUDA_INT8_GEMV_CUH_
 #define GQUANT_CUDA_INT8_GEMV_CUH_
 
