@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_format.h"
 #include "activations.cuh"
+#include "aligned.h"
 #include "device_primitives.cuh"
 #include "launch.cuh"
 #include "row_access.cuh"

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "absl/strings/str_format.h"
+#include "aligned.h"
 #include "cuda_status.cuh"
 #include "decode_attention.cuh"
 #include "device_primitives.cuh"
@@ -336,8 +337,6 @@ constexpr AttentionKernel kAttentionKernels[2][3] = {
     {DecodeAttentionKernel<2, kStageOptions[0]>, DecodeAttentionKernel<2, kStageOptions[1]>,
      DecodeAttentionKernel<2, kStageOptions[2]>},
 };
-
-bool Aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 absl::Status CheckHeadDim(int head_dim, const char* what) {
   if (head_dim < kDimsPerWarp || head_dim > kMaxHeadDim || head_dim % kDimsPerWarp != 0) {

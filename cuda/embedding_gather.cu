@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "absl/strings/str_format.h"
+#include "aligned.h"
 #include "cuda_status.cuh"
 #include "device_primitives.cuh"
 #include "embedding_gather.cuh"

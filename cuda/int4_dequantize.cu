@@ -4,7 +4,9 @@
 #include <cstdint>
 
 #include "absl/strings/str_format.h"
+#include "aligned.h"
 #include "cuda_status.cuh"
+#include "device.cuh"
 #include "device_primitives.cuh"
 #include "int4_dequantize.cuh"
 #include "int4_mma_layout.h"
@@ -129,8 +131,6 @@ __global__ void __launch_bounds__(kThreads, 1) DequantizeInt4MmaKernel(const Arg
   }
 }
 
-bool Aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-
 }  // namespace
 
 absl::Status DequantizeInt4Mma(const Int4MmaWeight& weight, int64_t row_begin, int64_t rows,
@@ -168,14 +168,12 @@ absl::Status DequantizeInt4Mma(const Int4MmaWeight& weight, int64_t row_begin, i
                   groups,
                   std::max(weight.group_size / kInt4MmaTileK, 1)};
 
-  int device = 0, device_multiprocessors = 0;
-  GQ_RETURN_IF_CUDA_ERROR(cudaGetDevice(&device));
-  GQ_RETURN_IF_CUDA_ERROR(
-      cudaDeviceGetAttribute(&device_multiprocessors, cudaDevAttrMultiProcessorCount, device));
+  absl::StatusOr<DeviceLimits> device = CurrentDeviceLimits();
+  if (!device.ok()) return device.status();
   constexpr int64_t kTilesPerBlock = kWarpsPerBlock * kTilesPerWarp;
   const int64_t needed = (args.tiles_total + kTilesPerBlock - 1) / kTilesPerBlock;
   const int blocks = static_cast<int>(
-      std::min(needed, int64_t{multiprocessors > 0 ? multiprocessors : device_multiprocessors}));
+      std::min(needed, int64_t{multiprocessors > 0 ? multiprocessors : device->multiprocessors}));
 
   const bool two_groups = weight.group_size == 32;
   void (*kernel)(Args) =

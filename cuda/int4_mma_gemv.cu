@@ -1,7 +1,6 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
-#include <atomic>
 
 #include "absl/strings/str_format.h"
 #include "cuda_status.cuh"
@@ -373,23 +372,14 @@ absl::Status Launch(const Args& base, const DeviceLimits& device, int warps_per_
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            std::min(kMaxWarpsPerBlock * kWarpBytes, device.shared_per_block));
   GQ_RETURN_IF_CUDA_ERROR(raised);
-  // Resident thread blocks per multiprocessor for each block size, found once.
-  static std::atomic<int> fits[kMaxWarpsPerBlock + 1] = {};
-  const auto blocks_that_fit = [&](int warps) -> absl::StatusOr<int> {
-    if (fits[warps] == 0) {
-      int blocks = 0;
-      GQ_RETURN_IF_CUDA_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-          &blocks, kernel, warps * 32, warps * kWarpBytes));
-      fits[warps] = blocks + 1;  // 0 marks "not looked up"
-    }
-    return fits[warps] - 1;
-  };
+  static OccupancyTable<kMaxWarpsPerBlock> occupancy;
   Args a = base;
   a.units = a.n / (kRows * kRowTiles);
   int warps = std::min(kMaxWarpsPerBlock, warps_per_sm), blocks_per_sm = 0;
   for (; warps > 0; --warps) {  // the largest block that fits
     if (warps * kWarpBytes > device.shared_per_block) continue;
-    absl::StatusOr<int> blocks = blocks_that_fit(warps);
+    absl::StatusOr<int> blocks =
+        occupancy.BlocksPerMultiprocessor(reinterpret_cast<const void*>(kernel), warps, kWarpBytes);
     if (!blocks.ok()) return blocks.status();
     if ((blocks_per_sm = *blocks) > 0) break;
   }

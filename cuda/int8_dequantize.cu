@@ -4,7 +4,9 @@
 #include <cstdint>
 
 #include "absl/strings/str_format.h"
+#include "aligned.h"
 #include "cuda_status.cuh"
+#include "device.cuh"
 #include "device_primitives.cuh"
 #include "int8_dequantize.cuh"
 
@@ -85,8 +87,6 @@ __global__ void __launch_bounds__(kThreads) DequantizeInt8RowsKernel(const Args 
   }
 }
 
-bool Aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-
 }  // namespace
 
 absl::Status DequantizeInt8Rows(const Int8RowsWeight& weight, int64_t row_begin, int64_t rows,
@@ -112,10 +112,9 @@ absl::Status DequantizeInt8Rows(const Int8RowsWeight& weight, int64_t row_begin,
   }
   if (rows == 0) return absl::OkStatus();
 
-  int device = 0, multiprocessors = 0;
-  GQ_RETURN_IF_CUDA_ERROR(cudaGetDevice(&device));
-  GQ_RETURN_IF_CUDA_ERROR(
-      cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device));
+  absl::StatusOr<DeviceLimits> device = CurrentDeviceLimits();
+  if (!device.ok()) return device.status();
+  const int multiprocessors = device->multiprocessors;
   const int64_t runs_per_row = weight.k / 16, groups = weight.k / weight.group_size;
   const int64_t rows_per_launch = std::max<int64_t>(1, kMaxRunsPerLaunch / runs_per_row);
   const auto kernel =

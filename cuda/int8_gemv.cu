@@ -1,10 +1,12 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
-#include <atomic>
+#include <array>
 #include <cstdint>
+#include <span>
 
 #include "absl/strings/str_format.h"
+#include "aligned.h"
 #include "cuda_status.cuh"
 #include "device.cuh"
 #include "device_primitives.cuh"
@@ -305,17 +307,16 @@ __global__ void __launch_bounds__(kMaxWarps * 32 / kRowTiles)
 // grid's warps over kTargetWarps, at most 1; rounds = 1 when the whole grid
 // is resident at once, else 2 (each round pays the rings' fill and drain,
 // which dominate when a warp has only a few tiles: q_sliding's 512 blocks
-// in one round instead of two measured 1.2x faster). `blocks_per_sm(w)` is
+// in one round instead of two measured 1.2x faster). `blocks_per_sm[w]` is
 // the occupancy of a block of w warps.
-template <typename BlocksPerSm>
 int DefaultWarps(int64_t row_blocks, int64_t k_tiles, int max_warps, int multiprocessors,
-                 BlocksPerSm blocks_per_sm) {
+                 std::span<const int> blocks_per_sm) {
   int best = max_warps;
   double best_score = 0;
   for (int w = kMinDefaultWarps; w <= max_warps; ++w) {
     const double balance = static_cast<double>(k_tiles) / (w * ((k_tiles + w - 1) / w));
     const double parallelism = std::min(1.0, static_cast<double>(row_blocks * w) / kTargetWarps);
-    const int64_t resident = int64_t{multiprocessors} * std::max(1, blocks_per_sm(w));
+    const int64_t resident = int64_t{multiprocessors} * std::max(1, blocks_per_sm[w]);
     // One round against two is what matters; past two, the tail is a small
     // part and fewer warps per block would cost balance and bandwidth.
     const double rounds =
@@ -344,21 +345,14 @@ absl::Status Launch(const Int8RowsWeight& w, const __nv_bfloat16* x, int m, __nv
   if (warps == 0) {
     absl::StatusOr<DeviceLimits> device = CurrentDeviceLimits();
     if (!device.ok()) return device.status();
-    // Occupancy per block size, looked up once per instantiation.
-    static std::atomic<int> fits[kMaxWarps + 1] = {};
-    const auto blocks_per_sm = [&](int warps_per_block) {
-      if (fits[warps_per_block] == 0) {
-        int blocks = 0;
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-                &blocks, kernel, warps_per_block * 32, warps_per_block * kStages * kStageBytes) !=
-            cudaSuccess) {
-          cudaGetLastError();  // a failed query only costs the wave estimate
-          blocks = 1;
-        }
-        fits[warps_per_block] = blocks + 1;  // 0 marks "not looked up"
-      }
-      return fits[warps_per_block] - 1;
-    };
+    static OccupancyTable<kMaxWarps> occupancy;
+    std::array<int, kMaxWarps + 1> blocks_per_sm{};
+    for (int size = kMinDefaultWarps; size <= kMaxWarps / kRowTiles; ++size) {
+      absl::StatusOr<int> blocks = occupancy.BlocksPerMultiprocessor(
+          reinterpret_cast<const void*>(kernel), size, kStages * kStageBytes);
+      if (!blocks.ok()) return blocks.status();
+      blocks_per_sm[size] = *blocks;
+    }
     warps = DefaultWarps(row_blocks, (w.k + kTileK - 1) / kTileK, kMaxWarps / kRowTiles,
                          device->multiprocessors, blocks_per_sm);
   }
@@ -379,8 +373,6 @@ absl::Status LaunchForGroup(const Int8RowsWeight& w, const __nv_bfloat16* x, int
   if (w.group_size == 32) return Launch<kTokenTiles, kRowTiles, 2>(w, x, m, y, stream, warps, t);
   return Launch<kTokenTiles, kRowTiles, kAnyGroup>(w, x, m, y, stream, warps, t);
 }
-
-bool Aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 }  // namespace
 

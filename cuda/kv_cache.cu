@@ -2,6 +2,7 @@
 #include <cstdint>
 
 #include "absl/strings/str_format.h"
+#include "aligned.h"
 #include "cuda_status.cuh"
 #include "device_primitives.cuh"
 #include "kv_cache.cuh"
@@ -42,8 +43,6 @@ __global__ void __launch_bounds__(kThreads)
     v_cache[target] = v[source];
   }
 }
-
-bool Aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 }  // namespace
 

@@ -10,9 +10,11 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "cuda_status.cuh"
 
 namespace gquant::cuda {
@@ -36,6 +38,27 @@ absl::Status LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size
   GQ_RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }
+
+// How many thread blocks of `kernel` fit on one multiprocessor, for each block
+// size of 1..kMaxWarps warps with `bytes_per_warp` of dynamic shared memory
+// per warp; each size is asked of the runtime once. Launchers keep one
+// table per kernel instance (a function-local static).
+template <int kMaxWarps>
+class OccupancyTable {
+ public:
+  absl::StatusOr<int> BlocksPerMultiprocessor(const void* kernel, int warps, int bytes_per_warp) {
+    if (fits_[warps] == 0) {
+      int blocks = 0;
+      GQ_RETURN_IF_CUDA_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &blocks, kernel, warps * 32, static_cast<size_t>(warps) * bytes_per_warp));
+      fits_[warps] = blocks + 1;  // 0 marks "not looked up"
+    }
+    return fits_[warps] - 1;
+  }
+
+ private:
+  std::atomic<int> fits_[kMaxWarps + 1] = {};
+};
 
 }  // namespace gquant::cuda
 

@@ -50,6 +50,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "aligned.h"
 #include "cuda_status.cuh"
 #include "device_primitives.cuh"
 #include "launch.cuh"
@@ -382,8 +383,6 @@ absl::Status Launch(const Params& p, cudaStream_t stream) {
                       p);
 }
 
-bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 }  // namespace
 
 absl::Status PrefillAttention(const __nv_bfloat16* q, int64_t tokens, int num_heads,
@@ -397,7 +396,7 @@ absl::Status PrefillAttention(const __nv_bfloat16* q, int64_t tokens, int num_he
         absl::StrFormat("expected non-null q, out, cache.k and cache.v, but got %p, %p, %p and %p",
                         q, out, cache.k, cache.v));
   }
-  if (!Aligned16(q) || !Aligned16(out) || !Aligned16(cache.k) || !Aligned16(cache.v)) {
+  if (!Aligned(q, 16) || !Aligned(out, 16) || !Aligned(cache.k, 16) || !Aligned(cache.v, 16)) {
     return invalid(absl::StrFormat(
         "expected 16-byte aligned q, out, cache.k and cache.v, but got %p, %p, %p and %p", q, out,
         cache.k, cache.v));

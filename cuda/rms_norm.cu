@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "absl/strings/str_format.h"
+#include "aligned.h"
 #include "device_primitives.cuh"
 #include "launch.cuh"
 #include "rms_norm.cuh"

@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
+#include "aligned.h"
 #include "row_access.cuh"
 
 namespace gquant::cuda {

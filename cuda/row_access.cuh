@@ -19,11 +19,6 @@ namespace gquant::cuda {
 // Elements per 16-byte bf16 access, the vector width of these kernels.
 inline constexpr int kVectorWidth = 8;
 
-// Host: whether p is a multiple of `bytes`; null passes (optional pointers).
-inline bool Aligned(const void* p, uintptr_t bytes) {
-  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
-}
-
 // v[i] = p[i], i < kWidth. bf16 -> float32 is exact (the high 16 bits).
 template <int kWidth>
 __device__ __forceinline__ void LoadBf16(const __nv_bfloat16* p, float (&v)[kWidth]) {
