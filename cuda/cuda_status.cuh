@@ -1,4 +1,5 @@
-// Turns CUDA runtime errors into absl::Status (code Internal), so every host
+// Turns CUDA runtime errors into absl::Status (code Internal; ResourceExhausted
+// when device memory runs out), so every host
 // launcher can return a Status instead of aborting.
 #ifndef GQUANT_CUDA_CUDA_STATUS_CUH_
 #define GQUANT_CUDA_CUDA_STATUS_CUH_
@@ -12,6 +13,10 @@ namespace gquant::cuda {
 
 inline absl::Status CudaStatus(cudaError_t error, const char* what) {
   if (error == cudaSuccess) return absl::OkStatus();
+  if (error == cudaErrorMemoryAllocation) {  // out of device memory: the caller can size down
+    return absl::ResourceExhaustedError(
+        absl::StrCat(what, ": ", cudaGetErrorName(error), " (", cudaGetErrorString(error), ")"));
+  }
   return absl::InternalError(
       absl::StrCat(what, ": ", cudaGetErrorName(error), " (", cudaGetErrorString(error), ")"));
 }

@@ -14,6 +14,8 @@
 //
 // Memory bound and usually tiny (one row per decode step): one thread per
 // 16-byte run of codes, 4 runs per thread loaded before any is stored.
+// GatherInt4MmaRows and GatherBf16Rows below keep the same contract for int4
+// (cuda_int4_mma16) and plain bf16 tables.
 #ifndef GQUANT_CUDA_EMBEDDING_GATHER_CUH_
 #define GQUANT_CUDA_EMBEDDING_GATHER_CUH_
 
@@ -23,7 +25,8 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
-#include "int8_gemv.cuh"  // Int8RowsWeight
+#include "int4_mma_gemv.cuh"  // Int4MmaWeight
+#include "int8_gemv.cuh"      // Int8RowsWeight
 
 namespace gquant::cuda {
 
@@ -47,6 +50,25 @@ absl::Status GatherInt8Rows(const Int8RowsWeight& table, const int32_t* ids, int
 absl::Status GatherBf16Rows(const __nv_bfloat16* table, int64_t rows, int64_t dim,
                             const int32_t* ids, int count, float multiplier, __nv_bfloat16* out,
                             cudaStream_t stream);
+
+// The same contract for an int4 table [N, K] in the "cuda_int4_mma16" layout
+// (int4_mma_layout.h; N % 16 == 0, K % 64 == 0, group size 32 or a multiple
+// of 64): with q the code (0..15) of element (r, c) and scale, zero (min in
+// the min form) the two bf16 halves of its params word, as floats,
+//   w = __fmul_rn(__fsub_rn(q, zero), scale)    or
+//   w = __fsub_rn(__fmul_rn(q, scale), min)     (min form),
+//   out[t, c] = bf16_rn(__fmul_rn(w, multiplier)),
+// each float32 operation rounded on its own. w is DequantizeInt4Mma's value
+// before its bf16 rounding (int4_dequantize.cuh), so with multiplier 1 (or a
+// power of two, barring overflow and underflow) the rows equal its output bit for bit.
+// Row r is row r % 16 of the tiles of row block r / 16; each thread takes one
+// lane's 16 bytes of one tile (two runs of 8 columns of the row). Ids outside
+// [0, N) give NaN rows. Pointers: qweight and out 16-byte aligned, params
+// 4-byte, ids 4-byte. Launched with programmatic dependent launch (the ids
+// usually come from the previous kernel). InvalidArgument for a bad shape,
+// count or pointer; Internal for a CUDA error.
+absl::Status GatherInt4MmaRows(const Int4MmaWeight& table, const int32_t* ids, int count,
+                               float multiplier, __nv_bfloat16* out, cudaStream_t stream);
 
 }  // namespace gquant::cuda
 

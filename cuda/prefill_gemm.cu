@@ -23,6 +23,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "cublas_status.cuh"
 #include "cuda_status.cuh"
 #include "device_buffer.cuh"
 #include "gquant/status.h"
@@ -37,14 +38,6 @@ namespace {
 constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
 constexpr int kMaxBuffers = 8;
 constexpr int64_t kRowAlign = 16;  // dequantizers work in 16-row blocks
-
-absl::Status CublasStatus(cublasStatus_t status, const std::string& what) {
-  if (status == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat(what, ": ", cublasGetStatusName(status), " (",
-                                          cublasGetStatusString(status), ")"));
-}
-
-#define GQ_RETURN_IF_CUBLAS_ERROR(expr) GQ_RETURN_IF_ERROR(CublasStatus((expr), #expr))
 
 int64_t RoundUp(int64_t value, int64_t multiple) {
   return (value + multiple - 1) / multiple * multiple;

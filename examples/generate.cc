@@ -1,16 +1,24 @@
-// gquant-generate: generate token ids with the CPU reference model.
+// gquant-generate: generate token ids with a Gemma 4 model, on the CPU
+// reference forward or on an NVIDIA GPU.
 //
 //   gquant-generate MODEL_PATH --prompt="2 45 99" | --prompt-file=FILE
+//       [--device=cpu|cuda] [--recipe=NAME|PATH] [--bos=auto|always|never]
 //       [--max-new-tokens=N] [--temperature=T --top-k=K --top-p=P --seed=S]
-//       [--chunk=N] [--threads=N]
+//       [--chunk=N] [--threads=N] [--no-graph]
 //
-// MODEL_PATH is anything CpuModel::Load opens: a Hugging Face checkpoint
-// directory (config.json beside the weights), a gquant quantized checkpoint,
-// or a .gguf file. Prompts are token ids (no tokenizer here), separated by
-// spaces or commas; a prompt file holds one prompt per line, and each is
-// generated in turn. Generation stops after N tokens or at one of the
-// config's eos ids (printed as the last id). The generated ids go to stdout,
-// one line per prompt; timings go to stderr.
+// MODEL_PATH is a Hugging Face checkpoint directory (config.json beside the
+// weights), a gquant quantized checkpoint, or a .gguf file. Prompts are token
+// ids (no tokenizer here), separated by spaces or commas; a prompt file holds
+// one prompt per line, and each is generated in turn. --bos=auto prepends the
+// config's BOS id when a prompt does not start with it (what HF tokenizers
+// do). Generation stops after N tokens or at one of the config's eos ids
+// (printed as the last id). The generated ids go to stdout, one line per
+// prompt; timings go to stderr.
+//
+// --device=cuda packs the weights onto the GPU (quantized ones stay
+// quantized; --recipe quantizes a plain checkpoint on load), samples on the
+// GPU and replays the decode step as a CUDA graph; the summary adds the GPU
+// memory in use.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -29,9 +37,18 @@
 #include "gquant/sampler.h"
 #include "gquant/status.h"
 #include "tools/flag_spelling.h"
+#include "tools/progress_printer.h"
+#if GQUANT_HAS_CUDA
+#include "gpu_model.cuh"
+#endif
 
 ABSL_FLAG(std::string, prompt, "", "Prompt token ids, e.g. \"2 45 99\"");
 ABSL_FLAG(std::string, prompt_file, "", "File of prompts, one line of token ids each");
+ABSL_FLAG(std::string, device, "cpu", "cpu (reference forward) or cuda");
+ABSL_FLAG(std::string, recipe, "",
+          "cuda: quantize plain weights on load with this recipe (bundled name or path)");
+ABSL_FLAG(std::string, bos, "auto",
+          "auto: prepend the BOS id unless the prompt starts with it; always; never");
 ABSL_FLAG(int, max_new_tokens, 32, "Tokens to generate per prompt (fewer at an eos id)");
 ABSL_FLAG(float, temperature, 0.0f, "Sampling temperature (0: greedy)");
 ABSL_FLAG(int, top_k, 0, "Keep the K most likely tokens (0: all)");
@@ -39,6 +56,7 @@ ABSL_FLAG(float, top_p, 1.0f, "Keep the smallest set of tokens with this much pr
 ABSL_FLAG(uint64_t, seed, 0, "Sampler seed");
 ABSL_FLAG(int, chunk, 512, "Prefill chunk size in tokens");
 ABSL_FLAG(int, threads, 0, "Worker threads (0: all hardware threads)");
+ABSL_FLAG(bool, graph, true, "cuda: replay the decode step as a CUDA graph (--no-graph: launch)");
 
 namespace {
 
@@ -48,84 +66,65 @@ double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
 }
 
-// Prefills `prompt`, then samples and decodes until max_new_tokens or an eos
-// id; prints the ids (stdout) and the rates (stderr).
-absl::Status Generate(const gquant::gemma4::CpuModel& model, gquant::Sampler& sampler,
-                      const std::vector<int>& prompt, int max_new_tokens, int chunk) {
+// What one prompt produced, for the summary line.
+struct Generation {
+  std::vector<int> tokens;
+  bool stopped_at_eos = false;
+  double prefill_seconds = 0, decode_seconds = 0;
+  int decode_steps = 0;
+};
+
+void Report(const Generation& g, size_t prompt_tokens, const std::string& extra) {
+  std::printf("%s\n", absl::StrJoin(g.tokens, " ").c_str());
+  std::fflush(stdout);
+  std::fprintf(stderr,
+               "prompt %zu tokens, prefill %.1f tokens/s; generated %zu tokens, decode %.1f "
+               "tokens/s%s%s\n",
+               prompt_tokens, prompt_tokens / std::max(g.prefill_seconds, 1e-9), g.tokens.size(),
+               g.decode_steps > 0 ? g.decode_steps / std::max(g.decode_seconds, 1e-9) : 0.0,
+               g.stopped_at_eos ? "; stopped at eos" : "", extra.c_str());
+}
+
+// Prefills `prompt` on the CPU, then samples and decodes until
+// max_new_tokens or an eos id.
+absl::StatusOr<Generation> GenerateOnCpu(const gquant::gemma4::CpuModel& model,
+                                         gquant::Sampler& sampler, const std::vector<int>& prompt,
+                                         int max_new_tokens, int chunk) {
   const std::vector<int>& eos = model.source().config().eos_token_ids;
   const int vocab = model.source().config().text.vocab_size;
   gquant::gemma4::KvCache cache =
       model.NewCache(static_cast<int64_t>(prompt.size()) + max_new_tokens, chunk);
 
+  Generation g;
   const Clock::time_point prefill_start = Clock::now();
   GQ_ASSIGN_OR_RETURN(std::vector<float> logits, model.Prefill(cache, prompt, chunk));
-  const double prefill_s = Seconds(prefill_start);
   if (logits.size() != prompt.size() * vocab) {
     return absl::InternalError(absl::StrFormat("Prefill: expected %d x %d logits, but got %d",
                                                prompt.size(), vocab, logits.size()));
   }
-
-  std::vector<int> generated;
-  bool stopped_at_eos = false;
-  const Clock::time_point decode_start = Clock::now();
   std::span<const float> last(logits.data() + logits.size() - vocab, vocab);
-  while (static_cast<int>(generated.size()) < max_new_tokens) {
-    GQ_ASSIGN_OR_RETURN(const int token, sampler.Sample(last));
-    generated.push_back(token);
+  GQ_ASSIGN_OR_RETURN(int token, sampler.Sample(last));
+  g.prefill_seconds = Seconds(prefill_start);
+  const Clock::time_point decode_start = Clock::now();
+  while (true) {
+    g.tokens.push_back(token);
     if (std::find(eos.begin(), eos.end(), token) != eos.end()) {
-      stopped_at_eos = true;
+      g.stopped_at_eos = true;
       break;
     }
-    if (static_cast<int>(generated.size()) == max_new_tokens) break;
+    if (static_cast<int>(g.tokens.size()) == max_new_tokens) break;
     const int step[] = {token};
     GQ_ASSIGN_OR_RETURN(logits, model.Forward(cache, step));
-    last = std::span<const float>(logits.data(), vocab);
+    GQ_ASSIGN_OR_RETURN(token, sampler.Sample(std::span<const float>(logits.data(), vocab)));
+    ++g.decode_steps;
   }
-  // Decode rate: Forward calls after the prefill (the first token comes from
-  // the prefill's logits).
-  const double decode_s = Seconds(decode_start);
-  const int decode_steps = static_cast<int>(generated.size()) - 1;
-
-  std::printf("%s\n", absl::StrJoin(generated, " ").c_str());
-  std::fflush(stdout);
-  std::fprintf(stderr,
-               "prompt %zu tokens, prefill %.1f tokens/s; generated %zu tokens, decode %.1f "
-               "tokens/s%s\n",
-               prompt.size(), prompt.size() / std::max(prefill_s, 1e-9), generated.size(),
-               decode_steps > 0 ? decode_steps / std::max(decode_s, 1e-9) : 0.0,
-               stopped_at_eos ? "; stopped at eos" : "");
-  return absl::OkStatus();
+  g.decode_seconds = Seconds(decode_start);
+  return g;
 }
 
-absl::Status Run(const std::string& path) {
-  const std::string prompt = absl::GetFlag(FLAGS_prompt);
-  const std::string prompt_file = absl::GetFlag(FLAGS_prompt_file);
-  if (prompt.empty() == prompt_file.empty()) {
-    return absl::InvalidArgumentError("expected exactly one of --prompt and --prompt-file");
-  }
-  std::vector<std::vector<int>> prompts;
-  if (!prompt.empty()) {
-    absl::StatusOr<std::vector<int>> ids = gquant::gemma4::ParsePromptIds(prompt);
-    if (!ids.ok()) return gquant::Annotate(ids.status(), "--prompt");
-    prompts.push_back(*std::move(ids));
-  } else {
-    GQ_ASSIGN_OR_RETURN(prompts, gquant::gemma4::ReadPromptFile(prompt_file));
-  }
-  const int max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
-  const int chunk = absl::GetFlag(FLAGS_chunk);
-  if (max_new_tokens < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("--max-new-tokens: expected >= 1, but got %d", max_new_tokens));
-  }
-  if (chunk < 1) {
-    return absl::InvalidArgumentError(absl::StrFormat("--chunk: expected >= 1, but got %d", chunk));
-  }
-  // The sampler's config errors come before the (slow) model load.
-  GQ_ASSIGN_OR_RETURN(
-      gquant::Sampler sampler,
-      gquant::Sampler::Create({absl::GetFlag(FLAGS_temperature), absl::GetFlag(FLAGS_top_k),
-                               absl::GetFlag(FLAGS_top_p), absl::GetFlag(FLAGS_seed)}));
-
+absl::Status RunOnCpu(const std::string& path, const std::vector<std::vector<int>>& prompts,
+                      const gquant::SamplerConfig& sampler_config) {
+  GQ_ASSIGN_OR_RETURN(gquant::Sampler sampler, gquant::Sampler::Create(sampler_config));
   const Clock::time_point load_start = Clock::now();
   GQ_ASSIGN_OR_RETURN(
       const std::unique_ptr<gquant::gemma4::CpuModel> model,
@@ -133,9 +132,125 @@ absl::Status Run(const std::string& path) {
   std::fprintf(stderr, "loaded %s in %.2f s\n", model->source().description().c_str(),
                Seconds(load_start));
   for (const std::vector<int>& ids : prompts) {
-    GQ_RETURN_IF_ERROR(Generate(*model, sampler, ids, max_new_tokens, chunk));
+    GQ_ASSIGN_OR_RETURN(const Generation g,
+                        GenerateOnCpu(*model, sampler, ids, absl::GetFlag(FLAGS_max_new_tokens),
+                                      absl::GetFlag(FLAGS_chunk)));
+    Report(g, ids.size(), "");
   }
   return absl::OkStatus();
+}
+
+#if GQUANT_HAS_CUDA
+absl::Status RunOnCuda(const std::string& path, const std::vector<std::vector<int>>& prompts,
+                       const gquant::SamplerConfig& sampler_config) {
+  gquant::tools::ProgressPrinter printer("loading onto the GPU");
+  GQ_ASSIGN_OR_RETURN(
+      const std::unique_ptr<gquant::cuda::GpuModel> model,
+      gquant::cuda::GpuModel::Load(
+          path, {.recipe = absl::GetFlag(FLAGS_recipe),
+                 .threads = absl::GetFlag(FLAGS_threads),
+                 .progress = [&](const gquant::JobProgress& p) { printer.Update(p); }}));
+  const gquant::cuda::GpuLoadReport& report = model->load_report();
+  std::fprintf(stderr,
+               "loaded %s onto the GPU in %.2f s: %.2f GB of weights (%d int4, %d int8, %d bf16 "
+               "matrices; %d quantized on load)\n",
+               path.c_str(), report.seconds, report.weight_bytes / 1e9, report.int4_matrices,
+               report.int8_matrices, report.bf16_matrices, report.quantized_on_load);
+  for (const std::string& note : report.notes) std::fprintf(stderr, "  note: %s\n", note.c_str());
+
+  const int max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
+  const int chunk = absl::GetFlag(FLAGS_chunk);
+  size_t longest = 0;
+  for (const std::vector<int>& ids : prompts) longest = std::max(longest, ids.size());
+  GQ_ASSIGN_OR_RETURN(gquant::cuda::GpuSequence seq,
+                      model->NewSequence(static_cast<int64_t>(longest) + max_new_tokens, chunk));
+  for (const std::vector<int>& ids : prompts) {
+    seq.Clear();
+    GQ_ASSIGN_OR_RETURN(const gquant::cuda::GenerateResult result,
+                        model->Generate(seq, ids,
+                                        {.max_new_tokens = max_new_tokens,
+                                         .sampler = sampler_config,
+                                         .stop_ids = model->config().eos_token_ids,
+                                         .chunk = chunk,
+                                         .use_graph = absl::GetFlag(FLAGS_graph)}));
+    GQ_ASSIGN_OR_RETURN(const int64_t in_use, gquant::cuda::DeviceMemoryInUse());
+    Report({result.tokens, result.stopped_at_stop_id, result.prefill_seconds, result.decode_seconds,
+            result.decode_steps},
+           ids.size(), absl::StrFormat("; GPU memory in use %.2f GB", in_use / 1e9));
+  }
+  return absl::OkStatus();
+}
+#endif
+
+absl::StatusOr<std::vector<std::vector<int>>> ReadPrompts() {
+  const std::string prompt = absl::GetFlag(FLAGS_prompt);
+  const std::string prompt_file = absl::GetFlag(FLAGS_prompt_file);
+  if (prompt.empty() == prompt_file.empty()) {
+    return absl::InvalidArgumentError("expected exactly one of --prompt and --prompt-file");
+  }
+  if (!prompt.empty()) {
+    absl::StatusOr<std::vector<int>> ids = gquant::gemma4::ParsePromptIds(prompt);
+    if (!ids.ok()) return gquant::Annotate(ids.status(), "--prompt");
+    return std::vector<std::vector<int>>{*std::move(ids)};
+  }
+  return gquant::gemma4::ReadPromptFile(prompt_file);
+}
+
+// Applies --bos with the model's BOS id (from its config, read before the
+// slow load).
+absl::Status AddBos(const std::string& path, std::vector<std::vector<int>>& prompts) {
+  const std::string bos = absl::GetFlag(FLAGS_bos);
+  if (bos != "auto" && bos != "always" && bos != "never") {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--bos: expected auto, always or never, but got '%s'", bos));
+  }
+  if (bos == "never") return absl::OkStatus();
+  GQ_ASSIGN_OR_RETURN(const std::unique_ptr<gquant::gemma4::WeightSource> source,
+                      gquant::gemma4::OpenWeightSource(path));
+  const std::optional<int> id = source->config().text.bos_token_id;
+  if (!id.has_value()) {
+    if (bos == "always")
+      return absl::InvalidArgumentError("--bos=always: the config has no BOS id");
+    return absl::OkStatus();
+  }
+  for (std::vector<int>& ids : prompts) {
+    if (bos == "always" || ids.empty() || ids.front() != *id) ids.insert(ids.begin(), *id);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Run(const std::string& path) {
+  GQ_ASSIGN_OR_RETURN(std::vector<std::vector<int>> prompts, ReadPrompts());
+  if (absl::GetFlag(FLAGS_max_new_tokens) < 1) {
+    return absl::InvalidArgumentError(absl::StrFormat("--max-new-tokens: expected >= 1, but got %d",
+                                                      absl::GetFlag(FLAGS_max_new_tokens)));
+  }
+  if (absl::GetFlag(FLAGS_chunk) < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--chunk: expected >= 1, but got %d", absl::GetFlag(FLAGS_chunk)));
+  }
+  const gquant::SamplerConfig sampler_config{absl::GetFlag(FLAGS_temperature),
+                                             absl::GetFlag(FLAGS_top_k), absl::GetFlag(FLAGS_top_p),
+                                             absl::GetFlag(FLAGS_seed)};
+  // Config errors come before the (slow) model load.
+  GQ_RETURN_IF_ERROR(sampler_config.Validate());
+  const std::string device = absl::GetFlag(FLAGS_device);
+  if (device != "cpu" && device != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--device: expected cpu or cuda, but got '%s'", device));
+  }
+  if (device == "cpu" && !absl::GetFlag(FLAGS_recipe).empty()) {
+    return absl::InvalidArgumentError(
+        "--recipe quantizes on load for --device=cuda; for the CPU, quantize the checkpoint with "
+        "gquant-quantize first");
+  }
+  GQ_RETURN_IF_ERROR(AddBos(path, prompts));
+  if (device == "cpu") return RunOnCpu(path, prompts, sampler_config);
+#if GQUANT_HAS_CUDA
+  return RunOnCuda(path, prompts, sampler_config);
+#else
+  return absl::UnimplementedError("--device=cuda: this build has no CUDA backend");
+#endif
 }
 
 }  // namespace
@@ -143,9 +258,9 @@ absl::Status Run(const std::string& path) {
 int main(int argc, char** argv) {
   gquant::tools::DashesToUnderscoresInFlagNames(argc, argv);
   absl::SetProgramUsageMessage(
-      "gquant-generate MODEL_PATH --prompt=\"2 45 99\" | --prompt-file=FILE "
-      "[--max-new-tokens=N] [--temperature=T] [--top-k=K] [--top-p=P] [--seed=S] [--chunk=N] "
-      "[--threads=N]");
+      "gquant-generate MODEL_PATH --prompt=\"2 45 99\" | --prompt-file=FILE [--device=cpu|cuda] "
+      "[--recipe=R] [--bos=auto|always|never] [--max-new-tokens=N] [--temperature=T] [--top-k=K] "
+      "[--top-p=P] [--seed=S] [--chunk=N] [--threads=N] [--no-graph]");
   const std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() != 2) {
     std::fprintf(stderr, "usage: %s\n", absl::ProgramUsageMessage().data());

@@ -99,7 +99,8 @@ absl::StatusOr<int> Sampler::Sample(std::span<const float> logits) {
               [&](size_t a, size_t b) { return before(cands[a], cands[b]); });
     double mass = 0;
     size_t kept = 0;
-    while (kept < order.size() && mass < config_.top_p - kTopPSlack) {
+    // At least the most probable token, even for a top_p within the slack.
+    while (kept < order.size() && (kept == 0 || mass < config_.top_p - kTopPSlack)) {
       mass += weight[order[kept++]] / total;
     }
     std::vector<Candidate> nucleus;

@@ -160,11 +160,12 @@ TEST_CASE("Top-p keeps the smallest prefix reaching p", "[sampler]") {
   for (int i = 0; i < 4; ++i) logits[ids[i]] = static_cast<float>(std::log(probs[i])) + offset;
 
   // p = 0.8: 0.5 + 0.3 reaches it, so the first two only, as 0.625 / 0.375.
-  // p = 0.81: the third is needed. p = 0.3: the first alone reaches it.
+  // p = 0.81: the third is needed. p = 0.3: the first alone reaches it;
+  // so does a p within the 1e-6 slack of 0 (at least one token is kept).
   const struct {
     float top_p;
     int kept;
-  } cases[] = {{0.8f, 2}, {0.81f, 3}, {0.3f, 1}, {1.0f, 4}};
+  } cases[] = {{0.8f, 2}, {0.81f, 3}, {0.3f, 1}, {1.0f, 4}, {1e-7f, 1}};
   for (const auto& c : cases) {
     INFO("top_p " << c.top_p);
     std::vector<bool> keep(4, false);

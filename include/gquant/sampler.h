@@ -33,6 +33,7 @@ struct SamplerConfig {
   // InvalidArgument (naming the field) for temperature < 0 or not finite,
   // top_k < 0, or top_p outside (0, 1].
   absl::Status Validate() const;
+  friend bool operator==(const SamplerConfig&, const SamplerConfig&) = default;
 };
 
 class Sampler {

@@ -40,12 +40,8 @@ struct CpuModel::State {
   mutable std::map<std::string, WeightPtr, std::less<>> weights;  // kept float32 weights
   mutable int64_t weight_bytes = 0;
 
-  // Positions a layer's cache holds: none for KV-shared layers, the window a
-  // chunk can see for sliding ones, everything for full ones.
   int64_t Capacity(const LayerPlan& layer, int64_t max_positions, int max_chunk) const {
-    if (layer.kv_shared) return 0;
-    if (layer.type == LayerType::kFull) return max_positions;
-    return std::min<int64_t>(max_positions, plan.config.sliding_window + max_chunk - 1);
+    return KvCacheCapacity(plan.config, layer, max_positions, max_chunk);
   }
 
   bool WouldKeep(const std::string& name, int64_t bytes) const {
@@ -303,16 +299,7 @@ struct CpuModel::State {
           absl::StrCat("Forward: ", cache.length_, " cached + ", tokens.size(),
                        " new tokens exceed the cache's ", cache.max_positions_, " positions"));
     }
-    int vocab = c.vocab_size;
-    if (c.has_per_layer_embeddings()) vocab = std::min(vocab, c.vocab_size_per_layer_input);
-    for (size_t i = 0; i < tokens.size(); ++i) {
-      if (tokens[i] < 0 || tokens[i] >= vocab) {
-        return absl::InvalidArgumentError(absl::StrCat("Forward: token ", i, " is id ", tokens[i],
-                                                       ", outside the vocabulary [0, ", vocab,
-                                                       ")"));
-      }
-    }
-    return absl::OkStatus();
+    return CheckTokenIds(c, tokens, "Forward");
   }
 
   // The forward of one chunk. Writes K/V only into slots that no position

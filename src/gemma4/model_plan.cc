@@ -1,5 +1,6 @@
 #include "gquant/gemma4/model_plan.h"
 
+#include <algorithm>
 #include <string>
 #include <utility>
 #include <vector>
@@ -107,6 +108,27 @@ std::vector<WeightSpec> ModelPlan::AllWeights() const {
   std::vector<WeightSpec> all = global_weights;
   for (const auto& layer : layer_weights) all.insert(all.end(), layer.begin(), layer.end());
   return all;
+}
+
+int64_t KvCacheCapacity(const TextConfig& config, const LayerPlan& layer, int64_t max_positions,
+                        int max_chunk) {
+  if (layer.kv_shared) return 0;
+  if (layer.type == LayerType::kFull) return max_positions;
+  return std::min<int64_t>(max_positions, int64_t{config.sliding_window} + max_chunk - 1);
+}
+
+absl::Status CheckTokenIds(const TextConfig& config, std::span<const int> tokens,
+                           std::string_view what) {
+  int vocab = config.vocab_size;
+  if (config.has_per_layer_embeddings()) vocab = std::min(vocab, config.vocab_size_per_layer_input);
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat(std::string(what), ": token ", i, " is id ",
+                                                     tokens[i], ", outside the vocabulary [0, ",
+                                                     vocab, ")"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace gquant::gemma4

@@ -14,6 +14,7 @@
 #include "gquant/gemma4/gguf_mapping.h"
 #include "gquant/ggml_format.h"
 #include "gquant/gguf.h"
+#include "gquant/pack.h"
 #include "gquant/quantized_checkpoint.h"
 #include "gquant/recipe.h"
 #include "gquant/status.h"
@@ -82,6 +83,24 @@ class CheckpointSource final : public WeightSource {
   }
 
   std::string description() const override { return absl::StrCat("checkpoint '", path_, "'"); }
+
+  bool StoresQuantized(std::string_view name) const override {
+    const QuantizedWeightInfo* info = Info(name);
+    return info != nullptr && info->kind != QuantizedWeightInfo::Kind::kPlain;
+  }
+
+  // The stored codes packed as they are: no dequantize / requantize trip.
+  absl::StatusOr<std::vector<PackedMatrix>> LoadPacked(std::string_view name,
+                                                       PackBackend backend) const override {
+    const QuantizedWeightInfo* info = Info(name);
+    if (info == nullptr) return NotFound(name);
+    if (info->kind == QuantizedWeightInfo::Kind::kPlain) {
+      return WeightSource::LoadPacked(name, backend);
+    }
+    absl::StatusOr<std::vector<PackedMatrix>> packed = PackWeight(checkpoint_, info->fqn, backend);
+    if (!packed.ok()) return Annotate(packed.status(), description());  // names the FQN
+    return packed;
+  }
 
  private:
   CheckpointSource(std::string path, QuantizedCheckpoint checkpoint, Config config)
@@ -179,6 +198,28 @@ class GgufSource final : public WeightSource {
 
   std::string description() const override { return absl::StrCat("GGUF '", path_, "'"); }
 
+  bool StoresQuantized(std::string_view name) const override {
+    const auto it = infos_.find(name);
+    if (it == infos_.end()) return false;
+    const GgmlTypeTraits* traits = FindGgmlType(it->second->type);
+    return traits != nullptr && traits->is_quantized;
+  }
+
+  // Q8_0 / Q6_K / Q4_K blocks pack directly, other quantized types through
+  // the gquant form; F32 / F16 / BF16 are plain.
+  absl::StatusOr<std::vector<PackedMatrix>> LoadPacked(std::string_view name,
+                                                       PackBackend backend) const override {
+    const auto it = infos_.find(name);
+    if (it == infos_.end()) return NotFound(name);
+    if (!StoresQuantized(name)) return WeightSource::LoadPacked(name, backend);
+    absl::StatusOr<std::vector<PackedMatrix>> packed =
+        PackGgufTensor(file_, it->second->name, backend);
+    if (!packed.ok()) {  // the packer names the GGUF tensor; add the HF name
+      return Annotate(packed.status(), description(), ": weight '", std::string(name), "'");
+    }
+    return packed;
+  }
+
  private:
   GgufSource(std::string path, GgufFile file, Config config)
       : path_(std::move(path)), file_(std::move(file)), config_(std::move(config)) {}
@@ -223,6 +264,15 @@ absl::StatusOr<std::vector<float>> WeightSource::LoadRows(std::string_view name,
   const int64_t cols = (*shape)[1];
   return std::vector<float>(all.begin() + row_begin * cols,
                             all.begin() + (row_begin + rows) * cols);
+}
+
+bool WeightSource::StoresQuantized(std::string_view) const { return false; }
+
+absl::StatusOr<std::vector<PackedMatrix>> WeightSource::LoadPacked(std::string_view name,
+                                                                   PackBackend backend) const {
+  return absl::UnimplementedError(absl::StrCat(description(), ": weight '", std::string(name),
+                                               "' is not stored quantized (no ",
+                                               std::string(PackBackendName(backend)), " packing)"));
 }
 
 absl::StatusOr<std::unique_ptr<WeightSource>> OpenWeightSource(const std::string& path) {

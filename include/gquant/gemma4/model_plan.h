@@ -5,7 +5,9 @@
 #define GQUANT_GEMMA4_MODEL_PLAN_H_
 
 #include <cstdint>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -51,6 +53,20 @@ struct ModelPlan {
   // Every weight, global first, then layer by layer.
   std::vector<WeightSpec> AllWeights() const;
 };
+
+// Positions a layer's KV cache holds for a sequence of up to max_positions
+// tokens fed in chunks of up to max_chunk: none for KV-shared layers (they
+// read their source's), the window a chunk can see on sliding layers
+// (sliding_window + max_chunk - 1, a ring buffer), all of them on full ones.
+// Both the CPU and the GPU forward size their caches by it.
+int64_t KvCacheCapacity(const TextConfig& config, const LayerPlan& layer, int64_t max_positions,
+                        int max_chunk);
+
+// InvalidArgument naming `what`, the index and the id when a token id lies
+// outside what the model can embed: [0, vocab_size), and also below
+// vocab_size_per_layer_input on PLE models.
+absl::Status CheckTokenIds(const TextConfig& config, std::span<const int> tokens,
+                           std::string_view what);
 
 }  // namespace gquant::gemma4
 

@@ -21,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "gquant/gemma4/config.h"
 #include "gquant/gemma4/model_plan.h"
+#include "gquant/pack.h"
 
 namespace gquant::gemma4 {
 
@@ -43,6 +44,18 @@ class WeightSource {
                                                       int64_t rows) const;
   // Describes the source for messages ("checkpoint '/m/tiny'", "GGUF '/m/x.gguf'").
   virtual std::string description() const = 0;
+
+  // Whether the file stores weight `name` quantized (gquant Int4/Intx, or a
+  // quantized GGUF type), so LoadPacked can pack its codes without a float
+  // round trip. False for plain weights and unknown names (the default).
+  virtual bool StoresQuantized(std::string_view name) const;
+  // The stored quantized weight packed for `backend`, one matrix per expert
+  // for [E, N, K] (pack.h: PackWeight / PackGgufTensor). The default returns
+  // Unimplemented; so do sources for plain weights. Otherwise the packers'
+  // errors: Unimplemented (no packer for the format), InvalidArgument (a
+  // shape the layout cannot take), each naming the source and weight.
+  virtual absl::StatusOr<std::vector<PackedMatrix>> LoadPacked(std::string_view name,
+                                                               PackBackend backend) const;
 };
 
 // Opens `path`: a GGUF file (told by its magic), or a checkpoint directory /

@@ -1,0 +1,128 @@
+// One linear layer's weight in GPU memory, in the form the checkpoint gave
+// it, and y[M, N] = x[M, K] · Wᵀ for any M (bf16 activations, fp32
+// accumulation, bf16 output):
+//
+//   form   layout (pack.h)      M <= 16                M > 16
+//   int4   cuda_int4_mma16      Int4MmaGemv            WeightOnlyGemm (dequantize + cuBLAS)
+//   int8   cuda_int8_rows       Int8Gemv               WeightOnlyGemm (DequantizeInt8Rows)
+//   bf16   [N, K] row-major     cuBLAS GemmEx          cuBLAS GemmEx
+//
+// The same object is also an embedding table (Gemma ties the LM head to the
+// embedding): Gather reads rows of the int8 and bf16 forms, and of the int4
+// form through GatherInt4MmaRows (embedding_gather.cuh).
+//
+// Several matrices with the same K and form can be stacked along N into one
+// (FromPackedRows): gate and up become one GEMV whose output row is
+// [gate | up], one launch instead of two.
+//
+// Graph capture: Run with M <= 16 launches kernels (and, for bf16, one cuBLAS
+// call on a handle with a fixed workspace), so a decode step that calls it
+// can be captured into a CUDA graph and replayed. M > 16 uses the side stream
+// and events of WeightOnlyGemm and is not meant for capture.
+#ifndef GQUANT_CUDA_DEVICE_LINEAR_CUH_
+#define GQUANT_CUDA_DEVICE_LINEAR_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "device_buffer.cuh"
+#include "gquant/pack.h"
+#include "int4_mma_gemv.cuh"
+#include "int8_gemv.cuh"
+
+namespace gquant::cuda {
+
+// What Run needs besides the weight: a cuBLAS handle with its workspace and
+// the prefill GEMM's scratch buffers and side stream. One per host thread /
+// stream user, as WeightOnlyGemm (prefill_gemm.cuh) requires.
+class LinearContext {
+ public:
+  // On the current device. Internal for a CUDA or cuBLAS error.
+  static absl::StatusOr<LinearContext> Create();
+  LinearContext(LinearContext&&) noexcept;
+  LinearContext& operator=(LinearContext&&) noexcept;
+  ~LinearContext();
+
+ private:
+  friend class DeviceLinear;
+  struct Resources;
+  explicit LinearContext(std::unique_ptr<Resources> resources);
+  std::unique_ptr<Resources> resources_;
+};
+
+enum class LinearForm : uint8_t { kInt4, kInt8, kBf16 };
+std::string_view LinearFormName(LinearForm form);  // "int4", "int8", "bf16"
+
+class DeviceLinear {
+ public:
+  DeviceLinear() = default;
+
+  // Uploads one packed matrix (layout cuda_int4_mma16 or cuda_int8_rows).
+  // InvalidArgument for another layout or missing or mis-sized parts (naming
+  // `name`), found before any CUDA call; Internal for a CUDA error. Like the
+  // other factories, returns once the copies have landed, so the weight is
+  // ready for work on any stream.
+  static absl::StatusOr<DeviceLinear> FromPacked(const PackedMatrix& packed,
+                                                 std::string_view name = "linear");
+  // Matrices with the same layout, K, group size and zero form, stacked along
+  // N in the given order. InvalidArgument when they differ (or none).
+  static absl::StatusOr<DeviceLinear> FromPackedRows(std::span<const PackedMatrix> parts,
+                                                     std::string_view name = "linear");
+  // A float32 [n, k] row-major matrix, stored as bf16 (round to nearest even).
+  // InvalidArgument for a size mismatch or n, k < 1.
+  static absl::StatusOr<DeviceLinear> FromFloat(std::span<const float> values, int64_t n, int64_t k,
+                                                std::string_view name = "linear");
+  // Several float32 [n_i, k] matrices stacked along N, as FromPackedRows.
+  static absl::StatusOr<DeviceLinear> FromFloatRows(std::span<const std::span<const float>> parts,
+                                                    std::span<const int64_t> rows, int64_t k,
+                                                    std::string_view name = "linear");
+
+  LinearForm form() const { return form_; }
+  int64_t n() const { return n_; }
+  int64_t k() const { return k_; }
+  int64_t num_bytes() const;  // device bytes of the weight (codes + parameters)
+
+  // y[m, N] = x[m, K] · Wᵀ on `stream`; x and y device pointers, 16-byte
+  // aligned, row-major. m = 0 does nothing. InvalidArgument for m < 0, an
+  // empty object or bad pointers; the kernels' errors otherwise.
+  absl::Status Run(const __nv_bfloat16* x, int64_t m, __nv_bfloat16* y, LinearContext& context,
+                   cudaStream_t stream) const;
+
+  // out[t, :] = bf16(row ids[t] of W, dequantized, * multiplier) for t < count,
+  // ids int32 on the device (an id outside [0, N) gives a row of NaNs, as the
+  // gathers in embedding_gather.cuh). out is [count, K], 16-byte aligned.
+  absl::Status Gather(const int32_t* ids, int count, float multiplier, __nv_bfloat16* out,
+                      cudaStream_t stream) const;
+
+  // The kernel views (valid for the int4 / int8 forms; for tests and benches).
+  const Int4MmaWeight& int4() const { return int4_; }
+  const Int8RowsWeight& int8() const { return int8_; }
+  const __nv_bfloat16* bf16() const { return bf16_.data(); }
+
+ private:
+  // Run and Gather on an empty object (n_ == 0) fail with InvalidArgument.
+  absl::Status CheckNotEmpty(std::string_view what) const;
+  std::string Describe() const;  // "linear '<name>' (<form> [N, K])", for messages
+
+  std::string name_ = "linear";  // labels error messages
+  LinearForm form_ = LinearForm::kBf16;
+  int64_t n_ = 0, k_ = 0;
+  DeviceBuffer<std::byte> codes_;     // int4 qweight or int8 codes
+  DeviceBuffer<std::byte> params_;    // int4 bf16x2 params or int8 float2 params
+  DeviceBuffer<__nv_bfloat16> bf16_;  // bf16 form
+  Int4MmaWeight int4_;
+  Int8RowsWeight int8_;
+};
+
+}  // namespace gquant::cuda
+
+#endif  // GQUANT_CUDA_DEVICE_LINEAR_CUH_

@@ -1,0 +1,791 @@
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <optional>
+#include <tuple>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "activations.cuh"
+#include "convert.cuh"
+#include "cuda_status.cuh"
+#include "decode_attention.cuh"
+#include "device_buffer.cuh"
+#include "device_linear.cuh"
+#include "gemma4/cpu_ops.h"  // RopeInverseFrequencies: the same float32 table as the CPU
+#include "gpu_model.cuh"
+#include "gpu_sampler.cuh"
+#include "gquant/dtype.h"
+#include "gquant/gemma4/backend_weights.h"
+#include "gquant/status.h"
+#include "gquant/thread_pool.h"
+#include "kv_cache.cuh"
+#include "per_layer_inputs.cuh"
+#include "prefill_attention.cuh"
+#include "rms_norm.cuh"
+
+namespace gquant::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+using gemma4::LayerPlan;
+using gemma4::LayerType;
+using gemma4::TextConfig;
+using Clock = std::chrono::steady_clock;
+
+// Python-float scales that PyTorch multiplies into float32 tensors as float32
+// (as the CPU reference computes them).
+float PowF(double base, double exponent) { return static_cast<float>(std::pow(base, exponent)); }
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+template <typename T>
+absl::StatusOr<DeviceBuffer<T>> Upload(std::span<const T> values) {
+  GQ_ASSIGN_OR_RETURN(DeviceBuffer<T> buffer, DeviceBuffer<T>::Allocate(values.size()));
+  GQ_RETURN_IF_ERROR(buffer.CopyFromHost(values));
+  return buffer;
+}
+
+absl::StatusOr<DeviceBuffer<bf16>> UploadBf16(std::span<const float> values) {
+  std::vector<bf16> host(values.size());
+  for (size_t i = 0; i < values.size(); ++i) {
+    host[i] = __ushort_as_bfloat16(FloatToBFloat16(values[i]));
+  }
+  return Upload<bf16>(host);
+}
+
+__global__ void SetPositionKernel(int64_t* position, int64_t value) { *position = value; }
+__global__ void AdvancePositionKernel(int64_t* position) { *position += 1; }
+
+// Linears that read the same input (q, k, v; gate, up): one stacked GEMV
+// when their forms allow, else one launch each. Either way Run leaves member
+// i's [t, widths[i]] block at y + t * (widths[0] + ... + widths[i-1]), so
+// consumers see contiguous per-member outputs; a stacked run with t > 1
+// writes [t, total] rows to `scratch` and splits them (a strided copy,
+// negligible next to a prefill GEMM; for t = 1 the row already is the
+// blocks).
+struct LinearGroup {
+  std::vector<DeviceLinear> linears;  // one (stacked) or one per member
+  std::vector<int64_t> widths;        // N of each member
+  int64_t total = 0;
+
+  absl::Status Run(const bf16* x, int64_t t, bf16* y, bf16* scratch, LinearContext& context,
+                   cudaStream_t stream) const {
+    if (linears.size() == widths.size()) {
+      int64_t offset = 0;
+      for (size_t i = 0; i < linears.size(); ++i) {
+        GQ_RETURN_IF_ERROR(linears[i].Run(x, t, y + t * offset, context, stream));
+        offset += widths[i];
+      }
+      return absl::OkStatus();
+    }
+    if (t == 1) return linears[0].Run(x, t, y, context, stream);
+    GQ_RETURN_IF_ERROR(linears[0].Run(x, t, scratch, context, stream));
+    int64_t offset = 0;
+    for (const int64_t width : widths) {
+      GQ_RETURN_IF_CUDA_ERROR(cudaMemcpy2DAsync(
+          y + t * offset, width * sizeof(bf16), scratch + offset, total * sizeof(bf16),
+          width * sizeof(bf16), t, cudaMemcpyDeviceToDevice, stream));
+      offset += width;
+    }
+    return absl::OkStatus();
+  }
+};
+
+// One decoder layer's weights on the device (spec §2.4-§2.6).
+struct LayerWeights {
+  LinearGroup qkv;      // q, k, v (k only on K=V layers; q only on KV-shared ones)
+  LinearGroup gate_up;  // the MLP's gate and up
+  DeviceLinear o, down, ple_gate, ple_projection;
+  bool has_v = false;  // false on K=V and KV-shared layers
+  DeviceBuffer<bf16> input_norm, post_attention_norm, pre_feedforward_norm, post_feedforward_norm;
+  DeviceBuffer<bf16> q_norm, k_norm, post_ple_norm;
+  DeviceBuffer<float> layer_scalar;  // [1]
+  DeviceBuffer<float> inv_freq;      // [head_dim / 2]
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------- the model
+
+struct GpuModel::State {
+  std::unique_ptr<gemma4::WeightSource> source;
+  gemma4::ModelPlan plan;
+  GpuModelOptions options;
+  GpuLoadReport report;
+  std::optional<Recipe> recipe;
+  std::unique_ptr<ThreadPool> pool;
+
+  DeviceLinear embed, lm_head, ple_embed, ple_projection;
+  bool tied_head = true;
+  DeviceBuffer<bf16> final_norm, ple_projection_norm;
+  std::vector<LayerWeights> layers;
+  // The widest activations any layer needs, to size a sequence's buffers.
+  int64_t max_q_width = 0, max_kv_width = 0, max_mlp_width = 0, max_group_width = 0;
+  int64_t weights_done = 0, weights_total = 0;
+
+  const TextConfig& config() const { return plan.config; }
+  const DeviceLinear& head() const { return tied_head ? embed : lm_head; }
+
+  absl::StatusOr<gemma4::BackendWeight> LoadWeight(const std::string& name) {
+    GQ_ASSIGN_OR_RETURN(gemma4::BackendWeight weight,
+                        gemma4::LoadBackendWeight(*source, name, PackBackend::kCuda,
+                                                  {recipe ? &*recipe : nullptr, pool.get()}));
+    if (!weight.note.empty()) report.notes.push_back(absl::StrCat(name, ": ", weight.note));
+    if (weight.quantized_on_load) ++report.quantized_on_load;
+    ++weights_done;
+    if (options.progress) {
+      options.progress(
+          {.tensors_done = weights_done, .tensors_total = weights_total, .current = name});
+    }
+    return weight;
+  }
+
+  void Count(const DeviceLinear& linear, int matrices) {
+    report.weight_bytes += linear.num_bytes();
+    switch (linear.form()) {
+      case LinearForm::kInt4:
+        report.int4_matrices += matrices;
+        break;
+      case LinearForm::kInt8:
+        report.int8_matrices += matrices;
+        break;
+      case LinearForm::kBf16:
+        report.bf16_matrices += matrices;
+        break;
+    }
+  }
+
+  // One DeviceLinear from one loaded matrix: packed, or bf16 from floats.
+  absl::StatusOr<DeviceLinear> UploadLinear(const gemma4::BackendWeight& weight,
+                                            const std::string& name) {
+    GQ_ASSIGN_OR_RETURN(
+        DeviceLinear linear,
+        weight.packed.empty()
+            ? DeviceLinear::FromFloat(weight.values, weight.shape[0], weight.shape[1], name)
+            : DeviceLinear::FromPacked(weight.packed[0], name));
+    Count(linear, 1);
+    return linear;
+  }
+
+  // The matrices `names` (same K) as one stacked DeviceLinear when their
+  // forms allow (all packed alike, or all float), else one each.
+  absl::StatusOr<LinearGroup> LoadGroup(std::span<const std::string> names) {
+    std::vector<gemma4::BackendWeight> weights;
+    LinearGroup group;
+    for (const std::string& name : names) {
+      GQ_ASSIGN_OR_RETURN(weights.emplace_back(), LoadWeight(name));
+      const gemma4::BackendWeight& w = weights.back();
+      if (w.shape.size() != 2 || (!w.packed.empty() && w.packed.size() != 1)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(source->description(), ": weight '", name, "' is not a matrix"));
+      }
+      group.widths.push_back(w.shape[0]);
+      group.total += w.shape[0];
+    }
+    if (names.size() > 1) {
+      const std::string label = absl::StrJoin(names, " + ");
+      auto stack = [&]() -> absl::StatusOr<DeviceLinear> {
+        if (std::all_of(weights.begin(), weights.end(),
+                        [](const auto& w) { return w.packed.size() == 1; })) {
+          std::vector<PackedMatrix> parts;
+          for (const gemma4::BackendWeight& w : weights) parts.push_back(w.packed[0]);
+          return DeviceLinear::FromPackedRows(parts, label);
+        }
+        if (std::all_of(weights.begin(), weights.end(),
+                        [](const auto& w) { return w.packed.empty(); })) {
+          std::vector<std::span<const float>> parts;
+          for (const gemma4::BackendWeight& w : weights) parts.push_back(w.values);
+          return DeviceLinear::FromFloatRows(parts, group.widths, weights[0].shape[1], label);
+        }
+        return absl::InvalidArgumentError("mixed forms");
+      };
+      absl::StatusOr<DeviceLinear> stacked = stack();
+      if (stacked.ok()) {
+        Count(*stacked, static_cast<int>(names.size()));
+        group.linears.push_back(*std::move(stacked));
+        return group;
+      }
+      if (!absl::IsInvalidArgument(stacked.status())) return stacked.status();
+      // Not stackable (different forms or group sizes): one launch each.
+    }
+    for (size_t i = 0; i < names.size(); ++i) {
+      GQ_ASSIGN_OR_RETURN(group.linears.emplace_back(), UploadLinear(weights[i], names[i]));
+    }
+    return group;
+  }
+  absl::StatusOr<DeviceLinear> LoadLinear(const std::string& name) {
+    GQ_ASSIGN_OR_RETURN(gemma4::BackendWeight weight, LoadWeight(name));
+    if (weight.shape.size() != 2 || (!weight.packed.empty() && weight.packed.size() != 1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source->description(), ": weight '", name, "' is not a matrix"));
+    }
+    return UploadLinear(weight, name);
+  }
+
+  // A 1-D weight (norm, layer_scalar) as bf16 or float32 on the device.
+  absl::StatusOr<std::vector<float>> LoadVector(const std::string& name) {
+    GQ_ASSIGN_OR_RETURN(gemma4::BackendWeight weight, LoadWeight(name));
+    if (!weight.packed.empty()) {
+      GQ_ASSIGN_OR_RETURN(weight.values, source->Load(name));
+    }
+    return std::move(weight.values);
+  }
+  absl::StatusOr<DeviceBuffer<bf16>> LoadNorm(const std::string& name) {
+    GQ_ASSIGN_OR_RETURN(std::vector<float> values, LoadVector(name));
+    report.weight_bytes += static_cast<int64_t>(values.size() * sizeof(bf16));
+    return UploadBf16(values);
+  }
+
+  absl::Status LoadLayer(const LayerPlan& layer) {
+    const std::string p = absl::StrCat("layers.", layer.index, ".");
+    LayerWeights& w = layers.emplace_back();
+    GQ_ASSIGN_OR_RETURN(w.input_norm, LoadNorm(p + "input_layernorm.weight"));
+    std::vector<std::string> qkv = {p + "self_attn.q_proj.weight"};
+    if (!layer.kv_shared) {
+      qkv.push_back(p + "self_attn.k_proj.weight");
+      if (!layer.v_from_k) qkv.push_back(p + "self_attn.v_proj.weight");
+    }
+    w.has_v = qkv.size() == 3;
+    GQ_ASSIGN_OR_RETURN(w.qkv, LoadGroup(qkv));
+    GQ_ASSIGN_OR_RETURN(w.q_norm, LoadNorm(p + "self_attn.q_norm.weight"));
+    if (!layer.kv_shared) {
+      GQ_ASSIGN_OR_RETURN(w.k_norm, LoadNorm(p + "self_attn.k_norm.weight"));
+    }
+    GQ_ASSIGN_OR_RETURN(w.o, LoadLinear(p + "self_attn.o_proj.weight"));
+    GQ_ASSIGN_OR_RETURN(w.post_attention_norm, LoadNorm(p + "post_attention_layernorm.weight"));
+    GQ_ASSIGN_OR_RETURN(w.pre_feedforward_norm, LoadNorm(p + "pre_feedforward_layernorm.weight"));
+    const std::string gate_up[] = {p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"};
+    GQ_ASSIGN_OR_RETURN(w.gate_up, LoadGroup(gate_up));
+    GQ_ASSIGN_OR_RETURN(w.down, LoadLinear(p + "mlp.down_proj.weight"));
+    GQ_ASSIGN_OR_RETURN(w.post_feedforward_norm, LoadNorm(p + "post_feedforward_layernorm.weight"));
+    if (layer.has_ple) {
+      GQ_ASSIGN_OR_RETURN(w.ple_gate, LoadLinear(p + "per_layer_input_gate.weight"));
+      GQ_ASSIGN_OR_RETURN(w.ple_projection, LoadLinear(p + "per_layer_projection.weight"));
+      GQ_ASSIGN_OR_RETURN(w.post_ple_norm, LoadNorm(p + "post_per_layer_input_norm.weight"));
+    }
+    GQ_ASSIGN_OR_RETURN(std::vector<float> scalar, LoadVector(p + "layer_scalar"));
+    GQ_ASSIGN_OR_RETURN(w.layer_scalar, Upload<float>(scalar));
+    const std::vector<float> inv_freq =
+        gemma4::cpu::RopeInverseFrequencies(layer.rope, layer.head_dim);
+    GQ_ASSIGN_OR_RETURN(w.inv_freq, Upload<float>(inv_freq));
+
+    max_q_width = std::max<int64_t>(max_q_width, int64_t{layer.num_heads} * layer.head_dim);
+    max_kv_width = std::max<int64_t>(max_kv_width, int64_t{layer.num_kv_heads} * layer.head_dim);
+    max_mlp_width = std::max<int64_t>(max_mlp_width, layer.mlp_width);
+    max_group_width = std::max({max_group_width, w.qkv.total, w.gate_up.total});
+    return absl::OkStatus();
+  }
+
+  absl::Status LoadAll() {
+    const TextConfig& c = config();
+    weights_total = static_cast<int64_t>(plan.AllWeights().size());
+    GQ_ASSIGN_OR_RETURN(embed, LoadLinear(std::string("embed_tokens.weight")));
+    if (c.has_per_layer_embeddings()) {
+      GQ_ASSIGN_OR_RETURN(ple_embed, LoadLinear(std::string("embed_tokens_per_layer.weight")));
+      GQ_ASSIGN_OR_RETURN(ple_projection,
+                          LoadLinear(std::string("per_layer_model_projection.weight")));
+      GQ_ASSIGN_OR_RETURN(ple_projection_norm,
+                          LoadNorm(std::string("per_layer_projection_norm.weight")));
+    }
+    for (const LayerPlan& layer : plan.layers) {
+      GQ_RETURN_IF_ERROR(Annotate(LoadLayer(layer), "layer ", layer.index));
+    }
+    GQ_ASSIGN_OR_RETURN(final_norm, LoadNorm(std::string("norm.weight")));
+    // A stored lm_head (untied, or quantized apart from the embedding) wins.
+    tied_head = !source->Shape("lm_head.weight").has_value();
+    if (!tied_head) {
+      GQ_ASSIGN_OR_RETURN(lm_head, LoadLinear(std::string("lm_head.weight")));
+      report.lookup_only_bytes += embed.num_bytes();
+    }
+    if (c.has_per_layer_embeddings()) report.lookup_only_bytes += ple_embed.num_bytes();
+    return absl::OkStatus();
+  }
+};
+
+// ------------------------------------------------------------- a sequence
+
+struct GpuSequence::State {
+  const GpuModel::State* model = nullptr;
+  int64_t max_positions = 0;
+  int max_chunk = 0;
+  int64_t length = 0;
+  cudaStream_t stream = nullptr;
+
+  std::vector<DeviceBuffer<bf16>> k_cache, v_cache;  // per layer; empty on shared layers
+  std::vector<KvLayerView> views;                    // per layer: the cache it attends to
+  std::vector<DecodeAttentionWorkspace> workspaces;
+  std::vector<int> workspace_of;  // per layer: index into workspaces
+  int64_t cache_bytes = 0;
+
+  // Activations for up to max_chunk tokens (bf16 unless noted).
+  DeviceBuffer<float> residual;  // [C, H] float32
+  DeviceBuffer<bf16> normed, qkv, attention, delta, gate_up, mlp;
+  DeviceBuffer<bf16> group_scratch;  // [C, widest LinearGroup] (stacked runs of t > 1)
+  DeviceBuffer<bf16> per_layer, per_layer_context;  // [C, L * P] (PLE models)
+  DeviceBuffer<bf16> head_out;                      // [kHeadRows, vocab]
+  DeviceBuffer<float> logits;                       // [kHeadRows, vocab]
+  DeviceBuffer<int32_t> ids;                        // [C]; ids[0] is the decode token
+  DeviceBuffer<int64_t> position;                   // [1]: the chunk's first position
+  int32_t* host_token = nullptr;                    // pinned, one id
+
+  std::optional<LinearContext> linear_context;  // set by NewSequence
+  std::optional<GpuSampler> sampler;
+  cudaGraphExec_t decode_graph = nullptr;
+
+  static constexpr int kHeadRows = 16;  // logit rows per head GEMV (Forward)
+
+  ~State() {
+    if (decode_graph != nullptr) cudaGraphExecDestroy(decode_graph);
+    if (host_token != nullptr) cudaFreeHost(host_token);
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+
+  void DropGraph() {
+    if (decode_graph != nullptr) cudaGraphExecDestroy(decode_graph);
+    decode_graph = nullptr;
+  }
+};
+
+GpuSequence::GpuSequence(std::unique_ptr<State> state) : state_(std::move(state)) {}
+GpuSequence::GpuSequence(GpuSequence&&) noexcept = default;
+GpuSequence& GpuSequence::operator=(GpuSequence&&) noexcept = default;
+GpuSequence::~GpuSequence() = default;
+int64_t GpuSequence::length() const { return state_->length; }
+int64_t GpuSequence::max_positions() const { return state_->max_positions; }
+int GpuSequence::max_chunk() const { return state_->max_chunk; }
+int64_t GpuSequence::cache_bytes() const { return state_->cache_bytes; }
+void GpuSequence::Clear() { state_->length = 0; }
+cudaStream_t GpuSequence::stream() const { return state_->stream; }
+
+absl::Status GpuSequence::SkipTo(int64_t length) {
+  if (length < 0 || length >= state_->max_positions) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("SkipTo: position ", length, " outside [0, ", state_->max_positions, ")"));
+  }
+  state_->length = length;
+  return absl::OkStatus();
+}
+
+// ------------------------------------------------------------ the forward
+
+namespace {
+
+// Queues the forward of `t` tokens (ids already in seq.ids, *seq.position =
+// p0) through the final norm: seq.normed holds the normed last hidden
+// states [t, H]. One token uses the decode kernels, which read the position
+// on the device (so a captured graph replays at any position).
+absl::Status EnqueueLayers(const GpuModel::State& m, GpuSequence::State& s, int64_t t, int64_t p0) {
+  const TextConfig& c = m.config();
+  const cudaStream_t stream = s.stream;
+  const int64_t h = c.hidden_size;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  const int layers = c.num_hidden_layers;
+  const int p = c.hidden_size_per_layer_input;
+  const bool decode = t == 1;
+  const int64_t* position = s.position.data();
+  LinearContext& linear = *s.linear_context;
+
+  // Spec §2.2: the scaled embedding (sqrt(H) in float32), the residual.
+  GQ_RETURN_IF_ERROR(
+      m.embed.Gather(s.ids.data(), static_cast<int>(t), PowF(h, 0.5), s.normed.data(), stream));
+  GQ_RETURN_IF_ERROR(Convert16ToFloat(DType::kBF16,
+                                      reinterpret_cast<const uint16_t*>(s.normed.data()),
+                                      s.residual.data(), t * h, stream));
+  if (c.has_per_layer_embeddings()) {  // spec §2.3
+    GQ_RETURN_IF_ERROR(m.ple_embed.Gather(s.ids.data(), static_cast<int>(t), PowF(p, 0.5),
+                                          s.per_layer.data(), stream));
+    GQ_RETURN_IF_ERROR(
+        m.ple_projection.Run(s.normed.data(), t, s.per_layer_context.data(), linear, stream));
+    GQ_RETURN_IF_ERROR(CombinePerLayerInputs(s.per_layer_context.data(), s.per_layer.data(), t,
+                                             layers, p, m.ple_projection_norm.data(), PowF(h, -0.5),
+                                             eps, PowF(2.0, -0.5), s.per_layer.data(), stream));
+  }
+  GQ_RETURN_IF_ERROR(RmsNorm(s.residual.data(), t, static_cast<int>(h),
+                             m.layers[0].input_norm.data(), eps, s.normed.data(), stream));
+
+  for (const LayerPlan& layer : m.plan.layers) {
+    const LayerWeights& w = m.layers[layer.index];
+    const int nh = layer.num_heads, nkv = layer.num_kv_heads, d = layer.head_dim;
+    const int64_t window = layer.type == LayerType::kSliding ? c.sliding_window : 0;
+
+    // Attention (spec §2.5): q, k, v as blocks of s.qkv.
+    GQ_RETURN_IF_ERROR(
+        w.qkv.Run(s.normed.data(), t, s.qkv.data(), s.group_scratch.data(), linear, stream));
+    bf16* q = s.qkv.data();
+    if (!layer.kv_shared) {
+      bf16* k = q + t * nh * d;
+      bf16* v = k + t * nkv * d;
+      if (!w.has_v) {  // K=V: V is the raw K projection, before k_norm and RoPE
+        GQ_RETURN_IF_CUDA_ERROR(
+            cudaMemcpyAsync(v, k, t * nkv * d * sizeof(bf16), cudaMemcpyDeviceToDevice, stream));
+      }
+      GQ_RETURN_IF_ERROR(
+          HeadNormRope(k, t, nkv, d, w.k_norm.data(), eps, w.inv_freq.data(), position, stream));
+      GQ_RETURN_IF_ERROR(HeadNormRope(v, t, nkv, d, nullptr, eps, nullptr, nullptr, stream));
+      GQ_RETURN_IF_ERROR(
+          AppendKv(s.views[layer.index], k, v, static_cast<int>(t), position, stream));
+    }
+    GQ_RETURN_IF_ERROR(
+        HeadNormRope(q, t, nh, d, w.q_norm.data(), eps, w.inv_freq.data(), position, stream));
+    const KvLayerView& kv = s.views[layer.kv_source];
+    if (decode) {
+      GQ_RETURN_IF_ERROR(DecodeAttention(q, nh, kv, position, window, s.attention.data(),
+                                         s.workspaces[s.workspace_of[layer.index]], stream));
+    } else {
+      GQ_RETURN_IF_ERROR(PrefillAttention(q, t, nh, p0, window, kv, s.attention.data(), stream));
+    }
+    GQ_RETURN_IF_ERROR(w.o.Run(s.attention.data(), t, s.delta.data(), linear, stream));
+    GQ_RETURN_IF_ERROR(AddNormalizedThenNorm(
+        s.residual.data(), s.delta.data(), t, static_cast<int>(h), w.post_attention_norm.data(),
+        eps, nullptr, w.pre_feedforward_norm.data(), s.normed.data(), stream));
+
+    // MLP: down(gelu_tanh(gate(x)) * up(x)), gate and up as one GEMV.
+    const int64_t width = layer.mlp_width;
+    GQ_RETURN_IF_ERROR(w.gate_up.Run(s.normed.data(), t, s.gate_up.data(), s.group_scratch.data(),
+                                     linear, stream));
+    GQ_RETURN_IF_ERROR(GeluTanhMul(s.gate_up.data(), width, s.gate_up.data() + t * width, width, t,
+                                   width, s.mlp.data(), stream));
+    GQ_RETURN_IF_ERROR(w.down.Run(s.mlp.data(), t, s.delta.data(), linear, stream));
+
+    // The next block's pre-norm (or the final norm) fused into the last add;
+    // layer_scalar multiplies the residual after the layer's last block.
+    const bf16* next_norm = layer.index + 1 < layers ? m.layers[layer.index + 1].input_norm.data()
+                                                     : m.final_norm.data();
+    if (layer.has_ple) {  // spec §2.4, after the MLP
+      GQ_RETURN_IF_ERROR(AddNormalized(s.residual.data(), s.delta.data(), t, static_cast<int>(h),
+                                       w.post_feedforward_norm.data(), eps, nullptr, stream));
+      GQ_RETURN_IF_ERROR(ConvertFloatTo16(DType::kBF16, s.residual.data(),
+                                          reinterpret_cast<uint16_t*>(s.normed.data()), t * h,
+                                          stream));
+      GQ_RETURN_IF_ERROR(w.ple_gate.Run(s.normed.data(), t, s.gate_up.data(), linear, stream));
+      GQ_RETURN_IF_ERROR(GeluTanhMul(s.gate_up.data(), p,
+                                     s.per_layer.data() + int64_t{layer.index} * p,
+                                     int64_t{layers} * p, t, p, s.mlp.data(), stream));
+      GQ_RETURN_IF_ERROR(w.ple_projection.Run(s.mlp.data(), t, s.delta.data(), linear, stream));
+      GQ_RETURN_IF_ERROR(AddNormalizedThenNorm(
+          s.residual.data(), s.delta.data(), t, static_cast<int>(h), w.post_ple_norm.data(), eps,
+          w.layer_scalar.data(), next_norm, s.normed.data(), stream));
+    } else {
+      GQ_RETURN_IF_ERROR(AddNormalizedThenNorm(
+          s.residual.data(), s.delta.data(), t, static_cast<int>(h), w.post_feedforward_norm.data(),
+          eps, w.layer_scalar.data(), next_norm, s.normed.data(), stream));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Logits (after the soft-cap) of `rows` <= kHeadRows normed hidden states
+// starting at row `first` of seq.normed, into seq.logits.
+absl::Status EnqueueHead(const GpuModel::State& m, GpuSequence::State& s, int64_t first,
+                         int64_t rows) {
+  const TextConfig& c = m.config();
+  const int64_t vocab = c.vocab_size;
+  LinearContext& linear = *s.linear_context;
+  GQ_RETURN_IF_ERROR(m.head().Run(s.normed.data() + first * c.hidden_size, rows, s.head_out.data(),
+                                  linear, s.stream));
+  if (c.final_logit_softcapping.has_value()) {
+    return SoftCap(s.head_out.data(), rows * vocab, static_cast<float>(*c.final_logit_softcapping),
+                   s.logits.data(), s.stream);
+  }
+  return Convert16ToFloat(DType::kBF16, reinterpret_cast<const uint16_t*>(s.head_out.data()),
+                          s.logits.data(), rows * vocab, s.stream);
+}
+
+absl::Status SetPosition(GpuSequence::State& s, int64_t value) {
+  SetPositionKernel<<<1, 1, 0, s.stream>>>(s.position.data(), value);
+  GQ_RETURN_IF_CUDA_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+// One decode step on the token in ids[0] at *position: the layers, the head,
+// the sampler (its id replaces ids[0]) and the position advance. Everything
+// reads its inputs on the device, so it is captured once and replayed.
+absl::Status EnqueueDecodeStep(const GpuModel::State& m, GpuSequence::State& s) {
+  GQ_RETURN_IF_ERROR(EnqueueLayers(m, s, 1, /*p0=*/0));
+  GQ_RETURN_IF_ERROR(EnqueueHead(m, s, 0, 1));
+  GQ_RETURN_IF_ERROR(s.sampler->Sample(s.logits.data(), s.ids.data(), s.stream));
+  AdvancePositionKernel<<<1, 1, 0, s.stream>>>(s.position.data());
+  GQ_RETURN_IF_CUDA_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+absl::Status CaptureDecodeGraph(const GpuModel::State& m, GpuSequence::State& s) {
+  s.DropGraph();
+  GQ_RETURN_IF_CUDA_ERROR(cudaStreamBeginCapture(s.stream, cudaStreamCaptureModeThreadLocal));
+  const absl::Status enqueued = EnqueueDecodeStep(m, s);
+  cudaGraph_t graph = nullptr;
+  const cudaError_t ended = cudaStreamEndCapture(s.stream, &graph);
+  GQ_RETURN_IF_ERROR(Annotate(enqueued, "capturing the decode step"));
+  GQ_RETURN_IF_CUDA_ERROR(ended);
+  const cudaError_t instantiated = cudaGraphInstantiate(&s.decode_graph, graph, 0);
+  cudaGraphDestroy(graph);
+  GQ_RETURN_IF_CUDA_ERROR(instantiated);
+  return absl::OkStatus();
+}
+
+absl::Status CheckChunk(const GpuModel::State& m, const GpuSequence::State& s,
+                        std::span<const int> tokens) {
+  if (s.model != &m) {
+    return absl::InvalidArgumentError("GPU sequence: not made by this model's NewSequence");
+  }
+  if (tokens.empty()) return absl::InvalidArgumentError("Forward: empty chunk");
+  if (static_cast<int64_t>(tokens.size()) > s.max_chunk) {
+    return absl::InvalidArgumentError(absl::StrCat("Forward: chunk of ", tokens.size(),
+                                                   " tokens, but the sequence allows at most ",
+                                                   s.max_chunk));
+  }
+  if (s.length + static_cast<int64_t>(tokens.size()) > s.max_positions) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Forward: ", s.length, " cached + ", tokens.size(),
+                     " new tokens exceed the sequence's ", s.max_positions, " positions"));
+  }
+  return gemma4::CheckTokenIds(m.config(), tokens, "Forward");
+}
+
+// Uploads a chunk's ids, sets the position and queues its layers.
+absl::Status EnqueueChunk(const GpuModel::State& m, GpuSequence::State& s,
+                          std::span<const int> tokens) {
+  static_assert(sizeof(int) == sizeof(int32_t));
+  GQ_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(s.ids.data(), tokens.data(),
+                                          tokens.size() * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                          s.stream));
+  GQ_RETURN_IF_ERROR(SetPosition(s, s.length));
+  GQ_RETURN_IF_ERROR(EnqueueLayers(m, s, static_cast<int64_t>(tokens.size()), s.length));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+GpuModel::GpuModel(std::unique_ptr<State> state) : state_(std::move(state)) {}
+GpuModel::~GpuModel() = default;
+
+const gemma4::ModelPlan& GpuModel::plan() const { return state_->plan; }
+const gemma4::Config& GpuModel::config() const { return state_->source->config(); }
+const GpuLoadReport& GpuModel::load_report() const { return state_->report; }
+
+absl::StatusOr<std::unique_ptr<GpuModel>> GpuModel::Load(const std::string& path,
+                                                         const GpuModelOptions& options) {
+  GQ_ASSIGN_OR_RETURN(std::unique_ptr<gemma4::WeightSource> source, gemma4::OpenWeightSource(path));
+  return FromSource(std::move(source), options);
+}
+
+absl::StatusOr<std::unique_ptr<GpuModel>> GpuModel::FromSource(
+    std::unique_ptr<gemma4::WeightSource> source, const GpuModelOptions& options) {
+  if (source == nullptr) return absl::InvalidArgumentError("GpuModel: null weight source");
+  const Clock::time_point start = Clock::now();
+  auto state = std::make_unique<State>();
+  GQ_ASSIGN_OR_RETURN(state->plan, gemma4::ModelPlan::Create(source->config().text));
+  GQ_RETURN_IF_ERROR(gemma4::CheckWeights(state->plan, *source));
+  for (const LayerPlan& layer : state->plan.layers) {
+    if (layer.has_moe) {
+      return absl::UnimplementedError(absl::StrCat(
+          source->description(), ": layer ", layer.index,
+          " has a mixture-of-experts block, which the GPU forward does not implement yet"));
+    }
+  }
+  if (!options.recipe.empty()) {
+    GQ_ASSIGN_OR_RETURN(state->recipe, Recipe::Load(options.recipe));
+  }
+  state->options = options;
+  state->pool = std::make_unique<ThreadPool>(options.threads);
+  state->source = std::move(source);
+  GQ_RETURN_IF_ERROR(state->LoadAll());
+  state->report.seconds = Seconds(start);
+  return std::unique_ptr<GpuModel>(new GpuModel(std::move(state)));
+}
+
+absl::StatusOr<GpuSequence> GpuModel::NewSequence(int64_t max_positions, int max_chunk) const {
+  if (max_positions < 1 || max_chunk < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("NewSequence: max_positions ", max_positions,
+                                                   " and max_chunk ", max_chunk,
+                                                   " must be at least 1"));
+  }
+  const State& m = *state_;
+  const TextConfig& c = m.config();
+  auto s = std::make_unique<GpuSequence::State>();
+  s->model = &m;
+  s->max_positions = max_positions;
+  s->max_chunk = max_chunk;
+  GQ_RETURN_IF_CUDA_ERROR(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
+  GQ_RETURN_IF_CUDA_ERROR(cudaMallocHost(&s->host_token, sizeof(int32_t)));
+
+  // KV caches, and a decode workspace per distinct (heads, head_dim, span).
+  s->k_cache.resize(m.plan.layers.size());
+  s->v_cache.resize(m.plan.layers.size());
+  s->views.resize(m.plan.layers.size());
+  std::map<std::tuple<int, int, int64_t>, int> workspace_index;
+  for (const LayerPlan& layer : m.plan.layers) {
+    const int64_t capacity = gemma4::KvCacheCapacity(c, layer, max_positions, max_chunk);
+    if (!layer.kv_shared) {
+      const int64_t elements = capacity * layer.num_kv_heads * layer.head_dim;
+      GQ_ASSIGN_OR_RETURN(s->k_cache[layer.index], DeviceBuffer<bf16>::Allocate(elements));
+      GQ_ASSIGN_OR_RETURN(s->v_cache[layer.index], DeviceBuffer<bf16>::Allocate(elements));
+      s->cache_bytes += 2 * elements * static_cast<int64_t>(sizeof(bf16));
+      s->views[layer.index] = {s->k_cache[layer.index].data(), s->v_cache[layer.index].data(),
+                               capacity, layer.num_kv_heads, layer.head_dim};
+    }
+  }
+  for (const LayerPlan& layer : m.plan.layers) {
+    // A KV-shared layer attends to its source's cache (an earlier layer).
+    s->views[layer.index] = s->views[layer.kv_source];
+    const KvLayerView& kv = s->views[layer.index];
+    const int64_t window = layer.type == LayerType::kSliding ? c.sliding_window : 0;
+    const int64_t span = DecodeMaxSpan(window, kv.capacity);
+    const auto key = std::make_tuple(layer.num_heads, layer.head_dim, span);
+    auto [it, inserted] = workspace_index.emplace(key, static_cast<int>(s->workspaces.size()));
+    if (inserted) {
+      GQ_ASSIGN_OR_RETURN(s->workspaces.emplace_back(),
+                          DecodeAttentionWorkspace::Create(layer.num_heads, layer.head_dim, span));
+    }
+    s->workspace_of.push_back(it->second);
+  }
+
+  const int64_t chunk = max_chunk, h = c.hidden_size;
+  const int64_t ple_width = int64_t{c.num_hidden_layers} * c.hidden_size_per_layer_input;
+  const int64_t mlp_width = std::max<int64_t>(m.max_mlp_width, c.hidden_size_per_layer_input);
+  GQ_ASSIGN_OR_RETURN(s->residual, DeviceBuffer<float>::Allocate(chunk * h));
+  GQ_ASSIGN_OR_RETURN(s->normed, DeviceBuffer<bf16>::Allocate(chunk * h));
+  GQ_ASSIGN_OR_RETURN(s->qkv,
+                      DeviceBuffer<bf16>::Allocate(chunk * (m.max_q_width + 2 * m.max_kv_width)));
+  GQ_ASSIGN_OR_RETURN(s->group_scratch, DeviceBuffer<bf16>::Allocate(chunk * m.max_group_width));
+  GQ_ASSIGN_OR_RETURN(s->attention, DeviceBuffer<bf16>::Allocate(chunk * m.max_q_width));
+  GQ_ASSIGN_OR_RETURN(s->delta, DeviceBuffer<bf16>::Allocate(chunk * h));
+  GQ_ASSIGN_OR_RETURN(s->gate_up, DeviceBuffer<bf16>::Allocate(chunk * 2 * mlp_width));
+  GQ_ASSIGN_OR_RETURN(s->mlp, DeviceBuffer<bf16>::Allocate(chunk * mlp_width));
+  if (ple_width > 0) {
+    GQ_ASSIGN_OR_RETURN(s->per_layer, DeviceBuffer<bf16>::Allocate(chunk * ple_width));
+    GQ_ASSIGN_OR_RETURN(s->per_layer_context, DeviceBuffer<bf16>::Allocate(chunk * ple_width));
+  }
+  const int64_t head_elements = int64_t{GpuSequence::State::kHeadRows} * c.vocab_size;
+  GQ_ASSIGN_OR_RETURN(s->head_out, DeviceBuffer<bf16>::Allocate(head_elements));
+  GQ_ASSIGN_OR_RETURN(s->logits, DeviceBuffer<float>::Allocate(head_elements));
+  GQ_ASSIGN_OR_RETURN(s->ids, DeviceBuffer<int32_t>::Allocate(chunk));
+  GQ_ASSIGN_OR_RETURN(s->position, DeviceBuffer<int64_t>::Allocate(1));
+  GQ_ASSIGN_OR_RETURN(s->linear_context, LinearContext::Create());
+  return GpuSequence(std::move(s));
+}
+
+absl::StatusOr<std::vector<float>> GpuModel::Forward(GpuSequence& seq,
+                                                     std::span<const int> tokens) const {
+  const State& m = *state_;
+  GpuSequence::State& s = *seq.state_;
+  GQ_RETURN_IF_ERROR(CheckChunk(m, s, tokens));
+  const int64_t t = static_cast<int64_t>(tokens.size()), vocab = m.config().vocab_size;
+  GQ_RETURN_IF_ERROR(EnqueueChunk(m, s, tokens));
+  std::vector<float> logits(t * vocab);
+  for (int64_t row = 0; row < t; row += GpuSequence::State::kHeadRows) {
+    const int64_t rows = std::min<int64_t>(GpuSequence::State::kHeadRows, t - row);
+    GQ_RETURN_IF_ERROR(EnqueueHead(m, s, row, rows));
+    GQ_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(logits.data() + row * vocab, s.logits.data(),
+                                            rows * vocab * sizeof(float), cudaMemcpyDeviceToHost,
+                                            s.stream));
+  }
+  GQ_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(s.stream));
+  s.length += t;
+  return logits;
+}
+
+absl::StatusOr<GenerateResult> GpuModel::Generate(GpuSequence& seq, std::span<const int> prompt,
+                                                  const GenerateOptions& options) const {
+  const State& m = *state_;
+  GpuSequence::State& s = *seq.state_;
+  if (s.model != &m) {
+    return absl::InvalidArgumentError("Generate: sequence not made by this model's NewSequence");
+  }
+  if (prompt.empty()) return absl::InvalidArgumentError("Generate: empty prompt");
+  if (options.max_new_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Generate: max_new_tokens ", options.max_new_tokens, " < 1"));
+  }
+  const int chunk_size = options.chunk == 0 ? s.max_chunk : options.chunk;
+  if (chunk_size < 1 || chunk_size > s.max_chunk) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Generate: chunk ", options.chunk, " outside [1, ", s.max_chunk, "]"));
+  }
+  // The last generated token is never run through the model.
+  const int64_t needed =
+      s.length + static_cast<int64_t>(prompt.size()) + options.max_new_tokens - 1;
+  if (needed > s.max_positions) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Generate: ", s.length, " cached + ", prompt.size(), " prompt + ", options.max_new_tokens,
+        " new tokens need ", needed, " positions, but the sequence has ", s.max_positions));
+  }
+  GQ_RETURN_IF_ERROR(gemma4::CheckTokenIds(m.config(), prompt, "Generate: prompt"));
+  GQ_RETURN_IF_ERROR(options.sampler.Validate());
+  if (!s.sampler.has_value() || !(s.sampler->config() == options.sampler)) {
+    s.DropGraph();
+    s.sampler.reset();
+    GQ_ASSIGN_OR_RETURN(s.sampler, GpuSampler::Create(options.sampler, m.config().vocab_size));
+  }
+
+  GenerateResult result;
+  auto read_token = [&](int step) -> absl::StatusOr<int> {
+    GQ_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(s.host_token, s.ids.data(), sizeof(int32_t),
+                                            cudaMemcpyDeviceToHost, s.stream));
+    GQ_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(s.stream));
+    if (*s.host_token < 0) {
+      return absl::InternalError(
+          absl::StrCat("Generate: the logits of step ", step, " hold a NaN (no token sampled)"));
+    }
+    return static_cast<int>(*s.host_token);
+  };
+  auto take = [&](int token) {
+    result.tokens.push_back(token);
+    const bool stop = std::find(options.stop_ids.begin(), options.stop_ids.end(), token) !=
+                      options.stop_ids.end();
+    result.stopped_at_stop_id = stop;
+    return stop || static_cast<int>(result.tokens.size()) == options.max_new_tokens;
+  };
+
+  // Prefill: every chunk's layers, then the head and sampler on the last row.
+  const Clock::time_point prefill_start = Clock::now();
+  int64_t last_rows = 0;
+  for (size_t begin = 0; begin < prompt.size(); begin += chunk_size) {
+    const std::span<const int> chunk =
+        prompt.subspan(begin, std::min<size_t>(chunk_size, prompt.size() - begin));
+    GQ_RETURN_IF_ERROR(EnqueueChunk(m, s, chunk));
+    s.length += static_cast<int64_t>(chunk.size());
+    last_rows = static_cast<int64_t>(chunk.size());
+  }
+  GQ_RETURN_IF_ERROR(EnqueueHead(m, s, last_rows - 1, 1));
+  GQ_RETURN_IF_ERROR(s.sampler->Sample(s.logits.data(), s.ids.data(), s.stream));
+  GQ_RETURN_IF_ERROR(SetPosition(s, s.length));
+  GQ_ASSIGN_OR_RETURN(int token, read_token(0));
+  result.prefill_seconds = Seconds(prefill_start);
+  if (take(token)) return result;
+
+  // Decode: the token sampled last is in ids[0]; each step runs it at
+  // *position, samples the next into ids[0] and advances the position.
+  if (options.use_graph && s.decode_graph == nullptr) {
+    GQ_RETURN_IF_ERROR(CaptureDecodeGraph(m, s));
+  }
+  const Clock::time_point decode_start = Clock::now();
+  while (true) {
+    if (options.use_graph) {
+      GQ_RETURN_IF_CUDA_ERROR(cudaGraphLaunch(s.decode_graph, s.stream));
+    } else {
+      GQ_RETURN_IF_ERROR(EnqueueDecodeStep(m, s));
+    }
+    s.length += 1;
+    ++result.decode_steps;
+    GQ_ASSIGN_OR_RETURN(token, read_token(result.decode_steps));
+    if (take(token)) break;
+  }
+  result.decode_seconds = Seconds(decode_start);
+  return result;
+}
+
+absl::StatusOr<int64_t> DeviceMemoryInUse() {
+  size_t free = 0, total = 0;
+  GQ_RETURN_IF_CUDA_ERROR(cudaMemGetInfo(&free, &total));
+  return static_cast<int64_t>(total - free);
+}
+
+}  // namespace gquant::cuda
