@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "activations.cuh"
+#include "attention_inputs.cuh"
 #include "convert.cuh"
 #include "cuda_status.cuh"
 #include "decode_attention.cuh"
@@ -299,11 +300,24 @@ struct GpuModel::State {
     }
     GQ_ASSIGN_OR_RETURN(final_norm, LoadNorm(std::string("norm.weight")));
     // A stored lm_head (untied, or quantized apart from the embedding) wins.
+    // Quantizing on load, a tied head is the embedding under the recipe's
+    // lm_head rule, as gquant-quantize writes it ("default": int4, not the
+    // embedding's int8).
     tied_head = !source->Shape("lm_head.weight").has_value();
     if (!tied_head) {
       GQ_ASSIGN_OR_RETURN(lm_head, LoadLinear(std::string("lm_head.weight")));
-      report.lookup_only_bytes += embed.num_bytes();
+    } else if (recipe.has_value() && !source->StoresQuantized("embed_tokens.weight")) {
+      GQ_ASSIGN_OR_RETURN(
+          gemma4::BackendWeight head,
+          gemma4::LoadBackendWeight(*source, "embed_tokens.weight", PackBackend::kCuda,
+                                    {&*recipe, pool.get(), "lm_head.weight"}));
+      if (!head.packed.empty()) {
+        GQ_ASSIGN_OR_RETURN(lm_head, UploadLinear(head, "lm_head.weight (tied)"));
+        ++report.quantized_on_load;
+        tied_head = false;
+      }
     }
+    if (!tied_head) report.lookup_only_bytes += embed.num_bytes();
     if (c.has_per_layer_embeddings()) report.lookup_only_bytes += ple_embed.num_bytes();
     return absl::OkStatus();
   }
@@ -418,22 +432,11 @@ absl::Status EnqueueLayers(const GpuModel::State& m, GpuSequence::State& s, int6
     // Attention (spec §2.5): q, k, v as blocks of s.qkv.
     GQ_RETURN_IF_ERROR(
         w.qkv.Run(s.normed.data(), t, s.qkv.data(), s.group_scratch.data(), linear, stream));
+    // q_norm + RoPE on q; k_norm + RoPE, v_norm and the cache append for K/V.
     bf16* q = s.qkv.data();
-    if (!layer.kv_shared) {
-      bf16* k = q + t * nh * d;
-      bf16* v = k + t * nkv * d;
-      if (!w.has_v) {  // K=V: V is the raw K projection, before k_norm and RoPE
-        GQ_RETURN_IF_CUDA_ERROR(
-            cudaMemcpyAsync(v, k, t * nkv * d * sizeof(bf16), cudaMemcpyDeviceToDevice, stream));
-      }
-      GQ_RETURN_IF_ERROR(
-          HeadNormRope(k, t, nkv, d, w.k_norm.data(), eps, w.inv_freq.data(), position, stream));
-      GQ_RETURN_IF_ERROR(HeadNormRope(v, t, nkv, d, nullptr, eps, nullptr, nullptr, stream));
-      GQ_RETURN_IF_ERROR(
-          AppendKv(s.views[layer.index], k, v, static_cast<int>(t), position, stream));
-    }
-    GQ_RETURN_IF_ERROR(
-        HeadNormRope(q, t, nh, d, w.q_norm.data(), eps, w.inv_freq.data(), position, stream));
+    GQ_RETURN_IF_ERROR(PrepareAttentionInputs(
+        q, t, nh, nkv, d, w.has_v, layer.kv_shared, w.q_norm.data(), w.k_norm.data(), eps,
+        w.inv_freq.data(), position, s.views[layer.index], stream));
     const KvLayerView& kv = s.views[layer.kv_source];
     if (decode) {
       GQ_RETURN_IF_ERROR(DecodeAttention(q, nh, kv, position, window, s.attention.data(),
@@ -589,6 +592,11 @@ absl::StatusOr<std::unique_ptr<GpuModel>> GpuModel::FromSource(
           source->description(), ": layer ", layer.index,
           " has a mixture-of-experts block, which the GPU forward does not implement yet"));
     }
+    if (layer.head_dim != 256 && layer.head_dim != 512) {  // prefill_attention.cuh
+      return absl::UnimplementedError(absl::StrCat(
+          source->description(), ": layer ", layer.index, " has head_dim ", layer.head_dim,
+          "; the GPU attention kernels take 256 and 512 (the released models)"));
+    }
   }
   if (!options.recipe.empty()) {
     GQ_ASSIGN_OR_RETURN(state->recipe, Recipe::Load(options.recipe));
@@ -627,6 +635,10 @@ absl::StatusOr<GpuSequence> GpuModel::NewSequence(int64_t max_positions, int max
       const int64_t elements = capacity * layer.num_kv_heads * layer.head_dim;
       GQ_ASSIGN_OR_RETURN(s->k_cache[layer.index], DeviceBuffer<bf16>::Allocate(elements));
       GQ_ASSIGN_OR_RETURN(s->v_cache[layer.index], DeviceBuffer<bf16>::Allocate(elements));
+      // Zeros, not whatever the allocator hands back: a slot never written
+      // (SkipTo) must hold finite values.
+      GQ_RETURN_IF_ERROR(s->k_cache[layer.index].FillBytes(0));
+      GQ_RETURN_IF_ERROR(s->v_cache[layer.index].FillBytes(0));
       s->cache_bytes += 2 * elements * static_cast<int64_t>(sizeof(bf16));
       s->views[layer.index] = {s->k_cache[layer.index].data(), s->v_cache[layer.index].data(),
                                capacity, layer.num_kv_heads, layer.head_dim};

@@ -86,9 +86,9 @@ class GpuSequence {
   void Clear();                 // back to length 0 (the cache is overwritten as it refills)
 
   // Moves the position to `length` without computing K/V (the skipped slots
-  // keep whatever they hold): for benchmarks of decode at long contexts,
-  // whose cost does not depend on the cached values. InvalidArgument outside
-  // [0, max_positions).
+  // keep what they hold: zeros in a new sequence): for benchmarks of decode
+  // at long contexts, whose cost does not depend on the cached values.
+  // InvalidArgument outside [0, max_positions).
   absl::Status SkipTo(int64_t length);
 
   cudaStream_t stream() const;
@@ -121,8 +121,8 @@ class GpuModel {
  public:
   // Opens the weights (OpenWeightSource) and packs them onto the current
   // device. Errors: the source's and CheckWeights's; Unimplemented for MoE
-  // layers; InvalidArgument for a bad recipe; ResourceExhausted when the
-  // weights do not fit in device memory; Internal for a CUDA error.
+  // layers and head dims other than 256 and 512; InvalidArgument for a bad recipe;
+  // ResourceExhausted when the weights do not fit in device memory; Internal for a CUDA error.
   static absl::StatusOr<std::unique_ptr<GpuModel>> Load(const std::string& path,
                                                         const GpuModelOptions& options);
   static absl::StatusOr<std::unique_ptr<GpuModel>> FromSource(

@@ -147,13 +147,7 @@ __global__ void __launch_bounds__(kHeadsPerBlock * 32) HeadNormRopeKernel(const 
   if (vector >= a.vectors) return;  // whole warps
   const int lane = threadIdx.x % 32;
   __nv_bfloat16* head = a.x + vector * a.head_dim;
-  float sum = 0.0f;
-  for (int j = lane * kWidth; j < a.head_dim; j += 32 * kWidth) {
-    float v[kWidth];
-    LoadBf16<kWidth>(head + j, v);
-    sum += SumOfSquares<kWidth>(v);
-  }
-  const float scale = InverseRms(WarpSum(sum), a.head_dim, a.eps);
+  const float scale = HeadInverseRms<kWidth>(head, a.head_dim, a.eps, lane);
   const float position =
       a.inv_freq == nullptr ? 0.0f : RopePosition(a.first_position, vector / a.heads);
   ScaleAndRotateHead<kWidth>(head, a.head_dim, scale, a.weight, a.inv_freq, position, lane);

@@ -47,36 +47,67 @@ __device__ __forceinline__ void RotatePairs(float (&lo)[kWidth], float (&hi)[kWi
   }
 }
 
-// One warp's pass over `head` (head_dim bf16, in place; lane = lane index):
-// head = rotate(head * scale * weight), the rotation only when inv_freq is
-// not null (then head_dim is even), weight nullable. kWidth 8 needs
-// 16-byte-aligned head, weight and inv_freq, and head_dim % 16 == 0 with
-// RoPE (% 8 without).
+// (mean(x^2) + eps)^-0.5 over one head vector of head_dim bf16, summed by
+// one warp in runs of kWidth (lane = lane index). The run width fixes the
+// order of the float32 sum, so callers that must agree bit for bit
+// (HeadNormRope, PrepareAttentionInputs) pick it the same way.
 template <int kWidth>
-__device__ __forceinline__ void ScaleAndRotateHead(__nv_bfloat16* head, int head_dim, float scale,
-                                                   const __nv_bfloat16* weight,
-                                                   const float* inv_freq, float position,
-                                                   int lane) {
+__device__ __forceinline__ float HeadInverseRms(const __nv_bfloat16* head, int head_dim, float eps,
+                                                int lane) {
+  float sum = 0.0f;
+  for (int j = lane * kWidth; j < head_dim; j += 32 * kWidth) {
+    float v[kWidth];
+    LoadBf16<kWidth>(head + j, v);
+    float run = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kWidth; ++i) run += v[i] * v[i];
+    sum += run;
+  }
+  // rsqrtf is within 2 ulp of pow(., -0.5).
+  return rsqrtf(WarpSum(sum) / static_cast<float>(head_dim) + eps);
+}
+
+// One warp's pass from `source` to `target` (head_dim bf16 each; the same
+// pointer for in place; lane = lane index): target = rotate(source * scale *
+// weight), the rotation only when inv_freq is not null (then head_dim is
+// even), weight nullable. Each lane writes only the elements it read. kWidth
+// 8 needs 16-byte-aligned heads, weight and inv_freq, and head_dim % 16 == 0
+// with RoPE (% 8 without).
+template <int kWidth>
+__device__ __forceinline__ void ScaleAndRotateHeadTo(const __nv_bfloat16* source,
+                                                     __nv_bfloat16* target, int head_dim,
+                                                     float scale, const __nv_bfloat16* weight,
+                                                     const float* inv_freq, float position,
+                                                     int lane) {
   if (inv_freq == nullptr) {
     for (int j = lane * kWidth; j < head_dim; j += 32 * kWidth) {
       float x[kWidth];
-      LoadBf16<kWidth>(head + j, x);
+      LoadBf16<kWidth>(source + j, x);
       ScaleRun<kWidth>(x, scale, OffsetOrNull(weight, j));
-      StoreBf16<kWidth>(head + j, x);
+      StoreBf16<kWidth>(target + j, x);
     }
     return;
   }
   const int half = head_dim / 2;
   for (int j = lane * kWidth; j < half; j += 32 * kWidth) {
     float lo[kWidth], hi[kWidth];
-    LoadBf16<kWidth>(head + j, lo);
-    LoadBf16<kWidth>(head + half + j, hi);
+    LoadBf16<kWidth>(source + j, lo);
+    LoadBf16<kWidth>(source + half + j, hi);
     ScaleRun<kWidth>(lo, scale, OffsetOrNull(weight, j));
     ScaleRun<kWidth>(hi, scale, OffsetOrNull(weight, half + j));
     RotatePairs<kWidth>(lo, hi, inv_freq + j, position);
-    StoreBf16<kWidth>(head + j, lo);
-    StoreBf16<kWidth>(head + half + j, hi);
+    StoreBf16<kWidth>(target + j, lo);
+    StoreBf16<kWidth>(target + half + j, hi);
   }
+}
+
+// ScaleAndRotateHeadTo in place.
+template <int kWidth>
+__device__ __forceinline__ void ScaleAndRotateHead(__nv_bfloat16* head, int head_dim, float scale,
+                                                   const __nv_bfloat16* weight,
+                                                   const float* inv_freq, float position,
+                                                   int lane) {
+  ScaleAndRotateHeadTo<kWidth>(head, head, head_dim, scale, weight, inv_freq, position, lane);
 }
 
 // ---- host side, shared by the two launchers ----

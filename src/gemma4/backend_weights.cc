@@ -135,8 +135,9 @@ absl::StatusOr<BackendWeight> LoadBackendWeight(const WeightSource& source, std:
   // Only matrices ([N, K], [E, N, K]) run quantized; vectors stay float32.
   const bool matrix = out.shape.size() == 2 || out.shape.size() == 3;
   if (options.recipe != nullptr && matrix) {
-    const RecipeMatch match = options.recipe->Match(RecipeTensorName(source, name),
-                                                    source.config().text.num_hidden_layers);
+    const RecipeMatch match = options.recipe->Match(
+        RecipeTensorName(source, options.match_as.empty() ? name : options.match_as),
+        source.config().text.num_hidden_layers);
     if (match.config.has_value()) {
       return QuantizeOnLoad(source, name, *match.config, match.rule_index, backend, options.pool,
                             std::move(out));

@@ -207,7 +207,13 @@ class RandomWeightSource final : public WeightSource {
       : config_(std::move(config)),
         options_(options),
         pool_(std::make_unique<ThreadPool>(options.threads)) {
-    for (const WeightSpec& spec : plan.AllWeights()) {
+    std::vector<WeightSpec> specs = plan.AllWeights();
+    // What gquant-quantize writes for a tied model: the head apart, under the
+    // lm_head rule (int4 in "default").
+    if (options.quantized && config_.text.tie_word_embeddings) {
+      specs.push_back({"lm_head.weight", {config_.text.vocab_size, config_.text.hidden_size}});
+    }
+    for (const WeightSpec& spec : specs) {
       names_.push_back(spec.name);
       weights_.emplace(spec.name, Describe(spec, config_.text, options.seed, options.quantized));
     }

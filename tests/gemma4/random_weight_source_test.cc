@@ -144,7 +144,13 @@ TEST_CASE("Random weights: shapes, names and storage follow the plan", "[random_
                           absl::StatusCode::kUnimplemented);
       }
     }
+    // A tied model's quantized source also stores the head apart (int4).
+    CHECK(config.text.tie_word_embeddings);
+    CHECK(plain->Names() == names);
+    names.push_back("lm_head.weight");
     CHECK(source->Names() == names);
+    CHECK(source->StoresQuantized("lm_head.weight"));
+    CHECK(source->Shape("lm_head.weight") == source->Shape("embed_tokens.weight"));
   }
   const auto source = MakeSource(SmallConfig(Variant::kDense), 7, true);
   CHECK(!source->Shape("nope").has_value());

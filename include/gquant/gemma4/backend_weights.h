@@ -46,6 +46,10 @@ struct BackendWeight {
 struct BackendWeightOptions {
   const Recipe* recipe = nullptr;  // quantize plain weights on load (nullptr: keep them)
   ThreadPool* pool = nullptr;      // for the quantizers (nullptr: one thread)
+  // Pick the recipe rule by this name instead of the weight's own. A tied
+  // model's head is the embedding's values under the "lm_head.weight" rule,
+  // as gquant-quantize stores it (int4 in "default", the embedding int8).
+  std::string_view match_as;
 };
 
 // Weight `name` (unprefixed HF name, as WeightSource) of `source` for

@@ -11,7 +11,9 @@
 // (StoresQuantized is true for them): embed_tokens int8 per-row symmetric
 // (uniform codes -128..127), every other 2-D / 3-D weight int4 with group 32,
 // asymmetric (uniform codes 0..15, zero points in [7, 8]), except the MoE
-// router projection, which the recipe keeps plain. Scales and zero points
+// router projection, which the recipe keeps plain; a tied model also stores
+// "lm_head.weight" int4 (its own random values), as gquant-quantize writes
+// the head of a tied model under the lm_head rule. Scales and zero points
 // are bf16 values, so every packing is exact. A weight whose K is not a
 // multiple of 32 (tiny configs only) is plain. Load returns the dequantized
 // values (quantize.h: Dequantize), LoadRows only the rows asked for (no
