@@ -23,6 +23,20 @@ constexpr int kRunsPerThread = 4;  // 16-byte loads in flight per thread
 constexpr int64_t kMaxRunsPerLaunch = int64_t{1} << 30;
 constexpr uint32_t kNaNBf16x2 = 0x7FC07FC0u;
 
+// Calls launch(first id, ids, blocks) for slices of the `count` ids whose
+// 16-byte runs (runs_per_row per id, kRunsPerThread per thread) fit one grid.
+template <typename Launch>
+absl::Status ForEachLaunch(int count, int64_t runs_per_row, Launch launch) {
+  constexpr int kRunsPerBlock = kThreads * kRunsPerThread;
+  const int64_t ids_per_launch = std::max<int64_t>(1, kMaxRunsPerLaunch / runs_per_row);
+  for (int64_t begin = 0; begin < count; begin += ids_per_launch) {
+    const int64_t ids = std::min<int64_t>(ids_per_launch, count - begin);
+    const int blocks = static_cast<int>((ids * runs_per_row + kRunsPerBlock - 1) / kRunsPerBlock);
+    GQ_RETURN_IF_ERROR(launch(begin, ids, blocks));
+  }
+  return absl::OkStatus();
+}
+
 struct Args {
   const int8_t* codes;   // [N, K]
   const float2* params;  // [N][groups]
@@ -247,9 +261,7 @@ absl::Status GatherInt8Rows(const Int8RowsWeight& table, const int32_t* ids, int
         absl::StrFormat("GatherInt8Rows: count must be >= 0, but got %d", count));
   }
   const int64_t runs_per_row = table.k / 16;
-  const int64_t ids_per_launch = std::max<int64_t>(1, kMaxRunsPerLaunch / runs_per_row);
-  for (int64_t begin = 0; begin < count; begin += ids_per_launch) {
-    const int64_t ids_now = std::min<int64_t>(ids_per_launch, count - begin);
+  return ForEachLaunch(count, runs_per_row, [&](int64_t begin, int64_t ids_now, int blocks) {
     const Args args{table.codes,
                     table.params,
                     ids + begin,
@@ -262,12 +274,10 @@ absl::Status GatherInt8Rows(const Int8RowsWeight& table, const int32_t* ids, int
                     static_cast<int>(table.k / table.group_size),
                     multiplier,
                     table.min_form};
-    constexpr int kRunsPerBlock = kThreads * kRunsPerThread;
-    const int blocks = (args.runs + kRunsPerBlock - 1) / kRunsPerBlock;
     GatherInt8RowsKernel<<<blocks, kThreads, 0, stream>>>(args);
     GQ_RETURN_IF_CUDA_ERROR(cudaGetLastError());
-  }
-  return absl::OkStatus();
+    return absl::OkStatus();
+  });
 }
 
 absl::Status GatherBf16Rows(const __nv_bfloat16* table, int64_t rows, int64_t dim,
@@ -315,9 +325,7 @@ absl::Status GatherInt4MmaRows(const Int4MmaWeight& table, const int32_t* ids, i
         absl::StrFormat("GatherInt4MmaRows: count must be >= 0, but got %d", count));
   }
   const int64_t runs_per_row = table.k / 16;
-  const int64_t ids_per_launch = std::max<int64_t>(1, kMaxRunsPerLaunch / runs_per_row);
-  for (int64_t begin = 0; begin < count; begin += ids_per_launch) {
-    const int64_t ids_now = std::min<int64_t>(ids_per_launch, count - begin);
+  return ForEachLaunch(count, runs_per_row, [&](int64_t begin, int64_t ids_now, int blocks) {
     const Int4GatherArgs args{table.qweight,
                               reinterpret_cast<const uint32_t*>(table.params),
                               ids + begin,
@@ -330,12 +338,9 @@ absl::Status GatherInt4MmaRows(const Int4MmaWeight& table, const int32_t* ids, i
                               static_cast<int>(runs_per_row),
                               multiplier,
                               table.min_form};
-    constexpr int kRunsPerBlock = kThreads * kRunsPerThread;
-    const int blocks = (args.runs + kRunsPerBlock - 1) / kRunsPerBlock;
-    GQ_RETURN_IF_ERROR(LaunchKernel(GatherInt4MmaRowsKernel, blocks, kThreads, 0, stream,
-                                    /*overlap=*/true, args));
-  }
-  return absl::OkStatus();
+    return LaunchKernel(GatherInt4MmaRowsKernel, blocks, kThreads, 0, stream, /*overlap=*/true,
+                        args);
+  });
 }
 
 }  // namespace gquant::cuda

@@ -98,6 +98,9 @@ class CheckpointSource final : public WeightSource {
       return WeightSource::LoadPacked(name, backend);
     }
     absl::StatusOr<std::vector<PackedMatrix>> packed = PackWeight(checkpoint_, info->fqn, backend);
+    // The packed copy owns its bytes: the mapped pages can go, so loading a
+    // large checkpoint onto a device stays near one weight of host memory.
+    checkpoint_.Release(info->fqn);
     if (!packed.ok()) return Annotate(packed.status(), description());  // names the FQN
     return packed;
   }

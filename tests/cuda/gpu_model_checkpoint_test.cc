@@ -224,11 +224,13 @@ void Compare(const char* what, const Logits& gpu, const ReferenceRun& run, int64
     CAPTURE(i);
     CheckRows(gpu[i], run.logits[i], vocab, i < run.prefill_calls ? prefill : decode);
   }
-  CHECK(prefill.relative_l2 <= bound);
-  CHECK(decode.relative_l2 <= bound);
-  WARN(what << ": prefill relative L2 " << prefill.relative_l2 << ", max abs " << prefill.max_abs
-            << "; forced decode relative L2 " << decode.relative_l2 << ", max abs "
-            << decode.max_abs << "; greedy choices compared "
+  CHECK(prefill.relative_l2() <= bound);
+  CHECK(decode.relative_l2() <= bound);
+  WARN(what << ": prefill relative L2 " << prefill.relative_l2() << " (worst row "
+            << prefill.worst_row << ")"
+            << ", max abs " << prefill.max_abs << "; forced decode relative L2 "
+            << decode.relative_l2() << " (worst row " << decode.worst_row << ")"
+            << ", max abs " << decode.max_abs << "; greedy choices compared "
             << prefill.argmax_compared + decode.argmax_compared);
 }
 

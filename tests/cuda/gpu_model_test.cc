@@ -104,14 +104,15 @@ TEST_CASE("GPU forward: chunked prefill and decode logits match the CPU referenc
         begin += static_cast<int>(chunk.size());
       }
       CHECK(seq->length() == kPrompt + kDecode);
-      CHECK(prefill.relative_l2 <= kLogitsRelativeL2);
-      CHECK(decode.relative_l2 <= kLogitsRelativeL2);
+      CHECK(prefill.relative_l2() <= kLogitsRelativeL2);
+      CHECK(decode.relative_l2() <= kLogitsRelativeL2);
       CHECK(decode.argmax_compared >= kDecode / 2);
       WARN(variant.name << (quantized ? " int4" : " bf16") << ": prefill relative L2 "
-                        << prefill.relative_l2 << ", max abs " << prefill.max_abs
-                        << "; forced decode relative L2 " << decode.relative_l2 << ", max abs "
-                        << decode.max_abs << ", greedy choices compared " << decode.argmax_compared
-                        << " of " << kDecode);
+                        << prefill.relative_l2() << " (worst row " << prefill.worst_row << ")"
+                        << ", max abs " << prefill.max_abs << "; forced decode relative L2 "
+                        << decode.relative_l2() << " (worst row " << decode.worst_row << ")"
+                        << ", max abs " << decode.max_abs << ", greedy choices compared "
+                        << decode.argmax_compared << " of " << kDecode);
     }
   }
 }
