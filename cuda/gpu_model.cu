@@ -19,6 +19,7 @@
 #include "device_linear.cuh"
 #include "gemma4/cpu_ops.h"  // RopeInverseFrequencies: the same float32 table as the CPU
 #include "gpu_model.cuh"
+#include "gpu_quantize.cuh"
 #include "gpu_sampler.cuh"
 #include "gquant/dtype.h"
 #include "gquant/gemma4/backend_weights.h"
@@ -134,10 +135,16 @@ struct GpuModel::State {
   const TextConfig& config() const { return plan.config; }
   const DeviceLinear& head() const { return tied_head ? embed : lm_head; }
 
+  // Plain weights a recipe quantizes are quantized here on the GPU (the
+  // same codes as on the CPU, in a fraction of the time).
+  gemma4::BackendWeightOptions LoadOptions(std::string_view match_as) const {
+    return {recipe ? &*recipe : nullptr, pool.get(), QuantizeOnGpu, match_as};
+  }
+
   absl::StatusOr<gemma4::BackendWeight> LoadWeight(const std::string& name) {
-    GQ_ASSIGN_OR_RETURN(gemma4::BackendWeight weight,
-                        gemma4::LoadBackendWeight(*source, name, PackBackend::kCuda,
-                                                  {recipe ? &*recipe : nullptr, pool.get()}));
+    GQ_ASSIGN_OR_RETURN(
+        gemma4::BackendWeight weight,
+        gemma4::LoadBackendWeight(*source, name, PackBackend::kCuda, LoadOptions(/*match_as=*/"")));
     if (!weight.note.empty()) report.notes.push_back(absl::StrCat(name, ": ", weight.note));
     if (weight.quantized_on_load) ++report.quantized_on_load;
     ++weights_done;
@@ -310,7 +317,7 @@ struct GpuModel::State {
       GQ_ASSIGN_OR_RETURN(
           gemma4::BackendWeight head,
           gemma4::LoadBackendWeight(*source, "embed_tokens.weight", PackBackend::kCuda,
-                                    {&*recipe, pool.get(), "lm_head.weight"}));
+                                    LoadOptions(/*match_as=*/"lm_head.weight")));
       if (!head.packed.empty()) {
         GQ_ASSIGN_OR_RETURN(lm_head, UploadLinear(head, "lm_head.weight (tied)"));
         ++report.quantized_on_load;

@@ -40,6 +40,7 @@ std::string RecipeTensorName(const WeightSource& source, std::string_view name) 
 // `context` names the source, weight and rule in errors.
 absl::StatusOr<PackedWeight> QuantizeValues(std::span<const float> values,
                                             const QuantizedLayout& layout, ThreadPool* pool,
+                                            const MatrixQuantizer& quantizer,
                                             const std::string& context) {
   PackedWeight packed(layout);
   const int64_t rows = layout.rows(), cols = layout.cols(), groups = layout.groups();
@@ -49,8 +50,11 @@ absl::StatusOr<PackedWeight> QuantizeValues(std::span<const float> values,
   quantize_options.pool = pool;
   for (int64_t m = 0; m < layout.matrices(); ++m) {
     const std::span<const float> matrix = values.subspan(m * rows * cols, rows * cols);
-    absl::Status status = Quantize(layout.config(), DType::kF32, std::as_bytes(matrix), rows, cols,
-                                   {codes, scale, zero}, quantize_options);
+    const QuantizedSpans spans{codes, scale, zero};
+    absl::Status status = quantizer ? quantizer(layout.config(), DType::kF32, std::as_bytes(matrix),
+                                                rows, cols, spans, quantize_options)
+                                    : Quantize(layout.config(), DType::kF32, std::as_bytes(matrix),
+                                               rows, cols, spans, quantize_options);
     if (status.ok()) status = packed.Pack(m, 0, rows, codes, scale, zero);
     if (!status.ok()) {
       return Annotate(status, context,
@@ -65,7 +69,8 @@ absl::StatusOr<PackedWeight> QuantizeValues(std::span<const float> values,
 // stands for when the backend has no layout for it.
 absl::StatusOr<BackendWeight> QuantizeOnLoad(const WeightSource& source, std::string_view name,
                                              const QuantConfig& config, int rule_index,
-                                             PackBackend backend, ThreadPool* pool,
+                                             PackBackend backend,
+                                             const BackendWeightOptions& options,
                                              BackendWeight out) {
   const std::string context =
       absl::StrCat(source.description(), ": weight '", std::string(name), "' (recipe rule ",
@@ -74,7 +79,8 @@ absl::StatusOr<BackendWeight> QuantizeOnLoad(const WeightSource& source, std::st
       QuantizedLayout::Create(std::string(name), out.shape, config);
   if (!layout.ok()) return Annotate(layout.status(), context);
   GQ_ASSIGN_OR_RETURN(std::vector<float> values, source.Load(name));
-  GQ_ASSIGN_OR_RETURN(const PackedWeight quantized, QuantizeValues(values, *layout, pool, context));
+  GQ_ASSIGN_OR_RETURN(const PackedWeight quantized,
+                      QuantizeValues(values, *layout, options.pool, options.quantizer, context));
   out.quantized_on_load = true;
 
   const int64_t matrices = layout->matrices();
@@ -139,7 +145,7 @@ absl::StatusOr<BackendWeight> LoadBackendWeight(const WeightSource& source, std:
         RecipeTensorName(source, options.match_as.empty() ? name : options.match_as),
         source.config().text.num_hidden_layers);
     if (match.config.has_value()) {
-      return QuantizeOnLoad(source, name, *match.config, match.rule_index, backend, options.pool,
+      return QuantizeOnLoad(source, name, *match.config, match.rule_index, backend, options,
                             std::move(out));
     }
   }

@@ -9,7 +9,8 @@
 //   - a GGUF file: its blocks (PackGgufTensor: Q8_0 / Q6_K / Q4_K directly,
 //     other quantized types through the gquant form);
 //   - a plain (bf16 / f32) weight with a recipe: quantized on load with the
-//     rule the recipe picks for it (min-max or HQQ, on the CPU), then packed;
+//     rule the recipe picks for it (min-max or HQQ, on the CPU or with the
+//     caller's quantizer), then packed;
 //   - a plain weight without a recipe, or one the recipe leaves plain:
 //     float32.
 // A quantized weight the backend has no layout for (a shape its kernels
@@ -27,6 +28,7 @@
 #include "absl/status/statusor.h"
 #include "gquant/gemma4/weight_source.h"
 #include "gquant/pack.h"
+#include "gquant/quantize_checkpoint.h"  // MatrixQuantizer
 #include "gquant/recipe.h"
 
 namespace gquant {
@@ -46,6 +48,9 @@ struct BackendWeight {
 struct BackendWeightOptions {
   const Recipe* recipe = nullptr;  // quantize plain weights on load (nullptr: keep them)
   ThreadPool* pool = nullptr;      // for the quantizers (nullptr: one thread)
+  // Quantizes one matrix on load; empty: gquant::Quantize on the CPU. The GPU
+  // forward passes cuda::QuantizeOnGpu (the same codes, min-max bit for bit).
+  MatrixQuantizer quantizer;
   // Pick the recipe rule by this name instead of the weight's own. A tied
   // model's head is the embedding's values under the "lm_head.weight" rule,
   // as gquant-quantize stores it (int4 in "default", the embedding int8).
