@@ -23,6 +23,27 @@ constexpr int kRunsPerThread = 4;  // 16-byte loads in flight per thread
 constexpr int64_t kMaxRunsPerLaunch = int64_t{1} << 30;
 constexpr uint32_t kNaNBf16x2 = 0x7FC07FC0u;
 
+// InvalidArgument (prefixed with `op`) unless the table's codes and `out`
+// are non-null and 16-byte aligned, params and ids non-null and aligned, and
+// count >= 0.
+absl::Status CheckGatherPointers(const char* op, const void* codes, const void* params,
+                                 int params_alignment, const int32_t* ids, int count,
+                                 const void* out) {
+  if (codes == nullptr || params == nullptr || ids == nullptr || out == nullptr ||
+      !Aligned(codes, 16) || !Aligned(params, params_alignment) || !Aligned(ids, 4) ||
+      !Aligned(out, 16)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: expected non-null codes and out 16-byte aligned, params %d-byte and ids 4-byte "
+        "aligned, but got codes %p, params %p, ids %p, out %p",
+        op, params_alignment, codes, params, ids, out));
+  }
+  if (count < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: count must be >= 0, but got %d", op, count));
+  }
+  return absl::OkStatus();
+}
+
 // Calls launch(first id, ids, blocks) for slices of the `count` ids whose
 // 16-byte runs (runs_per_row per id, kRunsPerThread per thread) fit one grid.
 template <typename Launch>
@@ -248,18 +269,8 @@ __global__ void __launch_bounds__(kThreads) GatherInt4MmaRowsKernel(const Int4Ga
 absl::Status GatherInt8Rows(const Int8RowsWeight& table, const int32_t* ids, int count,
                             float multiplier, __nv_bfloat16* out, cudaStream_t stream) {
   if (absl::Status s = CheckInt8RowsShape(table.n, table.k, table.group_size); !s.ok()) return s;
-  if (table.codes == nullptr || table.params == nullptr || ids == nullptr || out == nullptr ||
-      !Aligned(table.codes, 16) || !Aligned(table.params, 8) || !Aligned(ids, 4) ||
-      !Aligned(out, 16)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "GatherInt8Rows: expected non-null codes and out 16-byte aligned, params 8-byte and ids "
-        "4-byte aligned, but got codes %p, params %p, ids %p, out %p",
-        table.codes, table.params, ids, out));
-  }
-  if (count < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("GatherInt8Rows: count must be >= 0, but got %d", count));
-  }
+  GQ_RETURN_IF_ERROR(CheckGatherPointers("GatherInt8Rows", table.codes, table.params,
+                                         /*params_alignment=*/8, ids, count, out));
   const int64_t runs_per_row = table.k / 16;
   return ForEachLaunch(count, runs_per_row, [&](int64_t begin, int64_t ids_now, int blocks) {
     const Args args{table.codes,
@@ -312,18 +323,8 @@ absl::Status GatherBf16Rows(const __nv_bfloat16* table, int64_t rows, int64_t di
 absl::Status GatherInt4MmaRows(const Int4MmaWeight& table, const int32_t* ids, int count,
                                float multiplier, __nv_bfloat16* out, cudaStream_t stream) {
   if (absl::Status s = CheckInt4MmaShape(table.n, table.k, table.group_size); !s.ok()) return s;
-  if (table.qweight == nullptr || table.params == nullptr || ids == nullptr || out == nullptr ||
-      !Aligned(table.qweight, 16) || !Aligned(table.params, 4) || !Aligned(ids, 4) ||
-      !Aligned(out, 16)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "GatherInt4MmaRows: expected non-null qweight and out 16-byte aligned, params and ids "
-        "4-byte aligned, but got qweight %p, params %p, ids %p, out %p",
-        table.qweight, table.params, ids, out));
-  }
-  if (count < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("GatherInt4MmaRows: count must be >= 0, but got %d", count));
-  }
+  GQ_RETURN_IF_ERROR(CheckGatherPointers("GatherInt4MmaRows", table.qweight, table.params,
+                                         /*params_alignment=*/4, ids, count, out));
   const int64_t runs_per_row = table.k / 16;
   return ForEachLaunch(count, runs_per_row, [&](int64_t begin, int64_t ids_now, int blocks) {
     const Int4GatherArgs args{table.qweight,

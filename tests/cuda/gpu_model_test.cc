@@ -49,18 +49,13 @@ Config ParseVariant(const Variant& variant) {
   return *std::move(config);
 }
 
-std::unique_ptr<CpuModel> CpuReference(const Config& config, uint64_t seed, bool quantized) {
+// `Model` (CpuModel or GpuModel) on the random weights of (config, seed):
+// two calls with the same arguments see identical weights.
+template <typename Model>
+std::unique_ptr<Model> OnRandomWeights(const Config& config, uint64_t seed, bool quantized) {
   auto source = gemma4::MakeRandomWeightSource(config, {.seed = seed, .quantized = quantized});
   REQUIRE_OK(source);
-  auto model = CpuModel::FromSource(*std::move(source), {});
-  REQUIRE_OK(model);
-  return *std::move(model);
-}
-
-std::unique_ptr<GpuModel> GpuUnderTest(const Config& config, uint64_t seed, bool quantized) {
-  auto source = gemma4::MakeRandomWeightSource(config, {.seed = seed, .quantized = quantized});
-  REQUIRE_OK(source);
-  auto model = GpuModel::FromSource(*std::move(source), {});
+  auto model = Model::FromSource(*std::move(source), {});
   REQUIRE_OK(model);
   return *std::move(model);
 }
@@ -76,8 +71,8 @@ TEST_CASE("GPU forward: chunked prefill and decode logits match the CPU referenc
       CAPTURE(variant.name, quantized);
       const Config config = ParseVariant(variant);
       const int64_t vocab = config.text.vocab_size;
-      const auto cpu = CpuReference(config, seed, quantized);
-      const auto gpu = GpuUnderTest(config, seed, quantized);
+      const auto cpu = OnRandomWeights<CpuModel>(config, seed, quantized);
+      const auto gpu = OnRandomWeights<GpuModel>(config, seed, quantized);
       if (quantized) CHECK(gpu->load_report().int4_matrices > 0);
 
       // 40 prompt tokens in chunks of 16, then 24 single tokens, each the
@@ -127,8 +122,8 @@ TEST_CASE("GPU forward: greedy generation follows the CPU reference's greedy tok
     CAPTURE(variant.name);
     const Config config = ParseVariant(variant);
     const int64_t vocab = config.text.vocab_size;
-    const auto cpu = CpuReference(config, seed, true);
-    const auto gpu = GpuUnderTest(config, seed, true);
+    const auto cpu = OnRandomWeights<CpuModel>(config, seed, true);
+    const auto gpu = OnRandomWeights<GpuModel>(config, seed, true);
     const std::vector<int> prompt = RandomTokens(rng, 20, config.text.vocab_size);
     constexpr int kNewTokens = 24;  // 20 + 24 positions: the ring of 16 + 8 - 1 wraps
 
@@ -185,7 +180,7 @@ TEST_CASE("GPU forward: stop ids, sampling and bad input", "[cuda][gpu_model]") 
   const uint64_t seed = std::random_device()();
   CAPTURE(seed);
   const Config config = ParseVariant(kVariants[0]);
-  const auto gpu = GpuUnderTest(config, seed, true);
+  const auto gpu = OnRandomWeights<GpuModel>(config, seed, true);
   absl::StatusOr<GpuSequence> seq = gpu->NewSequence(48, 8);
   REQUIRE_OK(seq);
   const std::vector<int> prompt = {3, 14, 15, 92, 65, 35};
@@ -224,7 +219,7 @@ TEST_CASE("GPU forward: stop ids, sampling and bad input", "[cuda][gpu_model]") 
   CHECK(seq->length() == 40);
 
   // A sequence of another model is refused.
-  const auto other = GpuUnderTest(config, seed, true);
+  const auto other = OnRandomWeights<GpuModel>(config, seed, true);
   CHECK(absl::IsInvalidArgument(other->Forward(*seq, prompt).status()));
 }
 
