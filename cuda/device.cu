@@ -45,6 +45,8 @@ absl::StatusOr<DeviceLimits> CurrentDeviceLimits() {
       cudaDeviceGetAttribute(&found.multiprocessors, cudaDevAttrMultiProcessorCount, device));
   GQ_RETURN_IF_CUDA_ERROR(cudaDeviceGetAttribute(&found.shared_per_block,
                                                  cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  GQ_RETURN_IF_CUDA_ERROR(cudaDeviceGetAttribute(
+      &found.shared_per_multiprocessor, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
   if (device < kMaxDevices) {
     // Racing writers store the same values.
     limits[device] = found;

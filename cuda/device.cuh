@@ -30,7 +30,8 @@ absl::StatusOr<DeviceInfo> GetDeviceInfo(int index);
 // The limits launchers size their grids by, for the current device.
 struct DeviceLimits {
   int multiprocessors;
-  int shared_per_block;  // opt-in maximum of dynamic shared memory per block, bytes
+  int shared_per_block;           // opt-in maximum of dynamic shared memory per block, bytes
+  int shared_per_multiprocessor;  // bytes, shared by the resident blocks
 };
 
 // Looked up once per device (launchers call it on every launch). Internal for

@@ -17,11 +17,18 @@ constexpr int kTileK = kInt4MmaTileK;
 constexpr int kTileBytes = kInt4MmaTileBytes;
 constexpr int kParamBytes = 128;  // a tile's params: two 32-groups x 16 rows x 4 bytes
 constexpr int kMaxWarpsPerBlock = 16;
+// Shared memory the runtime keeps per thread block on sm_90 (1 KB), with room
+// to spare.
+constexpr int kReservedSharedBytes = 2048;
 
 // The kernel streams "units": kRowTiles (1 or 2) row blocks' tiles at the
 // same 64 columns, which share one copy of x and one Σx mma. A ring stage
-// holds 2 / kRowTiles unit slots of: the unit's tiles, their params, and x for
-// its 64 columns ([h][token][t] chunks of 8 bf16, the order lanes read them).
+// holds 2 / kRowTiles unit slots of: the unit's tiles, their params, and for
+// M > 1 x for its 64 columns ([h][token][t] chunks of 8 bf16, the order lanes
+// read them). At M = 1 the block copies all of x to shared memory before the
+// loop (CopyRowToShared) and slots hold no x (`tokens` 0 below), so the ring
+// carries only weights, which do not depend on earlier kernels: its first
+// stages are requested before the predecessor wait.
 constexpr int kTilesPerStage = 2;
 constexpr int UnitSlotBytes(int tokens, int row_tiles) {
   return row_tiles * (kTileBytes + kParamBytes) + tokens * 2 * kTileK;
@@ -36,14 +43,36 @@ struct Args {
   const __nv_bfloat16* x;
   __nv_bfloat16* y;
   int m, n, k, k_tiles, groups, tiles_per_group;
-  int units;        // N / (16 row tiles)
-  int block_units;  // units per thread block (the last may have fewer)
+  int units;           // N / (16 row tiles)
+  int block_units;     // units per thread block (the last may have fewer)
+  int x_bytes;         // M = 1: shared bytes of x before the rings
+  bool early_weights;  // M = 1: the first stages' weights requested before the predecessor wait
 };
 
 // Within a thread block of `warps` warps and `tiles` tiles, warp w's run is
 // [RunBegin(w), RunBegin(w + 1)).
 __device__ __forceinline__ int RunBegin(int tiles, int warps, int warp) {
   return tiles * warp / warps;
+}
+
+// x[0, k) -> shared by every thread of the block, four 16-byte loads in
+// flight per thread (k a multiple of 64, x 16-byte aligned), then a barrier.
+__device__ __forceinline__ void CopyRowToShared(const __nv_bfloat16* x, int k,
+                                                __nv_bfloat16* shared_x) {
+  constexpr int kBatch = 4, kWidth = 8;  // bf16 per load
+  const int step = blockDim.x * kWidth;
+  for (int base = threadIdx.x * kWidth; base < k; base += kBatch * step) {
+    uint4 v[kBatch];
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      if (base + b * step < k) v[b] = *reinterpret_cast<const uint4*>(x + base + b * step);
+    }
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      if (base + b * step < k) *reinterpret_cast<uint4*>(shared_x + base + b * step) = v[b];
+    }
+  }
+  __syncthreads();
 }
 
 // The two nibbles at bits 0-3 and 16-19 of `word` as bf16 128 + q: the bits
@@ -73,15 +102,19 @@ template <int kTokens, int kGroupsPerTile, bool kMinForm, int kStages, int kRowT
 __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
     Int4MmaGemvKernel(const Args a) {
   constexpr int kTokenTiles = (kTokens + 7) / 8;
+  constexpr bool kSharedX = kTokens == 1;
+  constexpr int kSlotTokens = kSharedX ? 0 : kTokens;
   constexpr int kUnitsPerStage = kTilesPerStage / kRowTiles;
-  constexpr int kStage = StageBytes(kTokens, kRowTiles);
-  constexpr int kUnitSlot = UnitSlotBytes(kTokens, kRowTiles);
+  constexpr int kStage = StageBytes(kSlotTokens, kRowTiles);
+  constexpr int kUnitSlot = UnitSlotBytes(kSlotTokens, kRowTiles);
   constexpr int kXOffset = kRowTiles * (kTileBytes + kParamBytes);  // x within a unit slot
   constexpr int kPartialFloats = kRowTiles * kTokenTiles * 128;     // a warp's sums for one unit
   static_assert(2 * kPartialFloats * 4 <= kStages * kStage, "partials alias the ring");
   extern __shared__ __align__(16) uint8_t shared[];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  uint8_t* ring = shared + warp * kStages * kStage;
+  __nv_bfloat16* const shared_x = reinterpret_cast<__nv_bfloat16*>(shared);  // M = 1
+  uint8_t* const rings = shared + (kSharedX ? a.x_bytes : 0);
+  uint8_t* ring = rings + warp * kStages * kStage;
   const int g = lane / 4, t = lane % 4;  // mma fragment coordinates
   const int first_unit = blockIdx.x * a.block_units;
   const int steps = min(a.block_units, a.units - first_unit) * a.k_tiles;
@@ -91,9 +124,6 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
   // The run's first tile (row tile 0 of its first unit) in the tile sequence.
   const int64_t unit0 = first_unit + run_begin / a.k_tiles;
   const int64_t begin = unit0 * kRowTiles * a.k_tiles + first_kt;
-
-  WaitForPredecessor();  // x and y belong to earlier kernels until here
-  AllowDependents();
 
   // Stage u holds the run's steps kUnitsPerStage u + v. Each lane copies its
   // 16 bytes of each tile, lanes 0..7 (or 0..3) each tile's params, and the
@@ -135,10 +165,12 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
         CopyAsync16If(slot + kRowTiles * kTileBytes + r * kParamBytes + lane * 16,
                       next_params + r * row_tile_param_bytes, valid && copies_params);
       }
-      const __nv_bfloat16* x_tile = a.x + next_kt * kTileK;
+      if constexpr (!kSharedX) {
+        const __nv_bfloat16* x_tile = a.x + next_kt * kTileK;
 #pragma unroll
-      for (int r = 0; r < kXChunksPerLane; ++r) {
-        CopyAsync16CachedIf(slot + x_target[r], x_tile + x_source[r], valid && x_valid[r]);
+        for (int r = 0; r < kXChunksPerLane; ++r) {
+          CopyAsync16CachedIf(slot + x_target[r], x_tile + x_source[r], valid && x_valid[r]);
+        }
       }
       ++next;
       next_weights += kTileBytes;
@@ -190,8 +222,15 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
   // barrier), and its last one likewise; -1: none.
   Sums first_partial = {};
   int first_partial_unit = -1, last_partial_unit = -1;
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) issue();
+  // The weights do not depend on earlier kernels; x and y do.
+  int early = 0;
+  if (kSharedX && a.early_weights) {
+    for (; early < kStages - 1; ++early) issue();
+  }
+  WaitForPredecessor();
+  AllowDependents();
+  if constexpr (kSharedX) CopyRowToShared(a.x, a.k, shared_x);
+  for (int s = early; s < kStages - 1; ++s) issue();
   int unit = run_begin / a.k_tiles;  // within the thread block
   int kt = first_kt, stage_index = 0;
   for (int done = 0; done < count; done += kUnitsPerStage) {
@@ -210,7 +249,11 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           uint4 x = make_uint4(0, 0, 0, 0);
-          if (has_token[n8]) {
+          if constexpr (kSharedX) {
+            // Every lane reads token 0's x (a broadcast): columns g > 0 of
+            // the mma then repeat column 0 and are never stored.
+            x = *reinterpret_cast<const uint4*>(shared_x + kt * kTileK + 32 * h + 8 * t);
+          } else if (has_token[n8]) {
             x = *reinterpret_cast<const uint4*>(slot + kXOffset +
                                                 ((h * kTokens + g + 8 * n8) * 4 + t) * 16);
           }
@@ -321,7 +364,7 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
 
   // Partial slots in the ring: 0 for the run's first unit, 1 for its last.
   const auto slot_of = [&](int w, int which) {
-    return reinterpret_cast<float*>(shared + w * kStages * kStage) + which * kPartialFloats;
+    return reinterpret_cast<float*>(rings + w * kStages * kStage) + which * kPartialFloats;
   };
   const auto put = [&](int which, const Sums& sum) {
 #pragma unroll
@@ -367,32 +410,53 @@ template <int kTokens, int kGroupsPerTile, bool kMinForm, int kStages, int kRowT
 absl::Status Launch(const Args& base, const DeviceLimits& device, int warps_per_sm, bool overlap,
                     cudaStream_t stream) {
   const auto kernel = Int4MmaGemvKernel<kTokens, kGroupsPerTile, kMinForm, kStages, kRowTiles>;
-  constexpr int kWarpBytes = kStages * StageBytes(kTokens, kRowTiles);
-  static const cudaError_t raised =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           std::min(kMaxWarpsPerBlock * kWarpBytes, device.shared_per_block));
+  constexpr int kWarpBytes = kStages * StageBytes(kTokens == 1 ? 0 : kTokens, kRowTiles);
+  // The most dynamic shared memory a block may ask for: the device's opt-in
+  // limit less the kernel's static shared memory (none today).
+  static int max_dynamic = 0;
+  static const cudaError_t raised = [&] {
+    cudaFuncAttributes attributes{};
+    const cudaError_t e = cudaFuncGetAttributes(&attributes, kernel);
+    if (e != cudaSuccess) return e;
+    max_dynamic = device.shared_per_block - static_cast<int>(attributes.sharedSizeBytes);
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_dynamic);
+  }();
   GQ_RETURN_IF_CUDA_ERROR(raised);
   static OccupancyTable<kMaxWarpsPerBlock> occupancy;
   Args a = base;
   a.units = a.n / (kRows * kRowTiles);
+  // M = 1: x sits before the rings (the occupancy table counts only the
+  // rings, so shared memory per multiprocessor is checked below).
+  a.x_bytes = kTokens == 1 ? (a.k * 2 + 15) / 16 * 16 : 0;
   int warps = std::min(kMaxWarpsPerBlock, warps_per_sm), blocks_per_sm = 0;
   for (; warps > 0; --warps) {  // the largest block that fits
-    if (warps * kWarpBytes > device.shared_per_block) continue;
+    if (warps * kWarpBytes + a.x_bytes > max_dynamic) continue;
     absl::StatusOr<int> blocks =
         occupancy.BlocksPerMultiprocessor(reinterpret_cast<const void*>(kernel), warps, kWarpBytes);
     if (!blocks.ok()) return blocks.status();
-    if ((blocks_per_sm = *blocks) > 0) break;
+    blocks_per_sm = std::min(*blocks, device.shared_per_multiprocessor /
+                                          (warps * kWarpBytes + a.x_bytes + kReservedSharedBytes));
+    if (blocks_per_sm > 0) break;
   }
   if (blocks_per_sm == 0) {
-    return absl::InternalError("Int4MmaGemv: the kernel does not fit on a multiprocessor");
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "Int4MmaGemv: K=%d leaves no room on a multiprocessor for the activation row", a.k));
   }
   blocks_per_sm = std::max(1, std::min(blocks_per_sm, warps_per_sm / warps));
   const int resident = device.multiprocessors * blocks_per_sm;
   a.block_units = (a.units + resident - 1) / resident;
   const int blocks = (a.units + a.block_units - 1) / a.block_units;
   warps = std::min(warps, a.block_units * a.k_tiles);  // every run holds a step
-  return LaunchKernel(kernel, dim3(blocks), dim3(warps * 32),
-                      static_cast<size_t>(warps) * kWarpBytes, stream, overlap, a);
+  // The grid is one wave of blocks_per_sm blocks per multiprocessor only if
+  // no multiprocessor can take more: launched early (programmatic launch)
+  // behind another GEMV, blocks go wherever there is room, and two on one
+  // multiprocessor beside one with none made the 31B's GEMVs up to 2x slower
+  // end to end (bench/int4_gemv_notes.md). Shared memory enforces it.
+  const int needed = warps * kWarpBytes + a.x_bytes;
+  const int one_too_many = device.shared_per_multiprocessor / (blocks_per_sm + 1) + 1;
+  const int dynamic = std::max(needed, std::min(one_too_many, max_dynamic));
+  return LaunchKernel(kernel, dim3(blocks), dim3(warps * 32), static_cast<size_t>(dynamic), stream,
+                      overlap, a);
 }
 
 // The launch settings past the weight and activations.
@@ -436,6 +500,9 @@ absl::Status Int4MmaGemv(const Int4MmaWeight& w, const __nv_bfloat16* x, int m, 
   if (w.qweight == nullptr || w.params == nullptr || x == nullptr || y == nullptr) {
     return absl::InvalidArgumentError("Int4MmaGemv: null pointer");
   }
+  if (reinterpret_cast<uintptr_t>(x) % 16 != 0) {
+    return absl::InvalidArgumentError("Int4MmaGemv: x must be 16-byte aligned");
+  }
   if (absl::Status s = CheckInt4MmaShape(w.n, w.k, w.group_size); !s.ok()) return s;
   if (m < 1 || m > kInt4MmaMaxM) {
     return absl::InvalidArgumentError(
@@ -462,6 +529,7 @@ absl::Status Int4MmaGemv(const Int4MmaWeight& w, const __nv_bfloat16* x, int m, 
   a.k_tiles = a.k / kTileK;
   a.groups = a.k / w.group_size;
   a.tiles_per_group = w.group_size / kTileK;  // 0 for group size 32
+  a.early_weights = !tuning.late_weights;
   const bool g32 = w.group_size == 32;
   // Measured on an H100 (bench/int4_gemv_notes.md): 16 warps per
   // multiprocessor beat a full one (32) on the 31B layer shapes (longer runs

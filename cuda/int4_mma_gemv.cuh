@@ -28,7 +28,12 @@
 // Launch overlap: the kernel is launched with programmatic dependent launch
 // (launch.cuh), so in a chain of decode kernels its launch and set-up overlap
 // the predecessor's tail; it reads x and writes y only after the predecessor
-// is done.
+// is done. At M = 1 each thread block copies x to shared memory once, so the
+// ring holds only weights and its first stages are requested before that
+// wait. A thread block takes enough shared memory that no multiprocessor can
+// hold more of them than the one-wave grid assumes: launched early behind
+// another kernel, blocks otherwise land two to a multiprocessor beside idle
+// ones (measured: up to 2x slower behind another GEMV).
 #ifndef GQUANT_CUDA_INT4_MMA_GEMV_CUH_
 #define GQUANT_CUDA_INT4_MMA_GEMV_CUH_
 
@@ -60,6 +65,7 @@ struct Int4MmaTuning {
   int row_tiles = 0;           // 16-row tiles sharing x per step: 1 or 2 (0: 2 for M > 8)
   int warps_per_sm = 0;        // resident warps per multiprocessor (0: 16, 32 for N >= 131072)
   bool serial_launch = false;  // no programmatic dependent launch (launch.cuh)
+  bool late_weights = false;   // M = 1: first weights only after the predecessor wait (version 5)
 };
 
 // y = x · Wᵀ for m in 1..kInt4MmaMaxM rows of x ([m, K] bf16) into y ([m, N]

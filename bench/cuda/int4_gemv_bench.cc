@@ -32,6 +32,7 @@ const Variant kVariants[] = {
     {"8 warps/SM", {.warps_per_sm = 8}},
     {"12 warps/SM", {.warps_per_sm = 12}},
     {"32 warps/SM", {.warps_per_sm = 32}},
+    {"late weights", {.late_weights = true}},
 };
 
 // The tensor-core kernel. Args: shape index, M, variant (kVariants), graph

@@ -140,7 +140,8 @@ TEST_CASE("int4 tensor-core GEMV matches a float64 reference", "[cuda][int4_gemv
     auto x = testing::Upload(c.x);
     // Default; one and two row tiles per step; the deeper ring; few warps (long runs, whole row
     // blocks per warp); one warp per multiprocessor; more warps than fit (the
-    // launcher caps them); an ordinary launch.
+    // launcher caps them); an ordinary launch; weights requested only after the
+    // predecessor wait (M = 1, version 5).
     const Int4MmaTuning tunings[] = {{},
                                      {.row_tiles = 1},
                                      {.row_tiles = 2},
@@ -148,7 +149,8 @@ TEST_CASE("int4 tensor-core GEMV matches a float64 reference", "[cuda][int4_gemv
                                      {.stages = 4, .warps_per_sm = 4},
                                      {.warps_per_sm = 1},
                                      {.warps_per_sm = 48},
-                                     {.serial_launch = true}};
+                                     {.serial_launch = true},
+                                     {.late_weights = true}};
     for (int m : {1, 2, 5, 8, 9, 16}) {
       const std::vector<double> want(c.y.begin(), c.y.begin() + m * p.n);
       for (const Int4MmaTuning& tuning : tunings) {
