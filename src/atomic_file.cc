@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "absl/strings/str_format.h"
 #include "gquant/status.h"
@@ -20,7 +21,7 @@ namespace {
 absl::Status ErrnoError(int err, std::string_view what, std::string_view path) {
   const std::string message = absl::StrFormat("%s '%s': %s", what, path, std::strerror(err));
   if (err == ENOENT) return absl::NotFoundError(message);
-  if (err == ENOSPC || err == EDQUOT) return absl::ResourceExhaustedError(message);
+  if (err == ENOSPC || err == EDQUOT || err == EFBIG) return absl::ResourceExhaustedError(message);
   return absl::InternalError(message);
 }
 
@@ -146,6 +147,30 @@ absl::Status AtomicFileWriter::WriteAt(uint64_t offset, std::span<const std::byt
   GQ_RETURN_IF_ERROR(CheckUsable());
   GQ_RETURN_IF_ERROR(Flush());
   return Remember(PWriteAll(fd_, offset, data, temp_path_));
+}
+
+absl::Status AtomicFileWriter::Allocate(uint64_t size) {
+  GQ_RETURN_IF_ERROR(CheckUsable());
+  GQ_RETURN_IF_ERROR(Flush());
+  if (size > static_cast<uint64_t>(std::numeric_limits<off_t>::max())) {
+    return Remember(absl::InvalidArgumentError(
+        absl::StrFormat("output file '%s': size %d does not fit off_t", final_path_, size)));
+  }
+  if (size == 0) return absl::OkStatus();
+  const off_t length = static_cast<off_t>(size);
+  // Linux fallocate, not posix_fallocate: glibc emulates the latter by
+  // writing a byte per block where the file system lacks support.
+  int result;
+  do {
+    result = ::fallocate(fd_, 0, 0, length);
+  } while (result != 0 && errno == EINTR);
+  if (result == 0) return absl::OkStatus();
+  if (errno != EOPNOTSUPP && errno != ENOSYS) {
+    return Remember(ErrnoError(errno, "cannot reserve space for", temp_path_));
+  }
+  if (::ftruncate(fd_, length) != 0)
+    return Remember(ErrnoError(errno, "cannot resize", temp_path_));
+  return absl::OkStatus();
 }
 
 absl::Status AtomicFileWriter::Commit() {

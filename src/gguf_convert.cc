@@ -176,6 +176,7 @@ absl::StatusOr<GgufConvertReport> ConvertGgufToCheckpoint(const GgufConvertOptio
   for (const PlannedTensor& p : plan) {
     const GgufTensorInfo& info = *p.info;
     progress.current = info.name;
+    GQ_RETURN_IF_ERROR(file.CheckNotTruncated());  // before touching mapped tensor bytes
     const std::span<const std::byte> data = file.TensorData(info);
     absl::Status status;
     switch (p.report.how) {
@@ -206,10 +207,12 @@ absl::StatusOr<GgufConvertReport> ConvertGgufToCheckpoint(const GgufConvertOptio
     progress.bytes_done += p.report.bytes_in;
     if (options.progress) options.progress(progress);
   }
-  GQ_RETURN_IF_ERROR(writer->Commit());
+  // The weights are renamed into place last (the commit point, as in
+  // gquant-quantize): a kill before leaves the previous model.safetensors.
   GQ_RETURN_IF_ERROR(WriteFileAtomically((out_dir / "config.json").string(),
                                          gemma4::ConfigJsonFromTextConfig(config)));
   GQ_RETURN_IF_ERROR(WriteTokenizerMetadata(file, (out_dir / kGgufTokenizerFile).string()));
+  GQ_RETURN_IF_ERROR(writer->Commit());
   for (PlannedTensor& p : plan) report.tensors.push_back(std::move(p.report));
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;

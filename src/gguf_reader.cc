@@ -108,8 +108,9 @@ absl::StatusOr<GgufValueType> ReadType(Cursor& in, const std::string& key) {
   return static_cast<GgufValueType>(id);
 }
 
+// `values_left` is the rest of the file's kGgufMaxMetadataValues budget.
 absl::StatusOr<GgufValue> ReadValue(Cursor& in, GgufValueType type, const std::string& key,
-                                    int depth) {
+                                    int depth, uint64_t* values_left) {
   switch (type) {
     case GgufValueType::kUint8: {
       GQ_ASSIGN_OR_RETURN(auto v, in.Read<uint8_t>("UINT8 value"));
@@ -180,11 +181,20 @@ absl::StatusOr<GgufValue> ReadValue(Cursor& in, GgufValueType type, const std::s
     return absl::ResourceExhaustedError(absl::StrFormat(
         "array count of key '%s': expected at most %d, but got %d", key, kMaxArrayElements, count));
   }
+  // Each element becomes a GgufValue of ~40 bytes whatever its size in the
+  // file (1 byte for UINT8), so the file size alone does not bound memory.
+  if (count > *values_left) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "array count of key '%s': expected at most %d metadata values in the file, but this "
+        "array alone would leave %d for its %d elements",
+        key, kGgufMaxMetadataValues, *values_left, count));
+  }
+  *values_left -= count;
   GgufArray array;
   array.element_type = elem_type;
   array.elements.reserve(count);
   for (uint64_t i = 0; i < count; ++i) {
-    GQ_ASSIGN_OR_RETURN(GgufValue v, ReadValue(in, elem_type, key, depth + 1));
+    GQ_ASSIGN_OR_RETURN(GgufValue v, ReadValue(in, elem_type, key, depth + 1, values_left));
     array.elements.push_back(std::move(v));
   }
   return GgufValue::MakeArray(elem_type, std::move(array.elements));
@@ -377,6 +387,10 @@ void GgufFile::ReleaseTensorData(const GgufTensorInfo& info) const {
   if (mapped_ != nullptr) mapped_->AdviseDone(TensorData(info));
 }
 
+absl::Status GgufFile::CheckNotTruncated() const {
+  return mapped_ == nullptr ? absl::OkStatus() : mapped_->CheckNotTruncated();
+}
+
 absl::StatusOr<GgufFile> GgufFile::Parse(std::span<const std::byte> bytes, std::string_view source,
                                          std::shared_ptr<const void> keep_alive) {
   const std::string src(source);
@@ -412,6 +426,12 @@ absl::StatusOr<GgufFile> GgufFile::Parse(std::span<const std::byte> bytes, std::
         (body - tensor_count * kMinTensorInfoBytes) / kMinKvBytes, body, kv_count)));
   }
 
+  if (static_cast<uint64_t>(kv_count) > kGgufMaxMetadataValues) {
+    return fail(absl::ResourceExhaustedError(
+        absl::StrFormat("kv_count: expected at most %d metadata values, but got %d",
+                        kGgufMaxMetadataValues, kv_count)));
+  }
+  uint64_t values_left = kGgufMaxMetadataValues - kv_count;
   file.metadata_.reserve(kv_count);
   for (int64_t i = 0; i < kv_count; ++i) {
     auto key = in.ReadString("metadata key");
@@ -426,7 +446,7 @@ absl::StatusOr<GgufFile> GgufFile::Parse(std::span<const std::byte> bytes, std::
     }
     auto type = ReadType(in, *key);
     if (!type.ok()) return fail(type.status());
-    auto value = ReadValue(in, *type, *key, 0);
+    auto value = ReadValue(in, *type, *key, 0, &values_left);
     if (!value.ok()) return fail(Annotate(value.status(), "metadata key '", *key, "'"));
     file.metadata_index_.emplace(*key, file.metadata_.size());
     file.metadata_.emplace_back(std::move(*key), std::move(*value));

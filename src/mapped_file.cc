@@ -16,8 +16,18 @@ namespace {
 
 absl::Status ErrnoError(int err, std::string_view what, const std::string& path) {
   const std::string message = absl::StrFormat("%s '%s': %s", what, path, std::strerror(err));
-  if (err == ENOENT) return absl::NotFoundError(message);
-  return absl::InternalError(message);
+  switch (err) {
+    case ENOENT:
+    case ENOTDIR:
+      return absl::NotFoundError(message);
+    case ELOOP:
+      return absl::InvalidArgumentError(message);
+    case EACCES:
+    case EPERM:
+      return absl::PermissionDeniedError(message);
+    default:
+      return absl::InternalError(message);
+  }
 }
 
 // Page-aligned sub-range of [begin, end) for madvise.
@@ -36,7 +46,9 @@ void AdviseRange(const std::byte* base, size_t size, std::span<const std::byte> 
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<const MappedFile>> MappedFile::Open(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO would otherwise wait for a writer; it has no
+  // effect on a regular file, and anything else is refused below.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return ErrnoError(errno, "cannot open", path);
   struct stat st;
   if (::fstat(fd, &st) != 0) {
@@ -59,12 +71,23 @@ absl::StatusOr<std::shared_ptr<const MappedFile>> MappedFile::Open(const std::st
     }
     data = static_cast<const std::byte*>(mapped);
   }
-  ::close(fd);  // the mapping keeps the file open
-  return std::shared_ptr<const MappedFile>(new MappedFile(path, data, size));
+  return std::shared_ptr<const MappedFile>(new MappedFile(path, fd, data, size));
 }
 
 MappedFile::~MappedFile() {
   if (size_ > 0) ::munmap(const_cast<std::byte*>(data_), size_);
+  ::close(fd_);
+}
+
+absl::Status MappedFile::CheckNotTruncated() const {
+  struct stat st;
+  if (::fstat(fd_, &st) != 0) return ErrnoError(errno, "cannot stat", path_);
+  if (static_cast<uint64_t>(st.st_size) < size_) {
+    return absl::DataLossError(absl::StrFormat(
+        "'%s' shrank from %d to %d bytes since it was opened: expected it unchanged while in use",
+        path_, size_, static_cast<uint64_t>(st.st_size)));
+  }
+  return absl::OkStatus();
 }
 
 void MappedFile::AdviseSequential() const {

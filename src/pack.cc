@@ -493,6 +493,7 @@ absl::StatusOr<std::vector<PackedMatrix>> PackGgufTensor(const GgufFile& file,
   }
   const int64_t matrices = shape.size() == 3 ? shape[0] : 1;
   const int64_t n = shape[shape.size() - 2], k = shape.back();
+  GQ_RETURN_IF_ERROR(file.CheckNotTruncated());  // before touching mapped tensor bytes
   const std::span<const std::byte> data = file.TensorData(*tensor);
   const auto type = static_cast<GgmlType>(tensor->type);
   std::vector<PackedMatrix> out;

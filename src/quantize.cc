@@ -3,13 +3,17 @@
 // formats.md §2.6) and quantize_hqq.cc (§3.1, §3.3).
 #include "gquant/quantize.h"
 
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 #include "gquant/status.h"
+#include "gquant/thread_pool.h"
 #include "quantize_internal.h"
 
 namespace gquant {
@@ -222,6 +226,118 @@ absl::Status Quantize(const QuantConfig& config, DType dtype, std::span<const st
       return internal_quantize::QuantizeHqq(job);
   }
   return absl::InternalError("unreachable quantization method");
+}
+
+void WeightScan::Add(const WeightScan& later, int64_t offset) {
+  if (first_non_finite < 0 && later.first_non_finite >= 0) {
+    first_non_finite = later.first_non_finite + offset;
+  }
+  non_finite += later.non_finite;
+  subnormal += later.subnormal;
+  constant_groups += later.constant_groups;
+  zero_groups += later.zero_groups;
+}
+
+namespace {
+
+// Bit layout of an F32 or BF16 element (F16 rows are widened to F32 first).
+template <typename Bits>
+struct ScanTraits;
+template <>
+struct ScanTraits<uint32_t> {
+  static constexpr uint32_t kMagnitude = 0x7fffffffu, kExponent = 0x7f800000u;
+  static constexpr uint32_t kSmallestNormal = 0x00800000u;
+};
+template <>
+struct ScanTraits<uint16_t> {
+  static constexpr uint16_t kMagnitude = 0x7fff, kExponent = 0x7f80, kSmallestNormal = 0x0080;
+};
+
+// One row's counts (first_non_finite relative to the row), on the raw bit
+// patterns: with u = |w| as bits, non-finite is u >= the exponent mask,
+// subnormal 0 < u < the smallest normal. A group is all zero when the OR of
+// its u is 0, and constant when, besides that, the OR of (bits ^ first) is 0
+// (floats equal as values have equal bits unless both are zeros; a NaN
+// fails the weight anyway). Plain counting and OR loops that GCC vectorizes.
+template <typename Bits>
+GQ_TARGET_CLONES WeightScan ScanRow(const Bits* __restrict x, int64_t cols, int64_t group) {
+  using T = ScanTraits<Bits>;
+  uint32_t non_finite = 0, subnormal = 0;
+  for (int64_t i = 0; i < cols; ++i) {
+    const Bits u = x[i] & T::kMagnitude;
+    non_finite += u >= T::kExponent;
+    subnormal += static_cast<Bits>(u - 1) < static_cast<Bits>(T::kSmallestNormal - 1);
+  }
+  WeightScan scan;
+  scan.non_finite = non_finite;
+  scan.subnormal = subnormal;
+  for (int64_t g0 = 0; g0 < cols; g0 += group) {
+    const Bits first = x[g0];
+    Bits differ = 0, magnitude = 0;
+    for (int64_t i = g0; i < g0 + group; ++i) {
+      differ |= x[i] ^ first;
+      magnitude |= x[i] & T::kMagnitude;
+    }
+    scan.constant_groups += differ == 0 || magnitude == 0;
+    scan.zero_groups += magnitude == 0;
+  }
+  for (int64_t i = 0; scan.non_finite > 0 && i < cols; ++i) {
+    if ((x[i] & T::kMagnitude) >= T::kExponent) {
+      scan.first_non_finite = i;
+      break;
+    }
+  }
+  return scan;
+}
+
+}  // namespace
+
+absl::StatusOr<WeightScan> ScanWeight(const QuantConfig& config, DType dtype,
+                                      std::span<const std::byte> weight, int64_t rows, int64_t cols,
+                                      ThreadPool* pool) {
+  GQ_ASSIGN_OR_RETURN(const int64_t group, CheckShape(config, rows, cols));
+  if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "weight dtype: expected F32, F16 or BF16, but got %s", std::string(DTypeName(dtype))));
+  }
+  GQ_RETURN_IF_ERROR(CheckSpanSize("weight bytes", weight.size(), rows * cols * DTypeSize(dtype)));
+  const int64_t row_bytes = cols * DTypeSize(dtype);
+  // Counts are integer sums and the first NaN/Inf a minimum, so the result
+  // does not depend on how rows are split over threads.
+  std::mutex mutex;
+  WeightScan total;
+  constexpr int64_t kMinElementsPerRange = 1 << 16;
+  ParallelFor(
+      pool, rows, std::max<int64_t>(1, kMinElementsPerRange / cols),
+      [&](int64_t begin, int64_t end) {
+        // F16 rows are widened, unaligned rows copied: ScanRow reads whole
+        // elements.
+        std::vector<uint32_t> scratch(cols);
+        WeightScan range;
+        for (int64_t r = begin; r < end; ++r) {
+          const std::byte* row = weight.data() + r * row_bytes;
+          if (dtype == DType::kF16) {
+            internal_quantize::ConvertRow(dtype, row, cols,
+                                          reinterpret_cast<float*>(scratch.data()));
+            row = reinterpret_cast<const std::byte*>(scratch.data());
+          } else if (reinterpret_cast<uintptr_t>(row) % DTypeSize(dtype) != 0) {
+            std::memcpy(scratch.data(), row, row_bytes);
+            row = reinterpret_cast<const std::byte*>(scratch.data());
+          }
+          range.Add(dtype == DType::kBF16
+                        ? ScanRow(reinterpret_cast<const uint16_t*>(row), cols, group)
+                        : ScanRow(reinterpret_cast<const uint32_t*>(row), cols, group),
+                    r * cols);
+        }
+        std::lock_guard<std::mutex> lock(mutex);
+        if (range.first_non_finite >= 0 &&
+            (total.first_non_finite < 0 || range.first_non_finite < total.first_non_finite)) {
+          total.first_non_finite = range.first_non_finite;
+        }
+        range.first_non_finite = -1;
+        total.Add(range, 0);
+      });
+  return total;
 }
 
 absl::Status Dequantize(const QuantConfig& config, int64_t rows, int64_t cols,

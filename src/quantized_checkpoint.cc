@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <tuple>
 
@@ -11,6 +12,7 @@
 #include "gquant/dtype.h"
 #include "gquant/status.h"
 #include "gquant/tensor.h"
+#include "strict_json.h"
 
 namespace gquant {
 namespace {
@@ -51,6 +53,27 @@ Json BlockSize(size_t rank, int64_t group_size) {
 absl::Status MetadataError(const std::string& fqn, const std::string& what) {
   return absl::DataLossError(absl::StrFormat("quantized weight '%s': %s", fqn, what));
 }
+
+// A metadata value (itself JSON text) parsed without exceptions, inside the
+// limits every JSON input gets (a deep value would overflow the stack when
+// copied).
+absl::StatusOr<Json> ParseMetadataJson(const std::string& fqn, const std::string& text) {
+  if (absl::Status limits = internal::CheckJsonLimits(text); !limits.ok()) {
+    return MetadataError(fqn, std::string(limits.message()));
+  }
+  Json json = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded()) return MetadataError(fqn, "metadata entry is not valid JSON");
+  return json;
+}
+
+// object[key], or nullptr when `object` is null, not an object or lacks the key
+// (nlohmann's value() throws on a non-object).
+const Json* Member(const Json* object, std::string_view key) {
+  if (object == nullptr || !object->is_object()) return nullptr;
+  const auto it = object->find(std::string(key));
+  return it == object->end() ? nullptr : &*it;
+}
+const Json* Member(const Json& object, std::string_view key) { return Member(&object, key); }
 
 // Reads one stored part, checking its dtype and shape.
 absl::StatusOr<Tensor> GetPart(const Checkpoint& checkpoint, const std::string& name,
@@ -421,6 +444,94 @@ absl::Status QuantizedCheckpointWriter::Commit() { return writer_->Commit(); }
 
 // ---- reading ----
 
+namespace {
+
+// A stored part named by the metadata: present, of one of `dtypes`, of `shape`.
+absl::Status CheckStoredPart(const Checkpoint& checkpoint, const std::string& fqn,
+                             const std::string& name, std::initializer_list<DType> dtypes,
+                             const std::vector<int64_t>& shape) {
+  const SafetensorsTensorInfo* part = checkpoint.Find(name);
+  if (part == nullptr) return MetadataError(fqn, absl::StrCat("missing part '", name, "'"));
+  bool dtype_ok = false;
+  for (DType d : dtypes) dtype_ok |= part->dtype == d;
+  if (!dtype_ok || part->shape != shape) {
+    return MetadataError(fqn, absl::StrFormat("part '%s': expected shape %s, but got %s %s", name,
+                                              ShapeToString(shape), DTypeName(part->dtype),
+                                              ShapeToString(part->shape)));
+  }
+  return absl::OkStatus();
+}
+
+// The QuantizedWeightInfo of a quantized `fqn` of torchao `type` from its
+// "_data" (nullptr when absent) and its stored parts, which must agree with
+// it (as GetQuantizedTensors checks them again when reading).
+absl::StatusOr<QuantizedWeightInfo> QuantizedInfoOf(const Checkpoint& checkpoint,
+                                                    const std::string& fqn, std::string_view type,
+                                                    const Json* data) {
+  QuantizedWeightInfo info{fqn};
+  const Json* block = Member(data, "block_size");
+  if (block == nullptr || !block->is_array() || block->empty() ||
+      !block->back().is_number_integer() || block->back().get<int64_t>() <= 0) {
+    return MetadataError(fqn, "missing or bad _data.block_size");
+  }
+  info.group_size = block->back().get<int64_t>();
+  GQ_ASSIGN_OR_RETURN(const FlattenedNames parts, FlattenedNamesOf(fqn));
+  const SafetensorsTensorInfo* qdata = checkpoint.Find(parts.qdata);
+  if (qdata == nullptr || qdata->shape.size() < 2) {
+    return MetadataError(fqn, absl::StrCat("missing or bad '", parts.qdata, "'"));
+  }
+  info.shape = qdata->shape;
+  if (type == kInt4Type) {
+    info.kind = Kind::kInt4;
+    info.bits = 4;
+  } else if (type == kMinType) {
+    info.kind = Kind::kMin;
+    const Json* bits = Member(data, "bits");
+    // Compared as int64: get<int>() would truncate 2^32 + 4 to 4.
+    if (bits == nullptr || !bits->is_number_integer() || bits->get<int64_t>() < 4 ||
+        bits->get<int64_t>() > 6) {
+      return MetadataError(fqn, "missing or bad _data.bits (expected 4..6)");
+    }
+    info.bits = static_cast<int>(bits->get<int64_t>());
+  } else {
+    info.kind = Kind::kIntx;
+    const Json* target = Member(Member(data, "target_dtype"), "_data");
+    const std::string name =
+        target != nullptr && target->is_string() ? target->get<std::string>() : "";
+    if (name.size() != 4 || name.rfind("int", 0) != 0 || name[3] < '1' || name[3] > '8') {
+      return MetadataError(fqn, absl::StrCat("bad target_dtype '", name, "'"));
+    }
+    info.bits = name[3] - '0';
+  }
+  int64_t& k = info.shape.back();
+  if (PacksNibbles(info.kind, info.bits)) {
+    if (k > std::numeric_limits<int64_t>::max() / 2) {
+      return MetadataError(fqn, absl::StrCat("'", parts.qdata, "' is too wide: ", k, " bytes"));
+    }
+    k *= 2;
+  }
+  // K = 0 would leave every row empty however many rows the shape claims, and
+  // readers loop over rows: a zero-byte file could make them spin for 2^62.
+  if (k == 0 || k % info.group_size != 0) {
+    return MetadataError(
+        fqn, absl::StrFormat("expected a positive last dimension that block size %d divides, but "
+                             "got %d",
+                             info.group_size, k));
+  }
+  const PartShapes shapes = PartShapesOf(info.shape, info.kind, info.bits, info.group_size);
+  GQ_RETURN_IF_ERROR(CheckStoredPart(checkpoint, fqn, parts.qdata,
+                                     {info.kind == Kind::kIntx ? DType::kI8 : DType::kU8},
+                                     shapes.qdata));
+  GQ_RETURN_IF_ERROR(CheckStoredPart(checkpoint, fqn, parts.scale,
+                                     {DType::kBF16, DType::kF16, DType::kF32}, shapes.scale));
+  GQ_RETURN_IF_ERROR(
+      CheckStoredPart(checkpoint, fqn, info.kind == Kind::kMin ? parts.min : parts.zero_point,
+                      {DType::kBF16, DType::kF16, DType::kF32, DType::kI8}, shapes.scale));
+  return info;
+}
+
+}  // namespace
+
 absl::StatusOr<QuantizedCheckpoint> QuantizedCheckpoint::Open(const std::string& path) {
   GQ_ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::Open(path));
   QuantizedCheckpoint result(std::move(checkpoint));
@@ -440,78 +551,42 @@ absl::StatusOr<QuantizedCheckpoint> QuantizedCheckpoint::Open(const std::string&
         absl::StrFormat("checkpoint '%s': unknown gquant.convention '%s' (this build reads '%s')",
                         path, it->second, std::string(kGquantConvention)));
   }
-  const Json names = Json::parse(names_it->second, nullptr, /*allow_exceptions=*/false);
+  const absl::Status status = result.ReadWeightInfos(metadata, names_it->second);
+  if (!status.ok()) return Annotate(status, "checkpoint '", path, "'");
+  return result;
+}
+
+absl::Status QuantizedCheckpoint::ReadWeightInfos(
+    const std::map<std::string, std::string>& metadata, const std::string& tensor_names) {
+  GQ_ASSIGN_OR_RETURN(const Json names, ParseMetadataJson("tensor_names", tensor_names));
   if (!names.is_array()) return MetadataError("tensor_names", "expected a JSON list");
   for (const Json& name_json : names) {
     if (!name_json.is_string()) return MetadataError("tensor_names", "expected strings");
     const std::string fqn = name_json.get<std::string>();
+    if (infos_.contains(fqn)) return MetadataError(fqn, "listed twice in tensor_names");
     const auto entry_it = metadata.find(fqn);
     if (entry_it == metadata.end()) return MetadataError(fqn, "no metadata entry");
-    const Json entry = Json::parse(entry_it->second, nullptr, false);
-    if (!entry.is_object() || !entry.contains("_type") || !entry["_type"].is_string()) {
+    GQ_ASSIGN_OR_RETURN(const Json entry, ParseMetadataJson(fqn, entry_it->second));
+    const Json* type_json = Member(entry, "_type");
+    if (type_json == nullptr || !type_json->is_string()) {
       return MetadataError(fqn, "metadata entry is not an object with a string _type");
     }
-    const std::string type = entry["_type"].get<std::string>();
+    const std::string type = type_json->get<std::string>();
     QuantizedWeightInfo info{fqn};
     if (type == "Tensor") {
-      const SafetensorsTensorInfo* stored = result.checkpoint_.Find(fqn);
+      const SafetensorsTensorInfo* stored = checkpoint_.Find(fqn);
       if (stored == nullptr) return MetadataError(fqn, "listed but not stored");
       info.shape = stored->shape;
     } else if (type == kInt4Type || type == kIntxType || type == kMinType) {
-      const Json& data = entry.value("_data", Json());
-      const Json& block = data.value("block_size", Json());
-      if (!block.is_array() || block.empty() || !block.back().is_number_integer() ||
-          block.back().get<int64_t>() <= 0) {
-        return MetadataError(fqn, "missing or bad _data.block_size");
-      }
-      info.group_size = block.back().get<int64_t>();
-      GQ_ASSIGN_OR_RETURN(const FlattenedNames parts, FlattenedNamesOf(fqn));
-      const SafetensorsTensorInfo* qdata = result.checkpoint_.Find(parts.qdata);
-      if (qdata == nullptr || qdata->shape.size() < 2) {
-        return MetadataError(fqn, absl::StrCat("missing or bad '", parts.qdata, "'"));
-      }
-      info.shape = qdata->shape;
-      if (type == kInt4Type) {
-        info.kind = Kind::kInt4;
-        info.bits = 4;
-        info.shape.back() *= 2;
-      } else if (type == kMinType) {
-        info.kind = Kind::kMin;
-        const Json& bits = data.value("bits", Json());
-        if (!bits.is_number_integer() || bits.get<int>() < 4 || bits.get<int>() > 6) {
-          return MetadataError(fqn, "missing or bad _data.bits (expected 4..6)");
-        }
-        info.bits = bits.get<int>();
-        if (info.bits == 4) info.shape.back() *= 2;
-      } else {
-        info.kind = Kind::kIntx;
-        const std::string target = data.value("target_dtype", Json()).value("_data", "");
-        if (target.size() != 4 || target.rfind("int", 0) != 0 || target[3] < '1' ||
-            target[3] > '8') {
-          return MetadataError(fqn, absl::StrCat("bad target_dtype '", target, "'"));
-        }
-        info.bits = target[3] - '0';
-      }
-      if (info.shape.back() % info.group_size != 0) {
-        return MetadataError(fqn, "block size does not divide the last dimension");
-      }
-      const PartShapes shapes = PartShapesOf(info.shape, info.kind, info.bits, info.group_size);
-      const std::string& zero_name = info.kind == Kind::kMin ? parts.min : parts.zero_point;
-      for (const auto& [name, shape] :
-           {std::pair{parts.scale, shapes.scale}, std::pair{zero_name, shapes.scale}}) {
-        const SafetensorsTensorInfo* part = result.checkpoint_.Find(name);
-        if (part == nullptr || part->shape != shape) {
-          return MetadataError(fqn, absl::StrCat("missing or mis-shaped '", name, "'"));
-        }
-      }
+      GQ_ASSIGN_OR_RETURN(info, QuantizedInfoOf(checkpoint_, fqn, type, Member(entry, "_data")));
     } else {
       return absl::UnimplementedError(
           absl::StrFormat("quantized weight '%s': unsupported _type '%s'", fqn, type));
     }
-    result.names_.push_back(fqn);
-    result.infos_[fqn] = std::move(info);
+    names_.push_back(fqn);
+    infos_[fqn] = std::move(info);
   }
-  return result;
+  return absl::OkStatus();
 }
 
 const QuantizedWeightInfo* QuantizedCheckpoint::Find(std::string_view fqn) const {

@@ -318,6 +318,13 @@ absl::StatusOr<Recipe> Recipe::Load(const std::string& name_or_path) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "recipe '%s': expected a JSON file, but it is not a regular file", name_or_path));
   }
+  // Checked before reading, so a huge file is not read into memory first.
+  if (const uintmax_t size = fs::file_size(name_or_path, ec);
+      !ec && size > internal::kMaxJsonBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("recipe '%s': expected at most %d bytes of JSON, but the file has %d",
+                        name_or_path, internal::kMaxJsonBytes, size));
+  }
   std::ifstream file(name_or_path, std::ios::binary);
   std::stringstream text;
   text << file.rdbuf();

@@ -331,6 +331,8 @@ const SafetensorsTensorInfo* SafetensorsFile::Find(std::string_view name) const 
 }
 
 absl::StatusOr<Tensor> SafetensorsFile::MakeTensor(const SafetensorsTensorInfo& info) const {
+  // Touching pages the file no longer has would raise SIGBUS (mapped_file.h).
+  GQ_RETURN_IF_ERROR(state_->mapping->CheckNotTruncated());
   const std::span<const std::byte> bytes =
       state_->mapping->bytes().subspan(state_->header.data_start + info.begin, info.num_bytes());
   if (reinterpret_cast<uintptr_t>(bytes.data()) % DTypeSize(info.dtype) == 0) {

@@ -138,6 +138,14 @@ absl::StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
   GQ_ASSIGN_OR_RETURN(writer->file_, AtomicFileWriter::Create(path));
   GQ_RETURN_IF_ERROR(writer->file_->Write(length));
   GQ_RETURN_IF_ERROR(writer->file_->Write(std::as_bytes(std::span<const char>(text))));
+  // The temporary file gets its final size now: a full disk fails before any
+  // payload is produced, and an interrupted writer leaves a file with a
+  // complete header that gquant-quantize --resume reads back.
+  if (offset > std::numeric_limits<uint64_t>::max() - header.data_start) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "safetensors '%s': expected the file size to fit 64 bits, but it overflows", path));
+  }
+  GQ_RETURN_IF_ERROR(writer->file_->Allocate(header.data_start + offset));
   return writer;
 }
 

@@ -90,6 +90,28 @@ TEST_CASE("AtomicFileWriter handles writes larger than its buffer", "[atomic_fil
   REQUIRE(ReadFile(path) == expected);
 }
 
+TEST_CASE("AtomicFileWriter::Allocate gives the temporary its final size up front",
+          "[atomic_file]") {
+  TempDir dir;
+  const std::string path = dir.File("sized.bin");
+  auto writer = AtomicFileWriter::Create(path);
+  REQUIRE_OK(writer);
+  REQUIRE_OK((*writer)->Write(Bytes("head")));  // buffered: Allocate flushes it first
+  REQUIRE_OK((*writer)->Allocate(10000));
+  REQUIRE(std::filesystem::file_size((*writer)->temp_path()) == 10000);
+  REQUIRE(ReadFile((*writer)->temp_path()).substr(0, 4) == "head");
+  REQUIRE_OK((*writer)->WriteAt(9996, Bytes("tail")));
+  REQUIRE_OK((*writer)->Allocate(0));  // no-op
+  REQUIRE_FALSE(std::filesystem::exists(path));
+  REQUIRE_OK((*writer)->Commit());
+  const std::string contents = ReadFile(path);
+  REQUIRE(contents.size() == 10000);
+  REQUIRE(contents.substr(0, 4) == "head");
+  REQUIRE(contents.substr(9996) == "tail");
+  REQUIRE(contents.substr(4, 9992) == std::string(9992, '\0'));  // unwritten bytes read as zeros
+  REQUIRE(ListDir(dir.path()) == std::vector<std::string>{"sized.bin"});
+}
+
 TEST_CASE("AtomicFileWriter gives the file the umask's mode", "[atomic_file]") {
   TempDir dir;
   const mode_t mask = ::umask(0);

@@ -1,6 +1,9 @@
 // Malformed GGUF files: each must fail with a specific code and a message that
 // names what is wrong. Files are built byte by byte with Builder.
+#include <chrono>
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <string>
 #include <vector>
@@ -199,6 +202,94 @@ TEST_CASE("GGUF rejects malformed tensor infos", "[gguf]") {
     b.Header(1, 1).KvU32("general.alignment", 64).Tensor("w", {8}, 0, 32).PadTo(64).Data(64);
     ExpectError(b, C::kDataLoss, "expected a multiple of 64, but got 32");
   }
+}
+
+// ---- hostile inputs (issue 8) ----
+
+// Parses `b` expecting `code`, within a second and without throwing (the
+// declared sizes below would need terabytes if the reader allocated them).
+void ExpectFastError(const Builder& b, absl::StatusCode code, const std::string& substring) {
+  const auto start = std::chrono::steady_clock::now();
+  REQUIRE_NOTHROW(ExpectError(b, code, substring));
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(1));
+}
+
+TEST_CASE("GGUF: lengths and counts near 2^64 fail fast", "[gguf][hostile]") {
+  using C = absl::StatusCode;
+  constexpr uint64_t kMax = ~uint64_t{0};
+  ExpectFastError(Builder().Header(0, 1).U64(kMax).Data(16), C::kOutOfRange, "metadata key");
+  ExpectFastError(Builder().Header(0, 1).Str("k").U32(9).U32(8).U64(kMax), C::kOutOfRange,
+                  "array count of key 'k'");
+  ExpectFastError(Builder().Header(0, 1).Str("k").U32(9).U32(0).U64(uint64_t{1} << 40).U64(0),
+                  C::kOutOfRange, "array count of key 'k'");
+  // An array of 2^40 empty arrays: 12 bytes each in the file, never allocated.
+  ExpectFastError(Builder().Header(0, 1).Str("k").U32(9).U32(9).U64(uint64_t{1} << 40),
+                  C::kOutOfRange, "array count of key 'k'");
+  ExpectFastError(Builder().Header(1, 0).U64(kMax - 7).Data(24), C::kOutOfRange, "tensor name");
+  ExpectFastError(Builder().Header(kMax, kMax), C::kDataLoss, "tensor_count");
+  ExpectFastError(Builder().Header(0, kMax), C::kDataLoss, "kv_count");
+  // A 4 PiB F32 tensor (2^50 elements) in a 200-byte file.
+  ExpectFastError(OneTensor({int64_t{1} << 25, int64_t{1} << 25}).Data(32), C::kOutOfRange,
+                  "tensor 'w' data: expected to end by file size");
+  // Dims whose product overflows int64 only at the last dim.
+  ExpectFastError(OneTensor({int64_t{1} << 31, int64_t{1} << 31, 4}).Data(32), C::kDataLoss,
+                  "tensor 'w' dims: expected an element count that fits int64");
+  ExpectFastError(OneTensor({8}, 0, kMax - 31).Data(32), C::kDataLoss,
+                  "tensor 'w' offset: expected 0");
+}
+
+TEST_CASE("GGUF: metadata values are capped, not trusted to fit in memory", "[gguf][hostile]") {
+  // One byte per UINT8 element in the file, ~40 in memory: an array just over
+  // the cap (a 16 MiB file) is refused before anything is allocated for it.
+  Builder b;
+  b.Header(0, 2).KvU32("small", 1).Str("big").U32(9).U32(0).U64(kGgufMaxMetadataValues);
+  std::vector<std::byte> bytes = b.bytes();
+  bytes.resize(bytes.size() + kGgufMaxMetadataValues);
+  const auto start = std::chrono::steady_clock::now();
+  const auto file = GgufFile::Parse(bytes, "big.gguf");
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(1));
+  REQUIRE_STATUS_IS(file, absl::StatusCode::kResourceExhausted);
+  const std::string message(file.status().message());
+  CHECK_THAT(message, Catch::Matchers::Contains("big.gguf"));
+  CHECK_THAT(message, Catch::Matchers::Contains("array count of key 'big'"));
+}
+
+TEST_CASE("GGUF: keys, strings and names are bytes, kept verbatim", "[gguf][hostile]") {
+  // GGUF does not require valid UTF-8 (neither does ggml's reader): invalid
+  // bytes and NULs are kept as they are and never used as paths.
+  const std::string nul_key("a\0b", 3), bad_utf8("\xc0\xaf\xff", 3);
+  Builder b;
+  b.Header(2, 2).Str(nul_key).U32(8).Str(bad_utf8).KvString("general.name", "../../etc/passwd");
+  b.Tensor("../../x", {8}, 0, 0).Tensor(std::string("/t\0", 3), {8}, 0, 32).PadTo(32).Data(64);
+  const auto file = GgufFile::Parse(b.bytes(), "names.gguf");
+  REQUIRE_OK(file);
+  REQUIRE(file->Find(nul_key) != nullptr);
+  CHECK(*file->Find(nul_key)->AsString() == bad_utf8);
+  CHECK(file->Find("a") == nullptr);
+  CHECK(file->FindTensor("../../x") != nullptr);
+  CHECK(file->FindTensor(std::string("/t\0", 3)) != nullptr);
+  CHECK(file->FindTensor("/t") == nullptr);
+}
+
+TEST_CASE("GGUF: a file truncated after Open is caught before tensor reads", "[gguf][hostile]") {
+  testing::TempDir dir;
+  const std::string path = dir.File("shrinking.gguf");
+  Builder b = OneTensor({16384});  // 64 KiB of F32
+  b.Data(65536);
+  {
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(b.bytes().data()),
+              static_cast<std::streamsize>(b.bytes().size()));
+  }
+  const auto file = GgufFile::Open(path);
+  REQUIRE_OK(file);
+  REQUIRE_OK(file->CheckNotTruncated());
+  std::filesystem::resize_file(path, file->data_start() + 64);
+  const absl::Status status = file->CheckNotTruncated();
+  REQUIRE_STATUS_IS(status, absl::StatusCode::kDataLoss);
+  CHECK_THAT(std::string(status.message()), Catch::Matchers::Contains(path));
+  // Parsed bytes have no file behind them to shrink.
+  REQUIRE_OK(GgufFile::Parse(b.bytes(), "bytes")->CheckNotTruncated());
 }
 
 }  // namespace

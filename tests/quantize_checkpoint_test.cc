@@ -2,13 +2,19 @@
 // against the quantizer called directly and against the input weights.
 #include "gquant/quantize_checkpoint.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "gquant/atomic_file.h"
 #include "gquant/checkpoint.h"
 #include "gquant/quantized_checkpoint.h"
 #include "gquant/safetensors.h"
@@ -210,6 +216,207 @@ TEST_CASE("bad weights fail with the tensor and rule named, leaving no output",
   auto bad_shape = Run(WriteCheckpoint(dir2, ragged, {4, 48}), "default", dir2.File("out"));
   REQUIRE_STATUS_IS(bad_shape, absl::StatusCode::kInvalidArgument);
   REQUIRE(bad_shape.status().message().find("rule 4") != std::string::npos);
+}
+
+TEST_CASE("NaN errors name the element in the whole tensor; reports count edge cases",
+          "[quantize_checkpoint]") {
+  testing::TempDir dir;
+  auto rng = testing::MakeRng();
+  std::normal_distribution<float> normal;
+  // 8 x 64 with group 32: row 0 all zero (2 zero groups), row 1 constant
+  // 0.25 (2 constant groups), 3 subnormal values in row 2.
+  std::vector<float> values(8 * 64);
+  for (float& v : values) v = normal(rng);
+  std::fill_n(values.begin(), 64, 0.0f);
+  std::fill_n(values.begin() + 64, 64, 0.25f);
+  for (int i = 0; i < 3; ++i) values[2 * 64 + 5 * i] = std::numeric_limits<float>::denorm_min();
+  auto report = Run(WriteCheckpoint(dir, values, {8, 64}), "default", dir.File("out"));
+  REQUIRE_OK(report);
+  REQUIRE(report->tensors.size() == 1);
+  const TensorReport& t = report->tensors[0];
+  CHECK(t.zero_groups == 2);
+  CHECK(t.constant_groups == 4);
+  CHECK(t.subnormal_values == 3);
+  const Json json = Json::parse(ReadFile(dir.File("out/quantize_report.json")));
+  CHECK(json["tensors"][0]["constant_groups"] == 4);
+  CHECK(json["tensors"][0]["zero_groups"] == 2);
+  CHECK(json["tensors"][0]["subnormal_values"] == 3);
+  CHECK(json["memory_bound_bytes"].get<int64_t>() ==
+        kBaselineMemoryBytes + json["tensors"][0]["working_set_bytes"].get<int64_t>());
+
+  // An Inf in row 6: the error gives the row in the tensor, not in a block.
+  values[6 * 64 + 40] = -std::numeric_limits<float>::infinity();
+  testing::TempDir dir2;
+  auto bad = Run(WriteCheckpoint(dir2, values, {8, 64}), "default", dir2.File("out"));
+  REQUIRE_STATUS_IS(bad, absl::StatusCode::kInvalidArgument);
+  INFO(bad.status().message());
+  REQUIRE(bad.status().message().find("[matrix 0, row 6, column 40]") != std::string::npos);
+  REQUIRE(bad.status().message().find("-inf") != std::string::npos);
+  // Nothing but the (empty) directory is left.
+  REQUIRE(std::filesystem::is_empty(dir2.File("out")));
+}
+
+TEST_CASE("max_memory refuses a job whose largest tensor does not fit", "[quantize_checkpoint]") {
+  testing::TempDir out;
+  auto recipe = Recipe::Load("default");
+  REQUIRE_OK(recipe);
+  QuantizeJobOptions options;
+  options.input = Fixture("tiny-31b/bf16");
+  options.output_dir = out.File("out");
+  options.threads = 2;
+  options.dry_run = true;
+  auto plan = QuantizeCheckpoint(*recipe, options);
+  REQUIRE_OK(plan);
+  REQUIRE(plan->memory_bound_bytes > kBaselineMemoryBytes);
+  options.dry_run = false;
+  options.max_memory = plan->memory_bound_bytes - 1;
+  auto refused = QuantizeCheckpoint(*recipe, options);
+  REQUIRE_STATUS_IS(refused, absl::StatusCode::kResourceExhausted);
+  REQUIRE(refused.status().message().find("tensor '") != std::string::npos);
+  REQUIRE_FALSE(std::filesystem::exists(out.File("out")));
+  options.max_memory = plan->memory_bound_bytes;
+  REQUIRE_OK(QuantizeCheckpoint(*recipe, options));
+}
+
+// Runs the job in a child process that SIGKILLs itself once `tensors`
+// tensors are done (checkpointing after every quantized tensor), leaving
+// what a killed gquant-quantize leaves.
+void RunKilledAfter(const QuantizeJobOptions& base, const Recipe& recipe, int64_t tensors) {
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    QuantizeJobOptions options = base;
+    options.checkpoint_seconds = 0;
+    options.progress = [tensors](const JobProgress& p) {
+      if (p.tensors_done >= tensors) raise(SIGKILL);
+    };
+    (void)QuantizeCheckpoint(recipe, options);
+    _exit(0);  // finished before the kill point
+  }
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFSIGNALED(status));
+  REQUIRE(WTERMSIG(status) == SIGKILL);
+}
+
+std::vector<std::string> ListDir(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    names.push_back(entry.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// The report without its timing, which differs from run to run.
+Json ReportWithoutTime(const std::string& dir) {
+  Json json = Json::parse(ReadFile(dir + "/quantize_report.json"));
+  json.erase("seconds");
+  return json;
+}
+
+TEST_CASE("resume after a kill reuses finished tensors and matches an uninterrupted run",
+          "[quantize_checkpoint]") {
+  testing::TempDir dir;
+  auto recipe = Recipe::Load("sensitive");  // min-max and HQQ tensors
+  REQUIRE_OK(recipe);
+  QuantizeJobOptions options;
+  options.input = Fixture("tiny-e2b/f32");
+  options.threads = 2;
+  options.output_dir = dir.File("reference");
+  auto reference = QuantizeCheckpoint(*recipe, options);
+  REQUIRE_OK(reference);
+  REQUIRE(reference->resumed_tensors == 0);
+  const std::string model = ReadFile(dir.File("reference/model.safetensors"));
+  int64_t quantized = 0;
+  for (const TensorReport& t : reference->tensors) quantized += t.config.has_value();
+
+  options.output_dir = dir.File("out");
+  const int64_t kill_after = static_cast<int64_t>(reference->tensors.size()) / 2;
+  RunKilledAfter(options, *recipe, kill_after);
+  const std::string manifest = dir.File("out/.model.safetensors.tmp.progress.json");
+  REQUIRE(std::filesystem::exists(manifest));
+  REQUIRE_FALSE(std::filesystem::exists(dir.File("out/model.safetensors")));
+  for (const std::string& name : ListDir(dir.File("out"))) {
+    INFO(name);
+    REQUIRE(name.find(".tmp.") != std::string::npos);  // only temporaries
+  }
+
+  SECTION("resume") {
+    options.resume = true;
+    auto resumed = QuantizeCheckpoint(*recipe, options);
+    REQUIRE_OK(resumed);
+    INFO(resumed->resume_note);
+    REQUIRE(resumed->resumed_tensors > 0);
+    REQUIRE(resumed->resumed_tensors < quantized);
+    REQUIRE(ReadFile(dir.File("out/model.safetensors")) == model);
+    REQUIRE(ReportWithoutTime(dir.File("out")) == ReportWithoutTime(dir.File("reference")));
+    REQUIRE(ListDir(dir.File("out")) == ListDir(dir.File("reference")));
+  }
+  SECTION("a damaged tensor is redone, the rest reused") {
+    // Flip one byte in the middle of the interrupted run's file: inside the
+    // payload of some finished tensor or of an unfinished one.
+    const Json progress = Json::parse(ReadFile(manifest));
+    const std::string temporary = dir.File("out/" + progress["temporary"].get<std::string>());
+    std::string bytes = ReadFile(temporary);
+    auto reader = QuantizedCheckpoint::Open(temporary);
+    REQUIRE_OK(reader);
+    const std::string first = progress["finished"][0]["name"].get<std::string>();
+    auto flattened = FlattenedNamesOf(first);
+    REQUIRE_OK(flattened);
+    const SafetensorsTensorInfo* info = reader->checkpoint().Find(flattened->qdata);
+    REQUIRE(info != nullptr);
+    const uint64_t at = reader->checkpoint().shards()[0].data_start() + info->begin;
+    bytes[at] = static_cast<char>(bytes[at] ^ 0x11);
+    REQUIRE_OK(WriteFileAtomically(temporary, bytes));
+    options.resume = true;
+    auto resumed = QuantizeCheckpoint(*recipe, options);
+    REQUIRE_OK(resumed);
+    INFO(resumed->resume_note);
+    REQUIRE(resumed->resume_note.find("1 did not verify") != std::string::npos);
+    REQUIRE(resumed->resumed_tensors == static_cast<int64_t>(progress["finished"].size()) - 1);
+    REQUIRE(ReadFile(dir.File("out/model.safetensors")) == model);
+  }
+  SECTION("another recipe starts over") {
+    auto other = Recipe::Load("default");
+    REQUIRE_OK(other);
+    options.resume = true;
+    auto report = QuantizeCheckpoint(*other, options);
+    REQUIRE_OK(report);
+    REQUIRE(report->resumed_tensors == 0);
+    REQUIRE(report->resume_note.find("another recipe") != std::string::npos);
+    REQUIRE(ListDir(dir.File("out")) == ListDir(dir.File("reference")));
+  }
+  SECTION("without resume the leftovers are cleared") {
+    auto report = QuantizeCheckpoint(*recipe, options);
+    REQUIRE_OK(report);
+    REQUIRE(report->resumed_tensors == 0);
+    REQUIRE(ReadFile(dir.File("out/model.safetensors")) == model);
+    REQUIRE(ListDir(dir.File("out")) == ListDir(dir.File("reference")));
+  }
+}
+
+TEST_CASE("a second job into the same directory is refused while one runs",
+          "[quantize_checkpoint]") {
+  testing::TempDir dir;
+  auto recipe = Recipe::Load("default");
+  REQUIRE_OK(recipe);
+  QuantizeJobOptions options;
+  options.input = Fixture("tiny-31b/bf16");
+  options.output_dir = dir.path().string();
+  options.threads = 1;
+  absl::Status inner;
+  bool tried = false;
+  options.progress = [&](const JobProgress&) {
+    if (tried) return;
+    tried = true;
+    QuantizeJobOptions second = options;
+    second.progress = nullptr;
+    inner = QuantizeCheckpoint(*recipe, second).status();
+  };
+  REQUIRE_OK(QuantizeCheckpoint(*recipe, options));
+  REQUIRE(tried);
+  REQUIRE_STATUS_IS(inner, absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

@@ -332,6 +332,44 @@ TEST_CASE("HQQ flat groups: s_inv = 1 and exact reconstruction of zero", "[quant
   for (int i = 64; i < 96; ++i) REQUIRE(deq[i] == -2.0f);
 }
 
+TEST_CASE("HQQ constant groups come back within the bf16 rounding of the zero", "[quantize]") {
+  // quantize.h: a constant group has range 0 <= 1e-4, so s_inv = 1 and the
+  // solver moves the zero to -c; c comes back as -bf16(zero): |error| <=
+  // 2^-8 |c|, or the code's half step when |c| is below 1. Scale-only HQQ
+  // (symmetric) gives the constant the largest code like min-max.
+  auto rng = MakeRng();
+  std::uniform_real_distribution<float> exponent(-3, 3);
+  for (int trial = 0; trial < 40; ++trial) {
+    const float magnitude = std::pow(10.0f, exponent(rng));
+    const float c = trial % 2 == 0 ? magnitude : -magnitude;
+    CAPTURE(c);
+    std::vector<float> w(2 * 32, c);
+    const Quantized q = RunHqq(kHqqInt4, w, 2, 32);
+    std::vector<float> deq(w.size());
+    REQUIRE_OK(Dequantize(kHqqInt4, 2, 32, q.codes, q.scale, q.zero, deq));
+    for (float d : deq) {
+      REQUIRE(d == deq[0]);
+      REQUIRE(std::fabs(double(d) - c) <= std::ldexp(1.0, -8) * std::fabs(c));
+    }
+  }
+}
+
+TEST_CASE("HQQ keeps subnormal inputs finite and within FLT_MIN", "[quantize]") {
+  std::vector<float> w(32, 0.0f);
+  w[0] = 0.75f * FLT_MIN;
+  w[1] = -std::numeric_limits<float>::denorm_min();
+  for (bool symmetric : {false, true}) {
+    const QuantConfig config{4, 32, symmetric, QuantMethod::kHqq};
+    const Quantized q = RunHqq(config, w, 1, 32);
+    std::vector<float> deq(w.size());
+    REQUIRE_OK(Dequantize(config, 1, 32, q.codes, q.scale, q.zero, deq));
+    for (int i = 0; i < 32; ++i) {
+      REQUIRE(std::isfinite(deq[i]));
+      REQUIRE(std::fabs(deq[i] - w[i]) <= FLT_MIN);
+    }
+  }
+}
+
 TEST_CASE("HQQ results do not depend on the thread count", "[quantize]") {
   auto rng = MakeRng();
   const std::vector<float> w = MixedWeights(rng, 37, 320);

@@ -355,6 +355,104 @@ TEST_CASE("min-max edge groups: zero, constant, one-signed, outlier", "[quantize
   }
 }
 
+TEST_CASE("min-max constant groups reproduce the constant within the documented bound",
+          "[quantize]") {
+  // quantize.h: asymmetric configs include 0 in the range, so c maps to an
+  // end code and comes back within the bf16 rounding of the scale (|error|
+  // <= 2^-8 |c|), except that at 8 bits the bf16 reciprocal can move c * r
+  // across a rounding boundary: one more step, 1/255 of |c|. Symmetric ones
+  // divide the range by (qmax - qmin) / 2, so +-c lands on +-(qmax + 1/2),
+  // which rounds (half to even) or clamps half a step off: relative error
+  // 1 / (2 qmax + 1) (1/15 for 4-bit, 1/255 for 8-bit) plus the rounding.
+  auto rng = MakeRng();
+  std::uniform_real_distribution<float> exponent(-30, 30);
+  for (const QuantConfig& config : {MinMax(4, 32, false), MinMax(4, 32, true), MinMax(8, 32, false),
+                                    MinMax(8, 32, true), MinMax(6, 32, true)}) {
+    const MinMaxConstants k = MinMaxConstantsOf(config);
+    for (int trial = 0; trial < 50; ++trial) {
+      const float magnitude = std::pow(10.0f, exponent(rng));
+      const float c = trial % 2 == 0 ? magnitude : -magnitude;
+      CAPTURE(QuantConfigToString(config), c);
+      const std::vector<float> row(32, c);
+      const Quantized q = QuantizeRow(config, row);
+      std::vector<float> deq(32);
+      REQUIRE_OK(Dequantize(config, 1, 32, q.codes, q.scale, q.zero, deq));
+      const double step = config.symmetric   ? 1.0 / (2 * k.qmax + 1)
+                          : config.bits == 8 ? 1.0 / (k.qmax - k.qmin)
+                                             : 0.0;
+      for (float d : deq) {
+        REQUIRE(d == deq[0]);  // one value for the whole group
+        REQUIRE(std::fabs(double(d) - c) <= (step + std::ldexp(1.0, -8)) * std::fabs(c));
+      }
+    }
+  }
+}
+
+TEST_CASE("min-max keeps subnormal inputs (no flush to zero)", "[quantize]") {
+  // A group of subnormals: the scale is its floor FLT_MIN and r = 2^126, so
+  // x * r is x in units of FLT_MIN: 0.75 FLT_MIN rounds to one step, which a
+  // flush-to-zero (DAZ) CPU would have read as 0. Dequantized values are
+  // multiples of FLT_MIN within FLT_MIN / 2 of the input.
+  const float tiny = 0.75f * FLT_MIN;
+  REQUIRE(std::fpclassify(tiny) == FP_SUBNORMAL);
+  std::vector<float> row(32, 0.0f);
+  row[0] = tiny;
+  row[1] = -0.25f * FLT_MIN;
+  row[2] = std::numeric_limits<float>::denorm_min();
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (const QuantConfig& config : {MinMax(4, 32, false), MinMax(8, 32, true)}) {
+      CAPTURE(DTypeName(dtype), QuantConfigToString(config));
+      const Matrix m = Encode(dtype, 1, 32, row);
+      const Quantized q = RunQuantize(config, m);
+      REQUIRE(q.scale[0] == FLT_MIN);
+      REQUIRE(q.codes[0] == static_cast<int>(q.zero[0]) + 1);
+      std::vector<float> deq(32);
+      REQUIRE_OK(Dequantize(config, 1, 32, q.codes, q.scale, q.zero, deq));
+      REQUIRE(deq[0] == FLT_MIN);
+      for (int i = 0; i < 32; ++i) REQUIRE(std::fabs(deq[i] - m.values[i]) <= FLT_MIN / 2);
+    }
+  }
+}
+
+TEST_CASE("ScanWeight counts non-finite, subnormal, constant and zero groups", "[quantize]") {
+  auto rng = MakeRng();
+  std::normal_distribution<float> normal;
+  const int64_t rows = 37, cols = 96;  // 3 groups of 32 per row
+  std::vector<float> w(rows * cols);
+  for (float& x : w) x = normal(rng);
+  std::fill_n(w.begin() + 5 * cols, 32, 0.0f);        // zero group
+  std::fill_n(w.begin() + 5 * cols + 32, 32, -0.0f);  // zero group (-0)
+  std::fill_n(w.begin() + 9 * cols + 64, 32, 1.5f);   // constant group
+  w[11 * cols + 3] = std::numeric_limits<float>::denorm_min();
+  w[12 * cols + 7] = -0.5f * FLT_MIN;
+  w[20 * cols + 50] = std::numeric_limits<float>::infinity();
+  w[30 * cols + 1] = std::numeric_limits<float>::quiet_NaN();
+  ThreadPool pool(3);
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    const Matrix m = Encode(dtype, rows, cols, w);
+    for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool}) {
+      auto scan = ScanWeight(MinMax(4, 32, false), dtype, m.bytes, rows, cols, p);
+      REQUIRE_OK(scan);
+      CHECK(scan->non_finite == 2);
+      CHECK(scan->first_non_finite == 20 * cols + 50);
+      CHECK(scan->subnormal == (dtype == DType::kF32 ? 2 : 1));  // bf16 rounds denorm_min to 0
+      CHECK(scan->zero_groups == 2);
+      CHECK(scan->constant_groups == 3);
+    }
+  }
+  // Per-row groups, and F16 (whose subnormals are normal floats once widened).
+  const Matrix h = Encode(DType::kF16, rows, cols, std::vector<float>(rows * cols, 2.0f));
+  auto per_row = ScanWeight(MinMax(8, kPerRowGroupSize, true), DType::kF16, h.bytes, rows, cols);
+  REQUIRE_OK(per_row);
+  CHECK(per_row->constant_groups == rows);
+  CHECK(per_row->zero_groups == 0);
+  CHECK(per_row->first_non_finite == -1);
+  REQUIRE_STATUS_IS(ScanWeight(MinMax(4, 32, false), DType::kI8, h.bytes, rows, cols),
+                    absl::StatusCode::kInvalidArgument);
+  REQUIRE_STATUS_IS(ScanWeight(MinMax(4, 32, false), DType::kF16, h.bytes, rows, cols + 32),
+                    absl::StatusCode::kInvalidArgument);
+}
+
 TEST_CASE("min-max rounds ties half to even", "[quantize]") {
   // mn = 0 and mx = 15 give s = 1 exactly, so r = 1 and x * r = x: every
   // x.5 is a tie.

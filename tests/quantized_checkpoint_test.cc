@@ -261,6 +261,87 @@ TEST_CASE("quantized checkpoint metadata errors", "[quantized_checkpoint]") {
   REQUIRE_STATUS_IS(
       write_with({{"tensor_names", Json::array({"m.v"}).dump()}, {"m.v", layout->MetadataJson()}}),
       absl::StatusCode::kDataLoss);  // parts not stored
+
+  // Hostile metadata (issue 8). The first four threw nlohmann::type_error out
+  // of Open (value() on a non-object, a string read from a number), which
+  // terminated the process (reproduced with tests/fuzz/quantized_checkpoint_fuzzer.cc;
+  // inputs in tests/fuzz/corpus/quantized_checkpoint/regression_*).
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  const std::pair<const char*, std::string> hostile[] = {
+      {"no _data", R"({"_type":"Int4Tensor"})"},
+      {"_data not an object", R"({"_type":"Int4Tensor","_data":5})"},
+      {"Intx without target_dtype",
+       R"({"_type":"IntxUnpackedToInt8Tensor","_data":{"block_size":[1,32]}})"},
+      {"target_dtype _data not a string",
+       R"({"_type":"IntxUnpackedToInt8Tensor","_data":{"block_size":[1,32],)"
+       R"("target_dtype":{"_data":8}}})"},
+      {"bits 2^32 + 4 (int truncation)",
+       R"({"_type":"GquantMinTensor","_data":{"block_size":[1,32],"bits":4294967300}})"},
+      {"100000 nested arrays", R"({"_type":"Int4Tensor","_data":)" + deep + "}"},
+      {"a layout the parts do not have",  // 5-bit min form over int4 parts
+       R"({"_type":"GquantMinTensor","_data":{"block_size":[1,32],"bits":5}})"},
+  };
+  for (const auto& [what, entry] : hostile) {
+    DYNAMIC_SECTION(what) {
+      absl::Status status;
+      REQUIRE_NOTHROW(status = write_with({{"tensor_names", names}, {"m.w", entry}}));
+      REQUIRE_STATUS_IS(status, absl::StatusCode::kDataLoss);
+      CHECK(std::string(status.message()).find(dir.File("bad.safetensors")) != std::string::npos);
+      CHECK(std::string(status.message()).find("'m.w'") != std::string::npos);
+    }
+  }
+  REQUIRE_STATUS_IS(write_with({{"tensor_names", Json::array({"m.w", "m.w"}).dump()},
+                                {"m.w", layout->MetadataJson()}}),
+                    absl::StatusCode::kDataLoss);  // listed twice
+}
+
+// Zero-byte parts with shapes that claim 2^62 rows: consistent as far as the
+// safetensors layout goes. Open used to accept them; then Dequantize either
+// sized a 2^62-element vector (std::length_error: abort), looped over 2^62
+// empty rows (hang), or doubled 2^62 (signed overflow); the fuzz corpus keeps
+// these as regression_k_zero, regression_intx_k_zero, regression_k_overflow.
+TEST_CASE("quantized checkpoint: empty rows claimed by the shape", "[quantized_checkpoint]") {
+  constexpr int64_t kHuge = int64_t{1} << 62;
+  struct Case {
+    const char* what;
+    std::vector<SafetensorsTensorSpec> parts;
+    std::string entry;
+  };
+  const std::string int4 = R"({"_type":"Int4Tensor","_data":{"block_size":[1,32]}})";
+  const Case cases[] = {
+      {"int4, K = 0",
+       {{"m._w_qdata", DType::kU8, {kHuge, 0}},
+        {"m._w_scale", DType::kBF16, {0, kHuge}},
+        {"m._w_zero_point", DType::kBF16, {0, kHuge}}},
+       int4},
+      {"int4, K / 2 = 2^62",
+       {{"m._w_qdata", DType::kU8, {0, kHuge}},
+        {"m._w_scale", DType::kBF16, {0, 0}},
+        {"m._w_zero_point", DType::kBF16, {0, 0}}},
+       R"({"_type":"Int4Tensor","_data":{"block_size":[1,4611686018427387904]}})"},
+      {"int8, K = 0",
+       {{"m._w_qdata", DType::kI8, {kHuge, 0}},
+        {"m._w_scale", DType::kBF16, {kHuge, 0}},
+        {"m._w_zero_point", DType::kI8, {kHuge, 0}}},
+       R"({"_type":"IntxUnpackedToInt8Tensor","_data":{"block_size":[1,32],)"
+       R"("target_dtype":{"_type":"torch.dtype","_data":"int8"}}})"},
+  };
+  for (const Case& c : cases) {
+    DYNAMIC_SECTION(c.what) {
+      testing::TempDir dir;
+      const std::string path = dir.File("empty_rows.safetensors");
+      auto writer = SafetensorsWriter::Create(path, c.parts,
+                                              {{"tensor_names", R"(["m.w"])"}, {"m.w", c.entry}});
+      REQUIRE_OK(writer);
+      for (const SafetensorsTensorSpec& part : c.parts)
+        REQUIRE_OK((*writer)->WriteTensor(part.name, {}));
+      REQUIRE_OK((*writer)->Commit());
+      absl::StatusOr<QuantizedCheckpoint> checkpoint = absl::InternalError("not run");
+      REQUIRE_NOTHROW(checkpoint = QuantizedCheckpoint::Open(path));
+      REQUIRE_STATUS_IS(checkpoint, absl::StatusCode::kDataLoss);
+      CHECK(std::string(checkpoint.status().message()).find("'m.w'") != std::string::npos);
+    }
+  }
 }
 
 }  // namespace

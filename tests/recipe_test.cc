@@ -1,6 +1,10 @@
 #include "gquant/recipe.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <string>
@@ -359,6 +363,107 @@ TEST_CASE("Load", "[recipe]") {
   CHECK(absl::StrContains(missing.status().message(), "default"));
   REQUIRE_STATUS_IS(Recipe::Load(dir.File("missing.json")), absl::StatusCode::kNotFound);
   REQUIRE_STATUS_IS(Recipe::Load(dir.path().string()), absl::StatusCode::kInvalidArgument);
+}
+
+// ---- hostile inputs (issue 8) ----
+
+TEST_CASE("hostile recipes fail fast with InvalidArgument", "[recipe][hostile]") {
+  constexpr int kDeep = 100000;
+  const std::string deep_arrays = std::string(kDeep, '[') + std::string(kDeep, ']');
+  std::string deep_objects;
+  for (int i = 0; i < kDeep; ++i) deep_objects += R"({"a":)";
+  deep_objects += "1" + std::string(kDeep, '}');
+  const std::string rules = R"(, "rules": [{"pattern": ".*", "config": null}]})";
+  struct Case {
+    const char* what;
+    std::string json;
+    const char* message;
+  };
+  const Case cases[] = {
+      {"100000 nested arrays", R"({"name": )" + deep_arrays + rules, "nesting at most 64 deep"},
+      {"100000 unclosed arrays", R"({"name": )" + std::string(kDeep, '['),
+       "nesting at most 64 deep"},
+      {"100000 nested objects", R"({"name": "x", "description": )" + deep_objects + rules,
+       "nesting at most 64 deep"},
+      {"17 MiB of JSON",
+       R"({"name": "x", "description": ")" + std::string(17 << 20, 'd') + "\"" + rules,
+       "expected at most 16777216"},
+      {"invalid UTF-8 in the name", "{\"name\": \"\xff\"" + rules, "invalid JSON"},
+      {"overlong UTF-8 '/' in a pattern",
+       R"({"name": "x", "rules": [{"pattern": ")"
+       "\xc0\xaf"
+       R"(", "config": null}]})",
+       "invalid JSON"},
+      {"unpaired surrogate in the name", R"({"name": "\udc00")" + rules, "invalid JSON"},
+      {"layer index 2^64",
+       R"({"name": "x", "rules": [{"pattern": ".*", "config": null, )"
+       R"("layers": [18446744073709551616]}]})",
+       "field 'layers[0]'"},
+      {"layer range near 2^63",
+       R"({"name": "x", "rules": [{"pattern": ".*", "config": null, )"
+       R"("layers": [[0, 9223372036854775807]]}]})",
+       "field 'layers[0]'"},
+      {"group size 2^64 - 1",
+       R"({"name": "x", "rules": [{"pattern": ".*", "config": )"
+       R"({"bits": 4, "group_size": 18446744073709551615}}]})",
+       "field 'config.group_size'"},
+      // RE2 refuses a program over its memory budget instead of building it.
+      {"a regex needing gigabytes",
+       R"json({"name": "x", "rules": [{"pattern": "((((a{100}){100}){100}){100})", "config": null}]})json",
+       "field 'pattern': invalid regular expression"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.what);
+    const auto start = std::chrono::steady_clock::now();
+    absl::StatusOr<Recipe> recipe = absl::InternalError("not run");
+    CHECK_NOTHROW(recipe = Recipe::FromJson(c.json, "hostile"));
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
+    CHECK(recipe.status().code() == absl::StatusCode::kInvalidArgument);
+    INFO(recipe.status().message());
+    CHECK(absl::StartsWith(recipe.status().message(), "recipe 'hostile': "));
+    CHECK(absl::StrContains(recipe.status().message(), c.message));
+  }
+}
+
+TEST_CASE("recipe strings may hold NULs and non-ASCII", "[recipe][hostile]") {
+  absl::StatusOr<Recipe> recipe = Recipe::FromJson(
+      R"({"name": "n\u0000ul", "rules": [{"pattern": "a\u0000b|caf\u00e9", "config": null},)"
+      R"( {"pattern": ".*", "config": {"bits": 8}}]})",
+      "nul");
+  REQUIRE_OK(recipe);
+  CHECK(recipe->name() == std::string("n\0ul", 4));
+  CHECK(recipe->Match(std::string("a\0b", 3), 1).rule_index == 0);
+  CHECK(recipe->Match("caf\xc3\xa9", 1).rule_index == 0);
+  CHECK(recipe->Match("a", 1).rule_index == 1);
+  CheckRoundTrip(*recipe);
+}
+
+TEST_CASE("Recipe::Load takes regular files only, symlinks followed", "[recipe][hostile]") {
+  namespace fs = std::filesystem;
+  TempDir dir;
+  const std::string path = dir.File("real.json");
+  std::ofstream(path) << R"({"name": "real", "rules": [{"pattern": ".*", "config": null}]})";
+  fs::create_symlink(path, dir.path() / "link.json");
+  absl::StatusOr<Recipe> linked = Recipe::Load(dir.File("link.json"));
+  REQUIRE_OK(linked);
+  CHECK(linked->name() == "real");
+
+  // A FIFO with no writer would block a reader: refused before opening.
+  REQUIRE(mkfifo(dir.File("fifo.json").c_str(), 0600) == 0);
+  REQUIRE_STATUS_IS(Recipe::Load(dir.File("fifo.json")), absl::StatusCode::kInvalidArgument);
+  fs::create_symlink(dir.path() / "nowhere.json", dir.path() / "dangling.json");
+  REQUIRE_STATUS_IS(Recipe::Load(dir.File("dangling.json")), absl::StatusCode::kNotFound);
+
+  // A 1 GiB (sparse) file is refused by its size, without reading it.
+  const std::string huge = dir.File("huge.json");
+  std::ofstream(huge) << "{";
+  fs::resize_file(huge, uintmax_t{1} << 30);
+  const auto start = std::chrono::steady_clock::now();
+  const absl::Status status = Recipe::Load(huge).status();
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(1));
+  REQUIRE_STATUS_IS(status, absl::StatusCode::kInvalidArgument);
+  CHECK(absl::StrContains(status.message(), huge));
+  CHECK(absl::StrContains(status.message(), "expected at most 16777216 bytes"));
 }
 
 }  // namespace

@@ -20,7 +20,8 @@ namespace gquant {
 
 // Error codes shared by every method below:
 //   Internal           a failed system call (message has the path and strerror)
-//   ResourceExhausted  the disk or quota is full (ENOSPC, EDQUOT)
+//   ResourceExhausted  the disk or quota is full, or the file is too large for
+//                      the file system (ENOSPC, EDQUOT, EFBIG)
 //   FailedPrecondition the writer already committed, or an earlier call failed
 //                      (the earlier error is repeated in the message)
 class AtomicFileWriter {
@@ -45,6 +46,14 @@ class AtomicFileWriter {
   // Writes `data` at byte `offset` (pwrite). The append cursor does not move.
   // The append buffer is flushed first, so writes land in call order.
   absl::Status WriteAt(uint64_t offset, std::span<const std::byte> data);
+
+  // Flushes, then gives the temporary file its final `size` up front: disk
+  // blocks are reserved (fallocate) where the file system can, so a full disk
+  // fails now rather than after hours of work; elsewhere the file is only
+  // extended (ftruncate). Unwritten bytes read as zeros. The file then always
+  // has its final size, so an interrupted writer leaves a file whose layout
+  // (e.g. a safetensors header) can be read back to resume from it.
+  absl::Status Allocate(uint64_t size);
 
   // Flushes, fsyncs the file, renames it onto the final path (replacing any
   // file there) and fsyncs the directory so the rename itself is durable.

@@ -6,6 +6,7 @@
 //                  duplicate keys or tensor names, bad alignment, bad dims,
 //                  offsets that are misaligned, leave gaps or overlap
 //   OutOfRange     a string, array or tensor that runs past the end of the file
+//   ResourceExhausted  more metadata values than kGgufMaxMetadataValues
 //   Unimplemented  GGUF version other than 2 or 3, big-endian files, unknown or
 //                  removed ggml type ids, arrays nested deeper than kGgufMaxArrayDepth
 //   InvalidArgument  typed accessor on a value of another type; bad writer input
@@ -57,6 +58,10 @@ inline constexpr size_t kGgufMaxTensorName = 63;  // GGML_MAX_NAME - 1
 // An array of arrays counts 2 levels. The format allows nesting, but note that
 // ggml's own reader rejects any array whose element type is ARRAY.
 inline constexpr int kGgufMaxArrayDepth = 4;
+// Metadata values (keys plus array elements at every level) one file may hold:
+// each takes ~40 bytes in memory even when the file spends 1 byte on it. A
+// Gemma 4 tokenizer needs ~1M; the cap bounds a hostile file to ~700 MB.
+inline constexpr uint64_t kGgufMaxMetadataValues = uint64_t{1} << 24;
 
 class GgufValue;
 class MappedFile;
@@ -173,6 +178,10 @@ class GgufFile {
   // Lets the kernel drop the tensor's pages once read (files from Open only),
   // so streaming a large file keeps memory near one tensor.
   void ReleaseTensorData(const GgufTensorInfo& info) const;
+  // For a file from Open: DataLoss once the file shrank below its size at
+  // Open, when reading TensorData would raise SIGBUS (MappedFile has the
+  // details). Call it before reading tensor bytes; OK for Parse()d bytes.
+  absl::Status CheckNotTruncated() const;
 
  private:
   GgufFile() = default;

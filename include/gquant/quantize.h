@@ -144,6 +144,50 @@ absl::StatusOr<int64_t> CheckQuantizeArguments(const QuantConfig& config, DType 
                                                std::span<const std::byte> weight, int64_t rows,
                                                int64_t cols, const QuantizedSpans& out);
 
+// Numerical edge cases (the same on every quantizer; spec formats.md §2.6,
+// §3.1, §3.3 give the formulas):
+//   NaN / Inf    Quantize refuses the weight (InvalidArgument naming the first
+//                such element); nothing is written.
+//   zero groups  (every element +0 or -0) dequantize to exactly 0: min-max
+//                takes scale = FLT_MIN (its eps) and codes at the zero
+//                point; HQQ takes inverse scale 1 and zero 0.
+//   constant     groups (all elements equal to c != 0) follow the formulas,
+//                not a special case (the output must stay the reference's):
+//                asymmetric min-max includes 0 in the range, so c maps to an
+//                end code and comes back within the bf16 rounding of the
+//                scale (|error| <= 2^-8 |c|; at 8 bits the bf16 reciprocal
+//                can cost one more step, 1/255 |c|); symmetric min-max maps c to
+//                qmax + 1/2 steps, which rounds or clamps half a step off:
+//                relative error 1 / (2 qmax + 1) (1/15 at 4 bits, 1/255 at
+//                8). Asymmetric HQQ's range guard (range <= 1e-4: inverse
+//                scale 1) leaves c to the zero, which the solver moves to -c:
+//                |error| <= 2^-8 |c| (bf16 rounding of the zero).
+//   subnormals   (float32 magnitudes below FLT_MIN; F16 inputs have none once
+//                widened) are kept, not flushed: the library is built without
+//                -ffast-math and never sets FTZ/DAZ. They take part in the
+//                ranges like any value; as the min-max scale is at least
+//                FLT_MIN, a group of subnormals only dequantizes to multiples
+//                of FLT_MIN (absolute error < FLT_MIN).
+// ScanWeight counts these cases so reports can say how often they occur.
+struct WeightScan {
+  int64_t non_finite = 0;         // NaN/Inf elements
+  int64_t subnormal = 0;          // nonzero elements with |w| < FLT_MIN (as float32)
+  int64_t constant_groups = 0;    // groups whose elements are all equal (zero groups included)
+  int64_t zero_groups = 0;        // groups of +0/-0 only
+  int64_t first_non_finite = -1;  // row-major element index of the first NaN/Inf, or -1
+
+  // Sums the counts; `first_non_finite` of `later` is offset by `offset`
+  // elements (the rows before it) and kept only if this scan has none.
+  void Add(const WeightScan& later, int64_t offset);
+};
+
+// Scans the [rows, cols] weight in `weight` (dtype F32, F16 or BF16) in
+// groups of `config`'s group size. Returns CheckQuantizeArguments' errors for
+// a bad config, dtype, shape or size (no output spans are checked).
+absl::StatusOr<WeightScan> ScanWeight(const QuantConfig& config, DType dtype,
+                                      std::span<const std::byte> weight, int64_t rows, int64_t cols,
+                                      ThreadPool* pool = nullptr);
+
 // out[r, c] = (codes[r, c] - zero_point[r, g]) * scale[r, g], g = c / group.
 // Returns InvalidArgument for mismatched sizes or a bad config.
 absl::Status Dequantize(const QuantConfig& config, int64_t rows, int64_t cols,

@@ -241,8 +241,11 @@ class QuantizedCheckpointWriter {
 class QuantizedCheckpoint {
  public:
   // Returns the codes of Checkpoint::Open; DataLoss when the torchao metadata
-  // is malformed or disagrees with the stored tensors (missing parts, wrong
-  // dtypes or shapes); Unimplemented for an unknown _type or convention.
+  // is malformed (also: deeper than 64 levels or over 16 MiB of JSON, an FQN
+  // listed twice, a quantized weight with an empty last dimension) or
+  // disagrees with the stored tensors (missing parts, wrong dtypes or shapes);
+  // Unimplemented for an unknown _type or convention. Messages name the
+  // checkpoint and the weight.
   static absl::StatusOr<QuantizedCheckpoint> Open(const std::string& path);
 
   const Checkpoint& checkpoint() const { return checkpoint_; }
@@ -273,6 +276,10 @@ class QuantizedCheckpoint {
 
  private:
   explicit QuantizedCheckpoint(Checkpoint checkpoint) : checkpoint_(std::move(checkpoint)) {}
+  // Fills names_ and infos_ from the torchao metadata ("tensor_names" and
+  // one entry per FQN), checking every stored part's dtype and shape.
+  absl::Status ReadWeightInfos(const std::map<std::string, std::string>& metadata,
+                               const std::string& tensor_names);
 
   Checkpoint checkpoint_;
   std::vector<std::string> names_;

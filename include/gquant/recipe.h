@@ -74,14 +74,18 @@ std::optional<int> LayerIndexOf(std::string_view tensor_name);
 class Recipe {
  public:
   // Parses and validates recipe JSON; `source` names it in messages.
-  // Returns InvalidArgument for invalid JSON, an unknown key, a bad regex, bits
+  // Returns InvalidArgument for invalid JSON (also invalid UTF-8, a repeated
+  // key, nesting deeper than 64 or text over 16 MiB), an unknown key, a bad
+  // regex (also one RE2 would need too much memory for), bits
   // outside {4,5,6,8}, a group size <= 0, a bad layer filter or an invalid
   // config (ValidateQuantConfig); messages read
   // "recipe '<source>': rule <i>: field '<name>': ...".
   static absl::StatusOr<Recipe> FromJson(std::string_view json, std::string_view source);
 
-  // A bundled recipe by name ("default", "sensitive"), else a JSON file path.
-  // Returns NotFound when it is neither.
+  // A bundled recipe by name ("default", "sensitive"), else a JSON file path
+  // (symlinks followed). Returns NotFound when it is neither, InvalidArgument
+  // for a path that is not a regular file or holds over 16 MiB, and
+  // FromJson's errors.
   static absl::StatusOr<Recipe> Load(const std::string& name_or_path);
 
   const std::string& name() const;

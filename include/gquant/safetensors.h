@@ -81,6 +81,7 @@ class SafetensorsFile {
  public:
   // Maps `path` and validates it with ParseSafetensorsHeader (source = path).
   // Returns the codes of MappedFile::Open and ParseSafetensorsHeader.
+  // Symlinks are followed (see MappedFile::Open).
   static absl::StatusOr<SafetensorsFile> Open(const std::string& path);
 
   const std::string& path() const;
@@ -97,7 +98,9 @@ class SafetensorsFile {
   // not aligned to its element size (files from writers that do not pad the
   // header) is copied into an owned, aligned tensor instead.
   // Returns NotFound (naming the file) if there is no such tensor,
-  // ResourceExhausted if a misaligned payload cannot be copied.
+  // ResourceExhausted if a misaligned payload cannot be copied, DataLoss if
+  // the file was truncated since Open (MappedFile::CheckNotTruncated; a
+  // truncation after Get returns can still raise SIGBUS on access).
   absl::StatusOr<Tensor> Get(std::string_view name) const;
 
   // Calls `fn` on every tensor in file order, then tells the kernel that the

@@ -13,6 +13,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "../strict_json.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -603,11 +604,20 @@ absl::Status ValidateTextConfig(const TextConfig& c) {
 }
 
 absl::StatusOr<Config> ParseConfigJson(std::string_view json_text, std::string_view source) {
+  // Not ParseStrictJson: transformers (Python's json) takes the last of two
+  // equal keys, and so does nlohmann. The limits keep a hostile file from
+  // overflowing the stack when an error message quotes a deep value.
   absl::StatusOr<Config> config;
-  try {
-    config = ParseConfig(Json::parse(json_text));
-  } catch (const Json::parse_error& e) {  // what() has nlohmann's position and reason
-    config = absl::InvalidArgumentError(absl::StrCat("invalid JSON: ", e.what()));
+  if (absl::Status limits = internal::CheckJsonLimits(json_text); !limits.ok()) {
+    config = limits;
+  } else {
+    try {
+      config = ParseConfig(Json::parse(json_text));
+    } catch (const Json::exception& e) {
+      // what() has nlohmann's position and reason. Not only parse_error: a
+      // number too large for a double ("1e400") throws out_of_range (406).
+      config = absl::InvalidArgumentError(absl::StrCat("invalid JSON: ", e.what()));
+    }
   }
   if (!config.ok()) return Annotate(config.status(), "config '", AsAbsl(source), "'");
   return config;

@@ -460,6 +460,7 @@ absl::StatusOr<double> FullRotaryFactor(const GgufFile& file, int full_dim) {
                        DescribeDims(*info));
   }
   std::vector<float> freqs(pairs);
+  GQ_RETURN_IF_ERROR(file.CheckNotTruncated());
   std::memcpy(freqs.data(), file.TensorData(*info).data(), freqs.size() * sizeof(float));
   const auto first_unrotated =
       std::find_if(freqs.begin(), freqs.end(), [](float f) { return f != 1.0f; });

@@ -182,6 +182,7 @@ class GgufSource final : public WeightSource {
   absl::StatusOr<std::vector<float>> Load(std::string_view name) const override {
     const auto it = infos_.find(name);
     if (it == infos_.end()) return NotFound(name);
+    GQ_RETURN_IF_ERROR(file_.CheckNotTruncated());  // before touching mapped tensor bytes
     return Decode(*it->second, file_.TensorData(*it->second), Product(it->second->TorchShape()));
   }
 
@@ -195,6 +196,7 @@ class GgufSource final : public WeightSource {
     const int64_t cols = info.dims[0];
     GQ_ASSIGN_OR_RETURN(const uint64_t row_bytes,
                         GgmlRowBytes(static_cast<GgmlType>(info.type), cols));
+    GQ_RETURN_IF_ERROR(file_.CheckNotTruncated());
     return Decode(info, file_.TensorData(info).subspan(row_begin * row_bytes, rows * row_bytes),
                   rows * cols);
   }

@@ -2,7 +2,8 @@
 // and save a quantized checkpoint (see gquant/quantize_checkpoint.h).
 //
 //   gquant-quantize --recipe=default --output=OUT_DIR [--threads=N] [--dry-run]
-//                   [--device=cpu|cuda] [--eval [--prompts=FILE]] INPUT
+//                   [--device=cpu|cuda] [--resume] [--max-memory=BYTES]
+//                   [--eval [--prompts=FILE]] INPUT
 //
 // Flag names take dashes or underscores (--dry-run, --dry_run).
 //
@@ -14,6 +15,17 @@
 // terminal, plain lines otherwise; the report (after a "device:" line) goes to
 // stdout and OUT_DIR/quantize_report.json.
 //
+// Every output file is written to a temporary beside it and renamed when
+// complete, model.safetensors last but the report (quantize_checkpoint.h), so
+// a kill never leaves a partial file under a final name. --resume continues a
+// killed run into the same OUT_DIR: quantized tensors it finished are checked
+// against their recorded hashes and reused (same recipe, input and device
+// only); the output is byte-identical to an uninterrupted run.
+// --max-memory (bytes; K/M/G/KiB/MiB/GiB suffixes) refuses up front, naming
+// the tensor, a job whose bound (one tensor in flight: its input pages,
+// packed output and quantizer scratch, plus a 32 MiB baseline) exceeds it;
+// the report prints the bound.
+//
 // --eval then loads INPUT and OUT_DIR with the CPU reference model and prints
 // the KL divergence and top-1 agreement of the quantized model's next-token
 // distributions against the original's (gquant/gemma4/quality.h), over the
@@ -21,8 +33,10 @@
 // kEvalPrompts random prompts of kEvalPromptLength ids (RandomPrompts, seed
 // kEvalSeed): a tokenizer-free stand-in that probes the weights, rougher than
 // real text.
+#include <cctype>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -55,6 +69,11 @@ ABSL_FLAG(bool, dry_run, false, "Print the rule each tensor matches; write nothi
 ABSL_FLAG(bool, per_tensor, true, "Print per-tensor error and SNR in the report");
 ABSL_FLAG(bool, hqq_best_iterate, false,
           "HQQ: keep the best iterate's zero instead of the reference's one-past-best");
+ABSL_FLAG(bool, resume, false,
+          "Reuse the quantized tensors a killed run into --output finished (verified by hash)");
+ABSL_FLAG(std::string, max_memory, "",
+          "Refuse to start if the job's memory bound exceeds this many bytes (suffixes K, M, G, "
+          "KiB, MiB, GiB); empty: no bound");
 ABSL_FLAG(bool, eval, false,
           "After quantizing, compare the output's next-token predictions with the input's");
 ABSL_FLAG(std::string, prompts, "",
@@ -97,6 +116,7 @@ absl::StatusOr<std::string> SelectDevice(const std::string& device,
   }
   GQ_ASSIGN_OR_RETURN(const gquant::cuda::DeviceInfo info, gquant::cuda::GetDeviceInfo(0));
   options->quantizer = gquant::cuda::QuantizeOnGpu;
+  options->quantizer_id = absl::StrFormat("cuda %s", info.name);
   return absl::StrFormat("device: cuda:0 %s (compute capability %d.%d)", info.name,
                          info.compute_capability_major, info.compute_capability_minor);
 #else
@@ -105,6 +125,32 @@ absl::StatusOr<std::string> SelectDevice(const std::string& device,
       "--device=cuda: this gquant-quantize was built without the CUDA backend (configure with "
       "nvcc available and -DGQUANT_ENABLE_CUDA=ON)");
 #endif
+}
+
+// "1500000", "512M", "2GiB" -> bytes; InvalidArgument otherwise. K/M/G are
+// powers of 1000, KiB/MiB/GiB powers of 1024.
+absl::StatusOr<int64_t> ParseBytes(const std::string& text) {
+  size_t digits = 0;
+  while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
+  const std::string suffix = text.substr(digits);
+  int64_t unit = 0;
+  if (suffix.empty()) unit = 1;
+  if (suffix == "K") unit = 1000;
+  if (suffix == "M") unit = 1000 * 1000;
+  if (suffix == "G") unit = 1000 * 1000 * 1000;
+  if (suffix == "KiB") unit = int64_t{1} << 10;
+  if (suffix == "MiB") unit = int64_t{1} << 20;
+  if (suffix == "GiB") unit = int64_t{1} << 30;
+  const auto invalid = [&] {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--max-memory: expected a positive byte count with an optional K, M, G, KiB, MiB or GiB "
+        "suffix, but got '%s'",
+        text));
+  };
+  if (digits == 0 || digits > 15 || unit == 0) return invalid();
+  const int64_t value = std::stoll(text.substr(0, digits));
+  if (value == 0 || value > std::numeric_limits<int64_t>::max() / unit) return invalid();
+  return value * unit;
 }
 
 void PrintDryRun(const gquant::Recipe& recipe, const gquant::QuantizeReport& report) {
@@ -124,7 +170,7 @@ int main(int argc, char** argv) {
   gquant::tools::DashesToUnderscoresInFlagNames(argc, argv);
   absl::SetProgramUsageMessage(
       "gquant-quantize --recipe=NAME_OR_PATH --output=DIR [--threads=N] [--dry-run] "
-      "[--device=cpu|cuda] [--eval [--prompts=FILE]] INPUT");
+      "[--device=cpu|cuda] [--resume] [--max-memory=BYTES] [--eval [--prompts=FILE]] INPUT");
   const std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   const bool dry_run = absl::GetFlag(FLAGS_dry_run);
   const bool eval = absl::GetFlag(FLAGS_eval);
@@ -154,6 +200,15 @@ int main(int argc, char** argv) {
   options.threads = absl::GetFlag(FLAGS_threads);
   options.dry_run = dry_run;
   options.hqq.keep_best_iterate = absl::GetFlag(FLAGS_hqq_best_iterate);
+  options.resume = absl::GetFlag(FLAGS_resume);
+  if (const std::string bound = absl::GetFlag(FLAGS_max_memory); !bound.empty()) {
+    const absl::StatusOr<int64_t> bytes = ParseBytes(bound);
+    if (!bytes.ok()) {
+      std::fprintf(stderr, "gquant-quantize: %s\n", bytes.status().ToString().c_str());
+      return 2;
+    }
+    options.max_memory = *bytes;
+  }
   options.progress = [&printer](const gquant::JobProgress& p) { printer.Update(p); };
   const absl::StatusOr<std::string> device_line =
       SelectDevice(absl::GetFlag(FLAGS_device), &options);

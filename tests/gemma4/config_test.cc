@@ -1,5 +1,9 @@
 #include "gquant/gemma4/config.h"
 
+#include <sys/stat.h>
+
+#include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -569,6 +573,107 @@ TEST_CASE("LoadConfig reads a directory or a file", "[config]") {
   const absl::StatusOr<Config> bad = LoadConfig(dir.File("bad.json"));
   REQUIRE_STATUS_IS(bad, absl::StatusCode::kInvalidArgument);
   CHECK(bad.status().message().find(dir.File("bad.json")) != std::string::npos);
+}
+
+// ---- hostile inputs (issue 8) ----
+
+TEST_CASE("hostile config.json fails fast with InvalidArgument", "[config][hostile]") {
+  using absl::StatusCode;
+  constexpr int kDeep = 100000;
+  const std::string deep = std::string(kDeep, '[') + std::string(kDeep, ']');
+  std::string many_layer_types = "[";
+  for (int i = 0; i < 200000; ++i) many_layer_types += R"("full_attention",)";
+  many_layer_types.back() = ']';
+  const ErrorCase cases[] = {
+      // An error message quotes the offending value: a 100000-deep one used to
+      // overflow the stack in nlohmann's (recursive) dump().
+      {"100000 nested arrays as model_type",
+       R"({"model_type": )" + deep + "}",
+       StatusCode::kInvalidArgument,
+       {"config 'test'", "nesting at most 64 deep"}},
+      {"100000 nested arrays in an ignored field",
+       Edit(kE2B, [&](Json& j) { j["x"] = 0; }).insert(1, R"("deep": )" + deep + ","),
+       StatusCode::kInvalidArgument,
+       {"nesting at most 64 deep"}},
+      {"17 MiB of JSON",
+       Edit(kE2B, [](Json& j) { j["x"] = std::string(17 << 20, ' '); }),
+       StatusCode::kInvalidArgument,
+       {"config 'test'", "expected at most 16777216"}},
+      // nlohmann throws out_of_range, not parse_error, for a number beyond
+      // double; it escaped ParseConfigJson and aborted (found by the fuzzer:
+      // tests/fuzz/corpus/config_json/regression_number_overflow.json).
+      {"a number beyond double",
+       R"({"model_type": "gemma4_text", "vocab_size": 258E881})",
+       StatusCode::kInvalidArgument,
+       {"config 'test'", "invalid JSON", "number overflow"}},
+      {"invalid UTF-8 in model_type",
+       "{\"model_type\": \"gemma4\xff\"}",
+       StatusCode::kInvalidArgument,
+       {"invalid JSON"}},
+      {"a NUL in model_type",
+       Edit(kE2B, [](Json& j) { j["model_type"] = std::string("gemma4\0x", 8); }),
+       StatusCode::kInvalidArgument,
+       {"field 'model_type'"}},
+      {"2^31 - 1 layers",
+       Edit(kE2B, [](Json& j) { j["num_hidden_layers"] = 2147483647; }),
+       StatusCode::kInvalidArgument,
+       {"field 'num_hidden_layers': expected at most 4096"}},
+      {"2^64 layers",
+       Edit(kE2B, [](Json& j) { j["num_hidden_layers"] = UINT64_MAX; }),
+       StatusCode::kInvalidArgument,
+       {"field 'num_hidden_layers': expected an integer in int32"}},
+      {"200000 layer types",
+       Edit(kE2B, [&](Json& j) { j["layer_types"] = Json::parse(many_layer_types); }),
+       StatusCode::kInvalidArgument,
+       {"field 'layer_types': expected 35 entries"}},
+      {"a per_layer_config key of 2^40",
+       Edit(kE2B,
+            [](Json& j) {
+              j["per_layer_config"] = {{"1099511627776", {{"head_dim", 8}}}};
+            }),
+       StatusCode::kInvalidArgument,
+       {"key '1099511627776'"}},
+  };
+  for (const ErrorCase& c : cases) {
+    INFO(c.name);
+    const auto start = std::chrono::steady_clock::now();
+    absl::StatusOr<Config> config = absl::InternalError("not run");
+    CHECK_NOTHROW(config = ParseConfigJson(c.json, "test"));
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
+    CHECK(config.status().code() == c.code);
+    const std::string message(config.status().message());
+    for (const std::string& part : c.substrings) {
+      INFO("message: " << message.substr(0, 300) << "\nexpected to contain: " << part);
+      CHECK(message.find(part) != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("LoadConfig takes regular files only, symlinks followed", "[config][hostile]") {
+  namespace fs = std::filesystem;
+  using absl::StatusCode;
+  testing::TempDir dir;
+  fs::create_directories(dir.path() / "blobs");
+  fs::create_directories(dir.path() / "snapshot");
+  std::ofstream(dir.File("blobs/0123")) << kE2B;
+  // The Hugging Face cache layout: config.json is a link into a blob store.
+  fs::create_symlink("../blobs/0123", dir.path() / "snapshot" / "config.json");
+  REQUIRE_OK(LoadConfig((dir.path() / "snapshot").string()));
+
+  REQUIRE(mkfifo(dir.File("fifo.json").c_str(), 0600) == 0);  // no writer: must not block
+  REQUIRE_STATUS_IS(LoadConfig(dir.File("fifo.json")), StatusCode::kInvalidArgument);
+  fs::create_symlink(dir.path() / "nowhere", dir.path() / "dangling.json");
+  REQUIRE_STATUS_IS(LoadConfig(dir.File("dangling.json")), StatusCode::kNotFound);
+
+  // A 1 GiB (sparse) file is refused by its size, without being read.
+  const std::string huge = dir.File("huge.json");
+  std::ofstream(huge) << "{";
+  fs::resize_file(huge, uintmax_t{1} << 30);
+  const auto start = std::chrono::steady_clock::now();
+  const absl::Status status = LoadConfig(huge).status();
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(1));
+  REQUIRE_STATUS_IS(status, StatusCode::kInvalidArgument);
+  CHECK(status.message().find(huge) != std::string::npos);
 }
 
 }  // namespace

@@ -172,6 +172,25 @@ TEST_CASE("Weight source: quantized and GGUF sources hold the same weights", "[g
   CHECK(a.sliding_window == b.sliding_window);
 }
 
+TEST_CASE("Weight source: a GGUF file truncated after opening gives DataLoss, not SIGBUS",
+          "[gemma4_model][hostile]") {
+  TempDir dir;
+  GgufExportOptions options;
+  options.input = F32Dir("tiny-31b");
+  options.output_file = dir.File("m.gguf");
+  options.keep_type = GgmlType::kF32;
+  REQUIRE_OK(ExportGguf(
+      MakeRecipe(R"({"name": "k", "rules": [{"pattern": ".*", "config": null}]})"), options));
+  auto gguf = Open(options.output_file);
+  REQUIRE_OK(gguf->Load("embed_tokens.weight"));
+  std::filesystem::resize_file(options.output_file, 4096);  // the tensor data is gone
+  for (const absl::Status& status : {gguf->Load("embed_tokens.weight").status(),
+                                     gguf->LoadRows("embed_tokens.weight", 0, 1).status()}) {
+    REQUIRE_STATUS_IS(status, absl::StatusCode::kDataLoss);
+    CHECK_THAT(std::string(status.message()), Catch::Matchers::Contains("shrank"));
+  }
+}
+
 TEST_CASE("Weight source: media towers are ignored, shared-layer K/V allowed", "[gemma4_model]") {
   TempDir dir;
   WriteModified("tiny-31b", dir, [](std::vector<Tensor>& t, std::string&) {
