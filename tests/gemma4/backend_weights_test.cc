@@ -155,7 +155,9 @@ std::vector<float> QuantizeDequantize(const QuantConfig& config, const std::vect
 
 // Bitwise float equality (NaN-safe; -0 != +0 on purpose).
 bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+  // memcmp must not see the null data() of an empty vector (UBSan).
+  return a.size() == b.size() &&
+         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
 }
 
 bool IsVector(const std::vector<int64_t>& shape) { return shape.size() < 2; }
