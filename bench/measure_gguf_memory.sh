@@ -8,7 +8,10 @@ build=${1:?build dir}
 work=${2:-$(mktemp -d)}
 total=${3:-2048}
 largest=${4:-256}
-"$build/bench/gquant_make_synthetic_checkpoint" "$work/in" "$total" "$largest"
+# Hidden 4096: the embedding holds LARGEST_MB, each layer 320 MB, as many as
+# reach TOTAL_MB.
+"$build/tests/tools/gquant_make_synthetic_checkpoint" "$work/in" \
+  $(((total - largest + 319) / 320 > 0 ? (total - largest + 319) / 320 : 1)) 4096 $((largest * 128))
 rss() { awk '/Maximum resident/{print $6}' "$1"; }
 wall() { awk '/Elapsed/{print $8}' "$1"; }
 /usr/bin/time -v "$build/gquant-gguf" export "$work/in" --out "$work/model.gguf" \

@@ -5,7 +5,8 @@
 set -euo pipefail
 build=${1:?build dir}
 work=${2:-$(mktemp -d)}
-"$build/bench/gquant_make_synthetic_checkpoint" "$work/in" 2048 256
+# Hidden 4096: the 256 MB embedding is 32768 rows; 6 layers of 320 MB each.
+"$build/tests/tools/gquant_make_synthetic_checkpoint" "$work/in" 6 4096 32768
 for recipe in default sensitive; do
   rm -rf "$work/out"
   /usr/bin/time -v "$build/gquant-quantize" --recipe=$recipe --output="$work/out" --per_tensor=false \

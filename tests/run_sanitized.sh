@@ -9,17 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build-sanitize}
 seconds=${2:-15}
-bash tests/install_deps.sh
-need=()
-command -v clang++-14 >/dev/null || need+=(clang-14)
-ls /usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 ||
-  need+=(libclang-rt-14-dev)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "gquant: installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
+bash tests/install_deps.sh sanitizers
 compilers=()
 [ -f "$build/CMakeCache.txt" ] || compilers=(-DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14)
 # -O1 -g1 keeps reports' line numbers and the build short on CI's two cores

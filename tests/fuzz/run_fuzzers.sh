@@ -44,16 +44,7 @@ done
 
 if [ "${GQUANT_FUZZ_SKIP_BUILD:-0}" != 1 ]; then
   # ---- toolchain: clang 14 and its runtimes (libFuzzer, ASan) from Debian ----
-  need=()
-  command -v clang++-14 >/dev/null || need+=(clang-14)
-  ls /usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 ||
-    need+=(libclang-rt-14-dev)
-  if [ ${#need[@]} -gt 0 ]; then
-    echo "run_fuzzers: installing ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need[@]}"
-  fi
+  bash "$repo/tests/install_deps.sh" sanitizers
 
   # ---- build: only the fuzz targets and the library under them ----
   # The compiler is fixed at the first configure; later runs reuse the cache.
