@@ -75,7 +75,8 @@ const char* DataName(Data d) {
 // weights with 0.2% outliers of magnitude 1-20, or (mixed) rows cycling
 // through a wide row (sigma 5: residuals above HQQ's shrink threshold), a
 // constant row (exactly 0 for row 1), outliers, heavy tails and normal, with
-// a group of range < 1e-4 (HQQ's |max - min| <= 1e-4 guard) in row 0.
+// a group of range < 1e-4 (HQQ's |max - min| <= 1e-4 guard) in row 0 and a
+// group of subnormals in row 3.
 std::vector<float> RandomMatrix(Data kind, int64_t rows, int64_t cols, std::mt19937_64& rng) {
   std::normal_distribution<float> normal(0.0f, 0.02f);
   std::student_t_distribution<float> student(3.0f);
@@ -111,6 +112,14 @@ std::vector<float> RandomMatrix(Data kind, int64_t rows, int64_t cols, std::mt19
   }
   if (kind == Data::kMixed && cols >= 32) {
     for (int64_t c = 0; c < 32; ++c) w[c] = 0.3f + 1e-6f * uniform(rng);
+  }
+  // A group of subnormals of both signs (row 3), which the quantizers keep
+  // rather than flush (quantize.h): the GPU must not flush them either.
+  if (kind == Data::kMixed && rows >= 4 && cols >= 32) {
+    for (int64_t c = 0; c < 32; ++c) {
+      const float tiny = std::numeric_limits<float>::denorm_min() * (1 + 1000 * uniform(rng));
+      w[3 * cols + c] = c % 3 == 0 ? -tiny : tiny;
+    }
   }
   return w;
 }
