@@ -3,6 +3,7 @@
 // formats.md §2.6) and quantize_hqq.cc (§3.1, §3.3).
 #include "gquant/quantize.h"
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -228,14 +229,15 @@ absl::Status Quantize(const QuantConfig& config, DType dtype, std::span<const st
   return absl::InternalError("unreachable quantization method");
 }
 
-void WeightScan::Add(const WeightScan& later, int64_t offset) {
-  if (first_non_finite < 0 && later.first_non_finite >= 0) {
-    first_non_finite = later.first_non_finite + offset;
+void WeightScan::Add(const WeightScan& other, int64_t offset) {
+  if (other.first_non_finite >= 0) {
+    const int64_t at = other.first_non_finite + offset;
+    first_non_finite = first_non_finite < 0 ? at : std::min(first_non_finite, at);
   }
-  non_finite += later.non_finite;
-  subnormal += later.subnormal;
-  constant_groups += later.constant_groups;
-  zero_groups += later.zero_groups;
+  non_finite += other.non_finite;
+  subnormal += other.subnormal;
+  constant_groups += other.constant_groups;
+  zero_groups += other.zero_groups;
 }
 
 namespace {
@@ -307,36 +309,30 @@ absl::StatusOr<WeightScan> ScanWeight(const QuantConfig& config, DType dtype,
   std::mutex mutex;
   WeightScan total;
   constexpr int64_t kMinElementsPerRange = 1 << 16;
-  ParallelFor(
-      pool, rows, std::max<int64_t>(1, kMinElementsPerRange / cols),
-      [&](int64_t begin, int64_t end) {
-        // F16 rows are widened, unaligned rows copied: ScanRow reads whole
-        // elements.
-        std::vector<uint32_t> scratch(cols);
-        WeightScan range;
-        for (int64_t r = begin; r < end; ++r) {
-          const std::byte* row = weight.data() + r * row_bytes;
-          if (dtype == DType::kF16) {
-            internal_quantize::ConvertRow(dtype, row, cols,
-                                          reinterpret_cast<float*>(scratch.data()));
-            row = reinterpret_cast<const std::byte*>(scratch.data());
-          } else if (reinterpret_cast<uintptr_t>(row) % DTypeSize(dtype) != 0) {
-            std::memcpy(scratch.data(), row, row_bytes);
-            row = reinterpret_cast<const std::byte*>(scratch.data());
-          }
-          range.Add(dtype == DType::kBF16
-                        ? ScanRow(reinterpret_cast<const uint16_t*>(row), cols, group)
-                        : ScanRow(reinterpret_cast<const uint32_t*>(row), cols, group),
-                    r * cols);
-        }
-        std::lock_guard<std::mutex> lock(mutex);
-        if (range.first_non_finite >= 0 &&
-            (total.first_non_finite < 0 || range.first_non_finite < total.first_non_finite)) {
-          total.first_non_finite = range.first_non_finite;
-        }
-        range.first_non_finite = -1;
-        total.Add(range, 0);
-      });
+  ParallelFor(pool, rows, std::max<int64_t>(1, kMinElementsPerRange / cols),
+              [&](int64_t begin, int64_t end) {
+                // F16 rows are widened, unaligned rows copied: ScanRow reads whole
+                // elements.
+                std::vector<uint32_t> scratch(cols);
+                WeightScan range;
+                for (int64_t r = begin; r < end; ++r) {
+                  const std::byte* row = weight.data() + r * row_bytes;
+                  if (dtype == DType::kF16) {
+                    internal_quantize::ConvertRow(dtype, row, cols,
+                                                  reinterpret_cast<float*>(scratch.data()));
+                    row = reinterpret_cast<const std::byte*>(scratch.data());
+                  } else if (reinterpret_cast<uintptr_t>(row) % DTypeSize(dtype) != 0) {
+                    std::memcpy(scratch.data(), row, row_bytes);
+                    row = reinterpret_cast<const std::byte*>(scratch.data());
+                  }
+                  range.Add(dtype == DType::kBF16
+                                ? ScanRow(reinterpret_cast<const uint16_t*>(row), cols, group)
+                                : ScanRow(reinterpret_cast<const uint32_t*>(row), cols, group),
+                            r * cols);
+                }
+                std::lock_guard<std::mutex> lock(mutex);
+                total.Add(range, 0);
+              });
   return total;
 }
 

@@ -18,7 +18,6 @@
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <set>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -181,15 +180,11 @@ void ReleaseMappedPages(const Tensor& tensor, std::span<const std::byte> bytes) 
 
 // ---- quantizing ----
 
+// The element at `p` as a float (for error messages).
 float ElementToFloat(DType dtype, const std::byte* p) {
-  if (dtype == DType::kF32) {
-    float f;
-    std::memcpy(&f, p, 4);
-    return f;
-  }
-  uint16_t bits;
-  std::memcpy(&bits, p, 2);
-  return dtype == DType::kBF16 ? BFloat16ToFloat(bits) : HalfToFloat(bits);
+  float value = 0.0f;
+  ConvertToFloat(dtype, std::span(p, DTypeSize(dtype)), std::span(&value, 1)).IgnoreError();
+  return value;
 }
 
 // Quantizes one input tensor into `layout`'s packed form, returning the
@@ -334,22 +329,14 @@ std::vector<std::string> OutputNames() {
   return names;
 }
 
-// Temporaries of the model file in `dir`.
-std::set<std::string> ModelTemporaries(const fs::path& dir) {
-  std::set<std::string> found;
-  std::error_code error;
-  for (const auto& entry : fs::directory_iterator(dir, error)) {
-    const std::string name = entry.path().filename().string();
-    if (IsTemporaryOf(name, kSafetensorsSingleFile)) found.insert(name);
-  }
-  return found;
-}
-
 // Removes what killed runs left: temporaries of every name this job writes,
 // except `keep` (the one --resume reads), and the manifest unless kept.
 void RemoveStaleFiles(const fs::path& dir, const std::string& keep) {
   const std::vector<std::string> names = OutputNames();
   std::error_code error;
+  // The manifest first: a kill in between must not leave it naming a
+  // temporary that is gone.
+  if (keep.empty()) fs::remove(dir / kManifestFile, error);
   std::vector<fs::path> stale;
   for (const auto& entry : fs::directory_iterator(dir, error)) {
     const std::string name = entry.path().filename().string();
@@ -358,7 +345,6 @@ void RemoveStaleFiles(const fs::path& dir, const std::string& keep) {
       if (IsTemporaryOf(name, output)) stale.push_back(entry.path());
     }
   }
-  if (keep.empty()) stale.push_back(dir / kManifestFile);
   for (const fs::path& path : stale) fs::remove(path, error);
 }
 
@@ -655,17 +641,11 @@ absl::StatusOr<QuantizeReport> QuantizeCheckpoint(const Recipe& recipe,
     by_source.emplace(r.source, i);
     entries.push_back({r.name, plan[i].layout, r.dtype, r.shape});
   }
-  const std::set<std::string> temporaries_before = ModelTemporaries(out_dir);
   GQ_ASSIGN_OR_RETURN(
       std::unique_ptr<QuantizedCheckpointWriter> writer,
       QuantizedCheckpointWriter::Create((out_dir / kSafetensorsSingleFile).string(), entries,
                                         {{"gquant.recipe", recipe.ToJson()}}));
-  // The writer's temporary is the model temporary that was not there before
-  // (the lock keeps other jobs out); without it the run cannot be resumed.
-  Manifest manifest{identity, "", {}};
-  for (const std::string& name : ModelTemporaries(out_dir)) {
-    if (!temporaries_before.contains(name)) manifest.temporary = name;
-  }
+  Manifest manifest{identity, fs::path(writer->temp_path()).filename().string(), {}};
   ManifestGuard manifest_guard(out_dir / kManifestFile);
   int64_t resumed = 0;
   if (previous) {
@@ -674,7 +654,6 @@ absl::StatusOr<QuantizeReport> QuantizeCheckpoint(const Recipe& recipe,
     resumed = static_cast<int64_t>(manifest.finished.size());
   }
   const auto write_manifest = [&]() -> absl::Status {
-    if (manifest.temporary.empty()) return absl::OkStatus();
     return WriteFileAtomically((out_dir / kManifestFile).string(), ManifestToJson(manifest));
   };
   GQ_RETURN_IF_ERROR(write_manifest());

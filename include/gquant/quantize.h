@@ -176,9 +176,10 @@ struct WeightScan {
   int64_t zero_groups = 0;        // groups of +0/-0 only
   int64_t first_non_finite = -1;  // row-major element index of the first NaN/Inf, or -1
 
-  // Sums the counts; `first_non_finite` of `later` is offset by `offset`
-  // elements (the rows before it) and kept only if this scan has none.
-  void Add(const WeightScan& later, int64_t offset);
+  // Sums the counts and keeps the smaller first_non_finite, `other`'s offset
+  // by `offset` elements (where its rows start), so scans of row ranges
+  // combine in any order.
+  void Add(const WeightScan& other, int64_t offset);
 };
 
 // Scans the [rows, cols] weight in `weight` (dtype F32, F16 or BF16) in

@@ -229,6 +229,8 @@ class QuantizedCheckpointWriter {
   absl::Status WritePacked(const PackedWeight& packed);
   // FailedPrecondition (listing them) when a weight was not written.
   absl::Status Commit();
+  // The temporary file written until Commit (gquant-quantize --resume reads it back).
+  const std::string& temp_path() const { return writer_->temp_path(); }
 
  private:
   explicit QuantizedCheckpointWriter(std::unique_ptr<SafetensorsWriter> writer)

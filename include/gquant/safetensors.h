@@ -170,6 +170,8 @@ class SafetensorsWriter {
 
   // The layout being written (tensors in file order).
   const SafetensorsHeader& header() const { return header_; }
+  // The temporary file the bytes go to until Commit (AtomicFileWriter).
+  const std::string& temp_path() const { return file_->temp_path(); }
 
  private:
   SafetensorsWriter() = default;

@@ -91,10 +91,12 @@ for ((i = 0; i < kills; ++i)); do
 done
 
 # A kill after the first checkpoint: --resume must reuse what it recorded.
+# The previous kill's manifest goes first, so only this run's can be seen.
+manifest="$work/out/.model.safetensors.tmp.progress.json"
+rm -f "$manifest"
 "$quantize" --recipe="$hqq_recipe" --output="$work/out" --threads=2 --per_tensor=false \
   "$work/in" > "$work/kill_log.txt" 2>&1 &
 pid=$!
-manifest="$work/out/.model.safetensors.tmp.progress.json"
 deadline=$(($(now_ms) + 4 * full_ms + 5000))
 until grep -q '"name"' "$manifest" 2> /dev/null; do
   (($(now_ms) < deadline)) || fail "no resume checkpoint appeared"
