@@ -17,12 +17,14 @@
 #include "decode_attention.cuh"
 #include "device_buffer.cuh"
 #include "device_linear.cuh"
+#include "device_upload.cuh"
 #include "gemma4/cpu_ops.h"  // RopeInverseFrequencies: the same float32 table as the CPU
 #include "gpu_model.cuh"
 #include "gpu_quantize.cuh"
 #include "gpu_sampler.cuh"
 #include "gquant/dtype.h"
 #include "gquant/gemma4/backend_weights.h"
+#include "gquant/gemma4/image_prompt.h"
 #include "gquant/status.h"
 #include "gquant/thread_pool.h"
 #include "kv_cache.cuh"
@@ -45,21 +47,6 @@ float PowF(double base, double exponent) { return static_cast<float>(std::pow(ba
 
 double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
-}
-
-template <typename T>
-absl::StatusOr<DeviceBuffer<T>> Upload(std::span<const T> values) {
-  GQ_ASSIGN_OR_RETURN(DeviceBuffer<T> buffer, DeviceBuffer<T>::Allocate(values.size()));
-  GQ_RETURN_IF_ERROR(buffer.CopyFromHost(values));
-  return buffer;
-}
-
-absl::StatusOr<DeviceBuffer<bf16>> UploadBf16(std::span<const float> values) {
-  std::vector<bf16> host(values.size());
-  for (size_t i = 0; i < values.size(); ++i) {
-    host[i] = __ushort_as_bfloat16(FloatToBFloat16(values[i]));
-  }
-  return Upload<bf16>(host);
 }
 
 __global__ void SetPositionKernel(int64_t* position, int64_t value) { *position = value; }
@@ -171,13 +158,9 @@ struct GpuModel::State {
   }
 
   // One DeviceLinear from one loaded matrix: packed, or bf16 from floats.
-  absl::StatusOr<DeviceLinear> UploadLinear(const gemma4::BackendWeight& weight,
-                                            const std::string& name) {
-    GQ_ASSIGN_OR_RETURN(
-        DeviceLinear linear,
-        weight.packed.empty()
-            ? DeviceLinear::FromFloat(weight.values, weight.shape[0], weight.shape[1], name)
-            : DeviceLinear::FromPacked(weight.packed[0], name));
+  absl::StatusOr<DeviceLinear> UploadCountedLinear(const gemma4::BackendWeight& weight,
+                                                   const std::string& name) {
+    GQ_ASSIGN_OR_RETURN(DeviceLinear linear, cuda::UploadLinear(weight, name));
     Count(linear, 1);
     return linear;
   }
@@ -224,7 +207,7 @@ struct GpuModel::State {
       // Not stackable (different forms or group sizes): one launch each.
     }
     for (size_t i = 0; i < names.size(); ++i) {
-      GQ_ASSIGN_OR_RETURN(group.linears.emplace_back(), UploadLinear(weights[i], names[i]));
+      GQ_ASSIGN_OR_RETURN(group.linears.emplace_back(), UploadCountedLinear(weights[i], names[i]));
     }
     return group;
   }
@@ -234,7 +217,7 @@ struct GpuModel::State {
       return absl::InvalidArgumentError(
           absl::StrCat(source->description(), ": weight '", name, "' is not a matrix"));
     }
-    return UploadLinear(weight, name);
+    return UploadCountedLinear(weight, name);
   }
 
   // A 1-D weight (norm, layer_scalar) as bf16 or float32 on the device.
@@ -319,7 +302,7 @@ struct GpuModel::State {
           gemma4::LoadBackendWeight(*source, "embed_tokens.weight", PackBackend::kCuda,
                                     LoadOptions(/*match_as=*/"lm_head.weight")));
       if (!head.packed.empty()) {
-        GQ_ASSIGN_OR_RETURN(lm_head, UploadLinear(head, "lm_head.weight (tied)"));
+        GQ_ASSIGN_OR_RETURN(lm_head, UploadCountedLinear(head, "lm_head.weight (tied)"));
         ++report.quantized_on_load;
         tied_head = false;
       }
@@ -353,8 +336,10 @@ struct GpuSequence::State {
   DeviceBuffer<bf16> head_out;                      // [kHeadRows, vocab]
   DeviceBuffer<float> logits;                       // [kHeadRows, vocab]
   DeviceBuffer<int32_t> ids;                        // [C]; ids[0] is the decode token
-  DeviceBuffer<int64_t> position;                   // [1]: the chunk's first position
-  int32_t* host_token = nullptr;                    // pinned, one id
+  DeviceBuffer<int32_t> last_key;                   // [C]: image runs' keys (prefill)
+  bool open_image = false;         // the last chunk ended inside a bidirectional image
+  DeviceBuffer<int64_t> position;  // [1]: the chunk's first position
+  int32_t* host_token = nullptr;   // pinned, one id
 
   std::optional<LinearContext> linear_context;  // set by NewSequence
   std::optional<GpuSampler> sampler;
@@ -382,7 +367,10 @@ int64_t GpuSequence::length() const { return state_->length; }
 int64_t GpuSequence::max_positions() const { return state_->max_positions; }
 int GpuSequence::max_chunk() const { return state_->max_chunk; }
 int64_t GpuSequence::cache_bytes() const { return state_->cache_bytes; }
-void GpuSequence::Clear() { state_->length = 0; }
+void GpuSequence::Clear() {
+  state_->length = 0;
+  state_->open_image = false;
+}
 cudaStream_t GpuSequence::stream() const { return state_->stream; }
 
 absl::Status GpuSequence::SkipTo(int64_t length) {
@@ -398,11 +386,39 @@ absl::Status GpuSequence::SkipTo(int64_t length) {
 
 namespace {
 
+// Image rows of a prefill chunk (spec §5.5): the float rows of its
+// placeholders (rows[k] for chunk index image->image_at[k]), and the last
+// keys the sliding layers use (uploaded to seq.last_key when not empty).
+struct ChunkImages {
+  const gemma4::ImageChunk* plan = nullptr;
+  std::span<const float> rows;
+};
+
+// Copies each run of image placeholders' rows, as bf16, over the scaled
+// embeddings in `embedded` [t, H] (unscaled, as HF's masked_scatter).
+absl::Status ScatterImageRows(const ChunkImages& images, int64_t h, bf16* embedded,
+                              cudaStream_t stream) {
+  const std::vector<int64_t>& at = images.plan->image_at;
+  std::vector<uint16_t> bits(images.rows.size());
+  for (size_t i = 0; i < bits.size(); ++i) bits[i] = FloatToBFloat16(images.rows[i]);
+  for (size_t begin = 0; begin < at.size();) {
+    size_t end = begin + 1;
+    while (end < at.size() && at[end] == at[end - 1] + 1) ++end;
+    // Pageable memory: the copy has taken the bytes when the call returns.
+    GQ_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(embedded + at[begin] * h, bits.data() + begin * h,
+                                            (end - begin) * h * sizeof(uint16_t),
+                                            cudaMemcpyHostToDevice, stream));
+    begin = end;
+  }
+  return absl::OkStatus();
+}
+
 // Queues the forward of `t` tokens (ids already in seq.ids, *seq.position =
 // p0) through the final norm: seq.normed holds the normed last hidden
 // states [t, H]. One token uses the decode kernels, which read the position
 // on the device (so a captured graph replays at any position).
-absl::Status EnqueueLayers(const GpuModel::State& m, GpuSequence::State& s, int64_t t, int64_t p0) {
+absl::Status EnqueueLayers(const GpuModel::State& m, GpuSequence::State& s, int64_t t, int64_t p0,
+                           const ChunkImages& images = {}) {
   const TextConfig& c = m.config();
   const cudaStream_t stream = s.stream;
   const int64_t h = c.hidden_size;
@@ -416,6 +432,10 @@ absl::Status EnqueueLayers(const GpuModel::State& m, GpuSequence::State& s, int6
   // Spec §2.2: the scaled embedding (sqrt(H) in float32), the residual.
   GQ_RETURN_IF_ERROR(
       m.embed.Gather(s.ids.data(), static_cast<int>(t), PowF(h, 0.5), s.normed.data(), stream));
+  const bool has_images = images.plan != nullptr && !images.plan->image_at.empty();
+  if (has_images) GQ_RETURN_IF_ERROR(ScatterImageRows(images, h, s.normed.data(), stream));
+  const int32_t* last_key =
+      has_images && !images.plan->last_key.empty() ? s.last_key.data() : nullptr;
   GQ_RETURN_IF_ERROR(Convert16ToFloat(DType::kBF16,
                                       reinterpret_cast<const uint16_t*>(s.normed.data()),
                                       s.residual.data(), t * h, stream));
@@ -449,7 +469,9 @@ absl::Status EnqueueLayers(const GpuModel::State& m, GpuSequence::State& s, int6
       GQ_RETURN_IF_ERROR(DecodeAttention(q, nh, kv, position, window, s.attention.data(),
                                          s.workspaces[s.workspace_of[layer.index]], stream));
     } else {
-      GQ_RETURN_IF_ERROR(PrefillAttention(q, t, nh, p0, window, kv, s.attention.data(), stream));
+      // HF: images are bidirectional on sliding layers only (spec §6).
+      GQ_RETURN_IF_ERROR(PrefillAttention(q, t, nh, p0, window, kv, s.attention.data(), stream,
+                                          window > 0 ? last_key : nullptr));
     }
     GQ_RETURN_IF_ERROR(w.o.Run(s.attention.data(), t, s.delta.data(), linear, stream));
     GQ_RETURN_IF_ERROR(AddNormalizedThenNorm(
@@ -540,8 +562,11 @@ absl::Status CaptureDecodeGraph(const GpuModel::State& m, GpuSequence::State& s)
   return absl::OkStatus();
 }
 
-absl::Status CheckChunk(const GpuModel::State& m, const GpuSequence::State& s,
-                        std::span<const int> tokens) {
+// Checks a chunk before any work; returns its image plan (ids with the
+// placeholders replaced by the pad id).
+absl::StatusOr<gemma4::ImageChunk> CheckChunk(const GpuModel::State& m, const GpuSequence::State& s,
+                                              std::span<const int> tokens,
+                                              std::span<const float> image_rows) {
   if (s.model != &m) {
     return absl::InvalidArgumentError("GPU sequence: not made by this model's NewSequence");
   }
@@ -556,18 +581,33 @@ absl::Status CheckChunk(const GpuModel::State& m, const GpuSequence::State& s,
         absl::StrCat("Forward: ", s.length, " cached + ", tokens.size(),
                      " new tokens exceed the sequence's ", s.max_positions, " positions"));
   }
-  return gemma4::CheckTokenIds(m.config(), tokens, "Forward");
+  GQ_ASSIGN_OR_RETURN(
+      gemma4::ImageChunk plan,
+      gemma4::PlanImageChunk(tokens, s.length, static_cast<int64_t>(image_rows.size()),
+                             m.config().hidden_size, m.source->config(), s.open_image, "Forward"));
+  GQ_RETURN_IF_ERROR(gemma4::CheckTokenIds(m.config(), plan.ids, "Forward"));
+  return plan;
 }
 
-// Uploads a chunk's ids, sets the position and queues its layers.
+// Uploads a checked chunk's ids (and image last keys), sets the position and
+// queues its layers.
 absl::Status EnqueueChunk(const GpuModel::State& m, GpuSequence::State& s,
-                          std::span<const int> tokens) {
+                          const gemma4::ImageChunk& plan, std::span<const float> image_rows) {
   static_assert(sizeof(int) == sizeof(int32_t));
-  GQ_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(s.ids.data(), tokens.data(),
-                                          tokens.size() * sizeof(int32_t), cudaMemcpyHostToDevice,
+  GQ_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(s.ids.data(), plan.ids.data(),
+                                          plan.ids.size() * sizeof(int32_t), cudaMemcpyHostToDevice,
                                           s.stream));
+  if (!plan.last_key.empty()) {
+    // Positions are < 2^30 (PrefillAttention checks), so int32 holds them.
+    const std::vector<int32_t> last_key(plan.last_key.begin(), plan.last_key.end());
+    GQ_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(s.last_key.data(), last_key.data(),
+                                            last_key.size() * sizeof(int32_t),
+                                            cudaMemcpyHostToDevice, s.stream));
+  }
   GQ_RETURN_IF_ERROR(SetPosition(s, s.length));
-  GQ_RETURN_IF_ERROR(EnqueueLayers(m, s, static_cast<int64_t>(tokens.size()), s.length));
+  GQ_RETURN_IF_ERROR(EnqueueLayers(m, s, static_cast<int64_t>(plan.ids.size()), s.length,
+                                   {.plan = &plan, .rows = image_rows}));
+  s.open_image = plan.ends_in_image;
   return absl::OkStatus();
 }
 
@@ -686,18 +726,19 @@ absl::StatusOr<GpuSequence> GpuModel::NewSequence(int64_t max_positions, int max
   GQ_ASSIGN_OR_RETURN(s->head_out, DeviceBuffer<bf16>::Allocate(head_elements));
   GQ_ASSIGN_OR_RETURN(s->logits, DeviceBuffer<float>::Allocate(head_elements));
   GQ_ASSIGN_OR_RETURN(s->ids, DeviceBuffer<int32_t>::Allocate(chunk));
+  GQ_ASSIGN_OR_RETURN(s->last_key, DeviceBuffer<int32_t>::Allocate(chunk));
   GQ_ASSIGN_OR_RETURN(s->position, DeviceBuffer<int64_t>::Allocate(1));
   GQ_ASSIGN_OR_RETURN(s->linear_context, LinearContext::Create());
   return GpuSequence(std::move(s));
 }
 
-absl::StatusOr<std::vector<float>> GpuModel::Forward(GpuSequence& seq,
-                                                     std::span<const int> tokens) const {
+absl::StatusOr<std::vector<float>> GpuModel::Forward(GpuSequence& seq, std::span<const int> tokens,
+                                                     std::span<const float> image_rows) const {
   const State& m = *state_;
   GpuSequence::State& s = *seq.state_;
-  GQ_RETURN_IF_ERROR(CheckChunk(m, s, tokens));
+  GQ_ASSIGN_OR_RETURN(const gemma4::ImageChunk plan, CheckChunk(m, s, tokens, image_rows));
   const int64_t t = static_cast<int64_t>(tokens.size()), vocab = m.config().vocab_size;
-  GQ_RETURN_IF_ERROR(EnqueueChunk(m, s, tokens));
+  GQ_RETURN_IF_ERROR(EnqueueChunk(m, s, plan, image_rows));
   std::vector<float> logits(t * vocab);
   for (int64_t row = 0; row < t; row += GpuSequence::State::kHeadRows) {
     const int64_t rows = std::min<int64_t>(GpuSequence::State::kHeadRows, t - row);
@@ -736,8 +777,40 @@ absl::StatusOr<GenerateResult> GpuModel::Generate(GpuSequence& seq, std::span<co
         "Generate: ", s.length, " cached + ", prompt.size(), " prompt + ", options.max_new_tokens,
         " new tokens need ", needed, " positions, but the sequence has ", s.max_positions));
   }
-  GQ_RETURN_IF_ERROR(gemma4::CheckTokenIds(m.config(), prompt, "Generate: prompt"));
   GQ_RETURN_IF_ERROR(options.sampler.Validate());
+  // Chunks that keep each bidirectional image whole, each planned (and its
+  // ids checked) before any work.
+  const gemma4::Config& config = m.source->config();
+  absl::StatusOr<std::vector<size_t>> ends =
+      gemma4::ImageAwareChunkEnds(prompt, chunk_size, config);
+  if (!ends.ok()) return Annotate(ends.status(), "Generate");
+  const int64_t h = m.config().hidden_size;
+  const auto is_image = [&](int id) { return config.image_token_id == id; };
+  const size_t images = std::count_if(prompt.begin(), prompt.end(), is_image);
+  if (options.image_rows.size() != images * h) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Generate: ", images, " image placeholder tokens need ", images * h,
+                     " embedding values, but ", options.image_rows.size(), " were given"));
+  }
+  std::vector<gemma4::ImageChunk> plans;
+  std::vector<std::span<const float>> chunk_rows;
+  {
+    size_t begin = 0, row = 0;
+    bool open_image = s.open_image;
+    for (const size_t end : *ends) {
+      const std::span<const int> chunk = prompt.subspan(begin, end - begin);
+      const size_t n = std::count_if(chunk.begin(), chunk.end(), is_image);
+      chunk_rows.push_back(options.image_rows.subspan(row, n * h));
+      GQ_ASSIGN_OR_RETURN(plans.emplace_back(),
+                          gemma4::PlanImageChunk(chunk, s.length + static_cast<int64_t>(begin),
+                                                 static_cast<int64_t>(n * h), h, config, open_image,
+                                                 "Generate: prompt"));
+      GQ_RETURN_IF_ERROR(gemma4::CheckTokenIds(m.config(), plans.back().ids, "Generate: prompt"));
+      open_image = plans.back().ends_in_image;
+      begin = end;
+      row += n * h;
+    }
+  }
   if (!s.sampler.has_value() || !(s.sampler->config() == options.sampler)) {
     s.DropGraph();
     s.sampler.reset();
@@ -766,12 +839,10 @@ absl::StatusOr<GenerateResult> GpuModel::Generate(GpuSequence& seq, std::span<co
   // Prefill: every chunk's layers, then the head and sampler on the last row.
   const Clock::time_point prefill_start = Clock::now();
   int64_t last_rows = 0;
-  for (size_t begin = 0; begin < prompt.size(); begin += chunk_size) {
-    const std::span<const int> chunk =
-        prompt.subspan(begin, std::min<size_t>(chunk_size, prompt.size() - begin));
-    GQ_RETURN_IF_ERROR(EnqueueChunk(m, s, chunk));
-    s.length += static_cast<int64_t>(chunk.size());
-    last_rows = static_cast<int64_t>(chunk.size());
+  for (size_t i = 0; i < plans.size(); ++i) {
+    GQ_RETURN_IF_ERROR(EnqueueChunk(m, s, plans[i], chunk_rows[i]));
+    last_rows = static_cast<int64_t>(plans[i].ids.size());
+    s.length += last_rows;
   }
   GQ_RETURN_IF_ERROR(EnqueueHead(m, s, last_rows - 1, 1));
   GQ_RETURN_IF_ERROR(s.sampler->Sample(s.logits.data(), s.ids.data(), s.stream));

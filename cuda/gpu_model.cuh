@@ -107,6 +107,10 @@ struct GenerateOptions {
   std::vector<int> stop_ids;  // generation stops after producing one of these
   int chunk = 0;              // prefill chunk, <= the sequence's max_chunk (0: max_chunk)
   bool use_graph = true;      // false: launch each decode step's kernels directly
+  // One row of H floats per image placeholder of the prompt, in order (see
+  // CpuModel: the rows replace the placeholders' embeddings; the prompt is
+  // chunked so that a bidirectional image stays in one chunk).
+  std::span<const float> image_rows;
 };
 
 struct GenerateResult {
@@ -138,15 +142,18 @@ class GpuModel {
   // the cache does not fit.
   absl::StatusOr<GpuSequence> NewSequence(int64_t max_positions, int max_chunk = 512) const;
 
-  // Same contract as CpuModel::Forward: runs `tokens` at positions
-  // seq.length() .., appends their K/V, returns their logits [T, vocab]
-  // (after the soft-cap) on the host. The same InvalidArgument cases, checked
-  // before any work.
-  absl::StatusOr<std::vector<float>> Forward(GpuSequence& seq, std::span<const int> tokens) const;
+  // Same contract as CpuModel::Forward, image rows included: runs `tokens`
+  // at positions seq.length() .., appends their K/V, returns their logits
+  // [T, vocab] (after the soft-cap) on the host. The same InvalidArgument
+  // cases, checked before any work.
+  absl::StatusOr<std::vector<float>> Forward(GpuSequence& seq, std::span<const int> tokens,
+                                             std::span<const float> image_rows = {}) const;
 
   // Prefills `prompt` (in chunks) and generates up to max_new_tokens tokens,
   // sampling on the GPU. InvalidArgument for an empty prompt, a bad option,
-  // or a prompt plus max_new_tokens beyond the sequence's max_positions; a
+  // image rows that do not match the prompt's placeholders, an image longer
+  // than the chunk, or a prompt plus max_new_tokens beyond the sequence's
+  // max_positions, all before any work; a
   // NaN in the logits is Internal, naming the step.
   absl::StatusOr<GenerateResult> Generate(GpuSequence& seq, std::span<const int> prompt,
                                           const GenerateOptions& options) const;

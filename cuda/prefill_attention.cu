@@ -16,7 +16,8 @@
 //
 // Keys. The block walks key tiles of kKeys = 64 positions aligned to
 // multiples of 64, from the tile holding the first key any of its queries
-// sees to the one holding its last query, so the cost follows the visible
+// sees to the one holding the last (its last query, or a later key of an
+// image when last_key is given), so the cost follows the visible
 // span (causal and window): fully masked tiles are never loaded. Only tiles
 // that cross the diagonal or the window's edge apply the mask. Key rows
 // outside [first visible, last query] (the ends of the first and last tile)
@@ -94,9 +95,10 @@ struct Params {
   int num_heads;
   int group;  // query heads per KV head
   int num_kv_heads;
-  int first_position;  // of query row 0
-  int window;          // 0: none
-  int capacity;        // slots of the cache, clamped to kMaxPositions (slot = position beyond)
+  int first_position;       // of query row 0
+  int window;               // 0: none
+  int capacity;             // slots of the cache, clamped to kMaxPositions (slot = position beyond)
+  const int32_t* last_key;  // [tokens] last key each query sees; null: its own position
 };
 
 // Byte offset of 16-byte chunk `chunk` of tile row `row` (chunks swizzled by
@@ -150,7 +152,6 @@ __global__ void __launch_bounds__(Shape<kHeadDim>::kThreads, kHeadDim == 256 ? 2
   const int first_query = p.first_position + q0;  // position of row 0
   const int last_query = first_query + valid_rows - 1;
   const int key_first = p.window > 0 ? max(0, first_query - p.window + 1) : 0;
-  const int tile_first = key_first / kKeys, tile_last = last_query / kKeys;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int slab = warp % kRowWarps;   // query rows [16 slab, 16 slab + 16)
@@ -160,13 +161,21 @@ __global__ void __launch_bounds__(Shape<kHeadDim>::kThreads, kHeadDim == 256 ? 2
 
   WaitForPredecessor();  // q and the cache come from earlier kernels
 
+  // The last key any row sees: its own position, or beyond it (image tokens
+  // seeing the rest of their image) when last_key is given.
+  int last_key = last_query;
+  if (p.last_key != nullptr) {
+    for (int r = 0; r < valid_rows; ++r) last_key = max(last_key, p.last_key[q0 + r]);
+  }
+  const int tile_first = key_first / kKeys, tile_last = last_key / kKeys;
+
   // Row r of key tile `tile` in `base` (k or v), or null outside the keys
   // this block may read. The tile's readable positions [lo, hi] span at most
   // `capacity` (the launcher checks it), so their slots wrap at most once:
   // slot = position - lo + lo_slot, less capacity from position `wrap` on.
   // One division per tile instead of one per row.
   const auto cache_rows = [&](const __nv_bfloat16* base, int tile) {
-    const int lo = max(tile * kKeys, key_first), hi = min(tile * kKeys + kKeys - 1, last_query);
+    const int lo = max(tile * kKeys, key_first), hi = min(tile * kKeys + kKeys - 1, last_key);
     const int lo_slot = lo % p.capacity;
     const int wrap = lo + (p.capacity - lo_slot);  // < 2^31: lo and capacity are <= 2^30
     return [=](int row) -> const __nv_bfloat16* {
@@ -204,6 +213,13 @@ __global__ void __launch_bounds__(Shape<kHeadDim>::kThreads, kHeadDim == 256 ? 2
   float o[kSliceDim / 8][4] = {};
   float row_max[2] = {-INFINITY, -INFINITY};  // rows g and g + 8, unscaled
   float row_sum[2] = {0.0f, 0.0f};            // this thread's columns only
+  int row_last[2];                            // the last key rows g and g + 8 see
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = slab * 16 + g + 8 * h;
+    row_last[h] = first_query + row;
+    if (p.last_key != nullptr && row < valid_rows) row_last[h] = p.last_key[q0 + row];
+  }
 
   for (int tile = tile_first; tile <= tile_last; ++tile) {
     WaitCopies<0>();
@@ -265,7 +281,9 @@ __global__ void __launch_bounds__(Shape<kHeadDim>::kThreads, kHeadDim == 256 ? 2
         for (int i = 0; i < 4; ++i) {
           const int key = tile_key + nt * 8 + 2 * t + i % 2;
           const int query = first_query + slab * 16 + g + 8 * (i / 2);
-          if (key > query || (p.window > 0 && query - key >= p.window)) s[nt][i] = -INFINITY;
+          if (key > row_last[i / 2] || (p.window > 0 && query - key >= p.window)) {
+            s[nt][i] = -INFINITY;
+          }
         }
       }
     }
@@ -387,7 +405,7 @@ absl::Status Launch(const Params& p, cudaStream_t stream) {
 
 absl::Status PrefillAttention(const __nv_bfloat16* q, int64_t tokens, int num_heads,
                               int64_t first_position, int64_t window, const KvLayerView& cache,
-                              __nv_bfloat16* out, cudaStream_t stream) {
+                              __nv_bfloat16* out, cudaStream_t stream, const int32_t* last_key) {
   const auto invalid = [](const auto&... parts) {
     return absl::InvalidArgumentError(absl::StrCat("PrefillAttention: ", parts...));
   };
@@ -443,6 +461,7 @@ absl::Status PrefillAttention(const __nv_bfloat16* q, int64_t tokens, int num_he
   // kMaxPositions, so both values fit an int.
   p.window = window > keys.last ? 0 : static_cast<int>(window);
   p.capacity = static_cast<int>(std::min<int64_t>(cache.capacity, kMaxPositions));
+  p.last_key = last_key;
   return cache.head_dim == 256 ? Launch<256>(p, stream) : Launch<512>(p, stream);
 }
 

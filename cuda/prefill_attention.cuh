@@ -64,9 +64,14 @@ inline int64_t VisiblePairs(int64_t first_position, int64_t tokens, int64_t wind
 // capacity smaller than ChunkKeyRange(...).size(), or positions or head
 // counts beyond what the kernel indexes (int32 positions, 65535 query tiles).
 // tokens == 0 does nothing. Internal for a CUDA error.
+//   last_key: null (causal), or int32 [tokens] on the device: the last key
+//        position each query sees, >= its own and <= the chunk's last
+//        position (the 31B's image tokens see the rest of their image on
+//        sliding layers; spec §6). The window still bounds keys below.
 absl::Status PrefillAttention(const __nv_bfloat16* q, int64_t tokens, int num_heads,
                               int64_t first_position, int64_t window, const KvLayerView& cache,
-                              __nv_bfloat16* out, cudaStream_t stream);
+                              __nv_bfloat16* out, cudaStream_t stream,
+                              const int32_t* last_key = nullptr);
 
 }  // namespace gquant::cuda
 

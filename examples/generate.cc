@@ -4,7 +4,8 @@
 //   gquant-generate MODEL_PATH --prompt="2 45 99" | --prompt-file=FILE
 //       [--device=cpu|cuda] [--recipe=NAME|PATH] [--bos=auto|always|never]
 //       [--max-new-tokens=N] [--temperature=T --top-k=K --top-p=P --seed=S]
-//       [--chunk=N] [--threads=N] [--no-graph]
+//       [--chunk=N] [--threads=N] [--no-graph] [--image=FILE[,FILE...]]
+//       [--image-tokens=N]
 //
 // MODEL_PATH is a Hugging Face checkpoint directory (config.json beside the
 // weights), a gquant quantized checkpoint, or a .gguf file. Prompts are token
@@ -15,6 +16,12 @@
 // (printed as the last id). The generated ids go to stdout, one line per
 // prompt; timings go to stderr.
 //
+// --image gives the prompt images (PNG or JPEG), one per image placeholder
+// id (<|image|>, the config's image_token_id) in the prompt, in order; each
+// placeholder is expanded into BOI + N soft tokens + EOI (N from the image
+// size and --image-tokens) and the vision tower's output takes their place.
+// The vision tower runs on the same device as the text model.
+//
 // --device=cuda packs the weights onto the GPU (quantized ones stay
 // quantized; --recipe quantizes a plain checkpoint on load), samples on the
 // GPU and replays the decode step as a CUDA graph; the summary adds the GPU
@@ -22,6 +29,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -33,13 +41,18 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "gquant/gemma4/cpu_model.h"
+#include "gquant/gemma4/cpu_vision.h"
+#include "gquant/gemma4/image_prompt.h"
 #include "gquant/gemma4/quality.h"
+#include "gquant/gemma4/vision_input.h"
+#include "gquant/image.h"
 #include "gquant/sampler.h"
 #include "gquant/status.h"
 #include "tools/flag_spelling.h"
 #include "tools/progress_printer.h"
 #if GQUANT_HAS_CUDA
 #include "gpu_model.cuh"
+#include "gpu_vision.cuh"
 #endif
 
 ABSL_FLAG(std::string, prompt, "", "Prompt token ids, e.g. \"2 45 99\"");
@@ -56,6 +69,11 @@ ABSL_FLAG(float, top_p, 1.0f, "Keep the smallest set of tokens with this much pr
 ABSL_FLAG(uint64_t, seed, 0, "Sampler seed");
 ABSL_FLAG(int, chunk, 512, "Prefill chunk size in tokens");
 ABSL_FLAG(int, threads, 0, "Worker threads (0: all hardware threads)");
+ABSL_FLAG(std::vector<std::string>, image, {},
+          "Image files (PNG/JPEG) for the prompt's image placeholders, comma-separated, in order");
+ABSL_FLAG(int, image_tokens, 0,
+          "Soft tokens per image: 70, 140, 280, 560 or 1120 (0: the config's "
+          "vision_soft_tokens_per_image)");
 ABSL_FLAG(bool, graph, true, "cuda: replay the decode step as a CUDA graph (--no-graph: launch)");
 
 namespace {
@@ -87,9 +105,66 @@ void Report(const Generation& g, size_t prompt_tokens, const std::string& extra)
 
 // Prefills `prompt` on the CPU, then samples and decodes until
 // max_new_tokens or an eos id.
+// The prompt's images, encoded: their soft-token counts and embedder rows.
+struct EncodedImages {
+  std::vector<int> soft_tokens;
+  std::vector<float> rows;  // [sum of soft_tokens, H]
+  double seconds = 0;
+};
+
+// Reads, preprocesses and encodes --image with `encode` (the CPU or GPU
+// vision tower of the model).
+absl::StatusOr<EncodedImages> EncodeImages(
+    const gquant::gemma4::Config& config, const std::vector<std::string>& files,
+    const std::function<absl::StatusOr<std::vector<float>>(const gquant::gemma4::VisionInput&)>&
+        encode) {
+  EncodedImages out;
+  const Clock::time_point start = Clock::now();
+  const int tokens = absl::GetFlag(FLAGS_image_tokens) > 0 ? absl::GetFlag(FLAGS_image_tokens)
+                                                           : config.vision_soft_tokens_per_image;
+  for (const std::string& file : files) {
+    GQ_ASSIGN_OR_RETURN(const gquant::RgbImage image, gquant::ReadImageFile(file));
+    absl::StatusOr<gquant::gemma4::VisionInput> input =
+        gquant::gemma4::PreprocessImage(image, *config.vision, tokens);
+    if (!input.ok()) return gquant::Annotate(input.status(), "--image '", file, "'");
+    GQ_ASSIGN_OR_RETURN(std::vector<float> rows, encode(*input));
+    out.soft_tokens.push_back(input->num_soft_tokens);
+    out.rows.insert(out.rows.end(), rows.begin(), rows.end());
+    std::fprintf(stderr, "image %s: %dx%d -> %dx%d patches, %d soft tokens\n", file.c_str(),
+                 image.width, image.height, input->grid_width, input->grid_height,
+                 input->num_soft_tokens);
+  }
+  out.seconds = Seconds(start);
+  return out;
+}
+
+absl::Status CheckHasVision(const std::string& path, const gquant::gemma4::Config& config) {
+  if (config.vision.has_value()) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrFormat("--image: %s has no vision tower (no vision_config)", path));
+}
+
+// The prompt with each image placeholder expanded (unchanged without images).
+absl::StatusOr<std::vector<int>> ExpandImages(const std::vector<int>& prompt,
+                                              const gquant::gemma4::Config& config,
+                                              const EncodedImages& images) {
+  if (images.soft_tokens.empty()) return prompt;
+  absl::StatusOr<std::vector<int>> expanded =
+      gquant::gemma4::ExpandImagePlaceholders(prompt, config, images.soft_tokens);
+  if (!expanded.ok()) return gquant::Annotate(expanded.status(), "--image");
+  return expanded;
+}
+
+std::string ImagesNote(const EncodedImages& images) {
+  if (images.soft_tokens.empty()) return "";
+  return absl::StrFormat("; %d image(s) encoded in %.3f s", images.soft_tokens.size(),
+                         images.seconds);
+}
+
 absl::StatusOr<Generation> GenerateOnCpu(const gquant::gemma4::CpuModel& model,
                                          gquant::Sampler& sampler, const std::vector<int>& prompt,
-                                         int max_new_tokens, int chunk) {
+                                         std::span<const float> image_rows, int max_new_tokens,
+                                         int chunk) {
   const std::vector<int>& eos = model.source().config().eos_token_ids;
   const int vocab = model.source().config().text.vocab_size;
   gquant::gemma4::KvCache cache =
@@ -97,7 +172,7 @@ absl::StatusOr<Generation> GenerateOnCpu(const gquant::gemma4::CpuModel& model,
 
   Generation g;
   const Clock::time_point prefill_start = Clock::now();
-  GQ_ASSIGN_OR_RETURN(std::vector<float> logits, model.Prefill(cache, prompt, chunk));
+  GQ_ASSIGN_OR_RETURN(std::vector<float> logits, model.Prefill(cache, prompt, chunk, image_rows));
   if (logits.size() != prompt.size() * vocab) {
     return absl::InternalError(absl::StrFormat("Prefill: expected %d x %d logits, but got %d",
                                                prompt.size(), vocab, logits.size()));
@@ -131,11 +206,25 @@ absl::Status RunOnCpu(const std::string& path, const std::vector<std::vector<int
       gquant::gemma4::CpuModel::Load(path, {.threads = absl::GetFlag(FLAGS_threads)}));
   std::fprintf(stderr, "loaded %s in %.2f s\n", model->source().description().c_str(),
                Seconds(load_start));
-  for (const std::vector<int>& ids : prompts) {
-    GQ_ASSIGN_OR_RETURN(const Generation g,
-                        GenerateOnCpu(*model, sampler, ids, absl::GetFlag(FLAGS_max_new_tokens),
-                                      absl::GetFlag(FLAGS_chunk)));
-    Report(g, ids.size(), "");
+  const std::vector<std::string> files = absl::GetFlag(FLAGS_image);
+  EncodedImages images;
+  if (!files.empty()) {
+    const gquant::gemma4::Config& config = model->source().config();
+    GQ_RETURN_IF_ERROR(CheckHasVision(path, config));
+    GQ_ASSIGN_OR_RETURN(const std::unique_ptr<gquant::gemma4::CpuVisionModel> vision,
+                        gquant::gemma4::CpuVisionModel::Create(
+                            model->source(), {.threads = absl::GetFlag(FLAGS_threads)}));
+    GQ_ASSIGN_OR_RETURN(images, EncodeImages(config, files, [&](const auto& input) {
+                          return vision->EncodeImage(input);
+                        }));
+  }
+  for (const std::vector<int>& prompt : prompts) {
+    GQ_ASSIGN_OR_RETURN(const std::vector<int> ids,
+                        ExpandImages(prompt, model->source().config(), images));
+    GQ_ASSIGN_OR_RETURN(const Generation g, GenerateOnCpu(*model, sampler, ids, images.rows,
+                                                          absl::GetFlag(FLAGS_max_new_tokens),
+                                                          absl::GetFlag(FLAGS_chunk)));
+    Report(g, ids.size(), ImagesNote(images));
   }
   return absl::OkStatus();
 }
@@ -161,10 +250,27 @@ absl::Status RunOnCuda(const std::string& path, const std::vector<std::vector<in
   const int max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
   const int chunk = absl::GetFlag(FLAGS_chunk);
   size_t longest = 0;
-  for (const std::vector<int>& ids : prompts) longest = std::max(longest, ids.size());
+  const std::vector<std::string> files = absl::GetFlag(FLAGS_image);
+  EncodedImages images;
+  if (!files.empty()) {  // the vision tower on the GPU too, loaded from the same path
+    GQ_RETURN_IF_ERROR(CheckHasVision(path, model->config()));
+    GQ_ASSIGN_OR_RETURN(const std::unique_ptr<gquant::gemma4::WeightSource> source,
+                        gquant::gemma4::OpenWeightSource(path));
+    GQ_ASSIGN_OR_RETURN(
+        const std::unique_ptr<gquant::cuda::GpuVisionModel> vision,
+        gquant::cuda::GpuVisionModel::Load(*source, {.recipe = absl::GetFlag(FLAGS_recipe)}));
+    GQ_ASSIGN_OR_RETURN(images, EncodeImages(model->config(), files, [&](const auto& input) {
+                          return vision->EncodeImage(input);
+                        }));
+  }
+  std::vector<std::vector<int>> expanded;
+  for (const std::vector<int>& prompt : prompts) {
+    GQ_ASSIGN_OR_RETURN(expanded.emplace_back(), ExpandImages(prompt, model->config(), images));
+    longest = std::max(longest, expanded.back().size());
+  }
   GQ_ASSIGN_OR_RETURN(gquant::cuda::GpuSequence seq,
                       model->NewSequence(static_cast<int64_t>(longest) + max_new_tokens, chunk));
-  for (const std::vector<int>& ids : prompts) {
+  for (const std::vector<int>& ids : expanded) {
     seq.Clear();
     GQ_ASSIGN_OR_RETURN(const gquant::cuda::GenerateResult result,
                         model->Generate(seq, ids,
@@ -172,11 +278,14 @@ absl::Status RunOnCuda(const std::string& path, const std::vector<std::vector<in
                                          .sampler = sampler_config,
                                          .stop_ids = model->config().eos_token_ids,
                                          .chunk = chunk,
-                                         .use_graph = absl::GetFlag(FLAGS_graph)}));
+                                         .use_graph = absl::GetFlag(FLAGS_graph),
+                                         .image_rows = images.rows}));
     GQ_ASSIGN_OR_RETURN(const int64_t in_use, gquant::cuda::DeviceMemoryInUse());
     Report({result.tokens, result.stopped_at_stop_id, result.prefill_seconds, result.decode_seconds,
             result.decode_steps},
-           ids.size(), absl::StrFormat("; GPU memory in use %.2f GB", in_use / 1e9));
+           ids.size(),
+           absl::StrCat(ImagesNote(images),
+                        absl::StrFormat("; GPU memory in use %.2f GB", in_use / 1e9)));
   }
   return absl::OkStatus();
 }
@@ -260,7 +369,8 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "gquant-generate MODEL_PATH --prompt=\"2 45 99\" | --prompt-file=FILE [--device=cpu|cuda] "
       "[--recipe=R] [--bos=auto|always|never] [--max-new-tokens=N] [--temperature=T] [--top-k=K] "
-      "[--top-p=P] [--seed=S] [--chunk=N] [--threads=N] [--no-graph]");
+      "[--top-p=P] [--seed=S] [--chunk=N] [--threads=N] [--no-graph] [--image=FILE[,FILE]] "
+      "[--image-tokens=N]");
   const std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() != 2) {
     std::fprintf(stderr, "usage: %s\n", absl::ProgramUsageMessage().data());

@@ -5,7 +5,7 @@ set -euo pipefail
 # With the argument "sanitizers", also clang 14 and its runtimes (ASan, UBSan,
 # libFuzzer) for tests/run_sanitized.sh and tests/fuzz/run_fuzzers.sh.
 packages=(cmake ninja-build g++ pkg-config libabsl-dev libeigen3-dev libre2-dev
-          nlohmann-json3-dev catch2 libbenchmark-dev)
+          nlohmann-json3-dev catch2 libbenchmark-dev libpng-dev libjpeg62-turbo-dev)
 if [ "${1:-}" = sanitizers ]; then packages+=(clang-14 libclang-rt-14-dev); fi
 missing=()
 for p in "${packages[@]}"; do

@@ -208,14 +208,14 @@ TEST_CASE("bad weights fail with the tensor and rule named, leaving no output",
   auto report = Run(WriteCheckpoint(dir, values, {8, 64}), "default", dir.File("out"));
   REQUIRE_STATUS_IS(report, absl::StatusCode::kInvalidArgument);
   REQUIRE(report.status().message().find("model.layers.0.mlp.up_proj.weight") != std::string::npos);
-  REQUIRE(report.status().message().find("rule 4") != std::string::npos);
+  REQUIRE(report.status().message().find("rule 7") != std::string::npos);
   REQUIRE_FALSE(std::filesystem::exists(dir.File("out/model.safetensors")));
 
   testing::TempDir dir2;
   std::vector<float> ragged(4 * 48, 0.5f);  // 48 columns: not a multiple of 32
   auto bad_shape = Run(WriteCheckpoint(dir2, ragged, {4, 48}), "default", dir2.File("out"));
   REQUIRE_STATUS_IS(bad_shape, absl::StatusCode::kInvalidArgument);
-  REQUIRE(bad_shape.status().message().find("rule 4") != std::string::npos);
+  REQUIRE(bad_shape.status().message().find("rule 7") != std::string::npos);
 }
 
 TEST_CASE("NaN errors name the element in the whole tensor; reports count edge cases",

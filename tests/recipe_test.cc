@@ -139,6 +139,31 @@ TEST_CASE("bundled recipes on MoE names", "[recipe]") {
              });
 }
 
+TEST_CASE("bundled recipes on vision and audio names", "[recipe]") {
+  // Multimodal checkpoints: the towers sit beside "model.language_model.".
+  CheckTable(
+      "model.", 60,
+      {
+          {"vision_tower.patch_embedder.position_embedding_table", kInt8PerRow, kInt8PerRow},
+          {"vision_tower.patch_embedder.input_proj.weight", kInt8PerRow, kInt8PerRow},
+          {"vision_tower.encoder.layers.0.self_attn.q_proj.linear.weight", kInt8PerRow,
+           kInt8PerRow},
+          // Layer 0 and 26 of 27 are "edge" layers, but no edge rule reaches them.
+          {"vision_tower.encoder.layers.0.self_attn.v_proj.linear.weight", kInt8PerRow,
+           kInt8PerRow},
+          {"vision_tower.encoder.layers.26.mlp.down_proj.linear.weight", kInt8PerRow, kInt8PerRow},
+          {"vision_tower.encoder.layers.3.self_attn.q_proj.input_min", std::nullopt, std::nullopt},
+          {"vision_tower.encoder.layers.3.self_attn.q_norm.weight", std::nullopt, std::nullopt},
+          {"vision_tower.encoder.layers.3.input_layernorm.weight", std::nullopt, std::nullopt},
+          {"vision_tower.std_bias", std::nullopt, std::nullopt},
+          {"vision_tower.std_scale", std::nullopt, std::nullopt},
+          {"embed_vision.embedding_projection.weight", kInt8PerRow, kInt8PerRow},
+          {"audio_tower.layers.0.feed_forward1.ffw_layer_1.linear.weight", std::nullopt,
+           std::nullopt},
+          {"embed_audio.embedding_projection.weight", std::nullopt, std::nullopt},
+      });
+}
+
 TEST_CASE("bundled recipe names", "[recipe]") {
   std::vector<std::string_view> names = BundledRecipeNames();
   CHECK(std::find(names.begin(), names.end(), "default") != names.end());
@@ -340,8 +365,8 @@ TEST_CASE("Load", "[recipe]") {
   REQUIRE_OK(bundled);
   CHECK(bundled->name() == "sensitive");
   CHECK_FALSE(bundled->description().empty());
-  REQUIRE(bundled->rules().size() == 6);
-  CHECK(bundled->rules()[3].layers == LayerFilter{.first_fraction = 0.25, .last_fraction = 0.25});
+  REQUIRE(bundled->rules().size() == 9);
+  CHECK(bundled->rules()[6].layers == LayerFilter{.first_fraction = 0.25, .last_fraction = 0.25});
 
   TempDir dir;
   const std::string path = dir.File("mine.json");

@@ -14,8 +14,10 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -257,6 +259,25 @@ class CublasBf16Baseline {
   DeviceBuffer<uint16_t> x_, y_;
   cublasHandle_t handle_;
 };
+
+// Seconds of cuBLAS bf16 GEMMs at M = m for `shapes` ((N, K) -> how many
+// times the model runs that shape), each distinct shape timed once: a
+// model's "cuBLAS-bf16-only estimate" (linears only).
+inline double CublasBf16Seconds(const std::map<std::pair<int64_t, int64_t>, int>& shapes, int m) {
+  double seconds = 0;
+  for (const auto& [shape, count] : shapes) {
+    const LinearShape s{"", shape.first, shape.second};
+    CublasBf16Baseline cublas(s, m);
+    EventTimer timer;
+    cublas.Launch(0);  // warm up
+    constexpr int kLaunches = 5;
+    const float ms = timer.Milliseconds(nullptr, [&] {
+      for (int i = 0; i < kLaunches; ++i) cublas.Launch(i);
+    });
+    seconds += count * ms / 1e3 / kLaunches;
+  }
+  return seconds;
+}
 
 // Times cuBLAS bf16 at shape `s` and M = m with rotating random weights and
 // reports weight_GBps of the bf16 matrix: the baseline of the same run.

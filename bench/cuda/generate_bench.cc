@@ -140,19 +140,7 @@ double CublasLinearSeconds(const gemma4::ModelPlan& plan, int m) {
   if (c.has_per_layer_embeddings()) {
     ++shapes[{int64_t{c.num_hidden_layers} * c.hidden_size_per_layer_input, c.hidden_size}];
   }
-  double seconds = 0;
-  for (const auto& [shape, count] : shapes) {
-    const LinearShape s{"", shape.first, shape.second};
-    CublasBf16Baseline cublas(s, m);
-    EventTimer timer;
-    cublas.Launch(0);  // warm up
-    constexpr int kLaunches = 5;
-    const float ms = timer.Milliseconds(nullptr, [&] {
-      for (int i = 0; i < kLaunches; ++i) cublas.Launch(i);
-    });
-    seconds += count * ms / 1e3 / kLaunches;
-  }
-  return seconds;
+  return CublasBf16Seconds(shapes, m);
 }
 
 void BM_Prefill(benchmark::State& state) {

@@ -402,6 +402,29 @@ absl::StatusOr<VisionConfig> ParseVisionConfig(const Json& obj) {
   }
   GQ_RETURN_IF_ERROR(Read(obj, "use_clipped_linears", &v.use_clipped_linears));
   GQ_RETURN_IF_ERROR(Read(obj, "standardize", &v.standardize));
+  GQ_RETURN_IF_ERROR(Read(obj, "hidden_activation", &v.hidden_activation));
+  GQ_RETURN_IF_ERROR(Read(obj, "rms_norm_eps", &v.rms_norm_eps));
+  if (!(v.rms_norm_eps > 0)) {
+    return FieldError("rms_norm_eps", "a positive value", absl::StrCat(v.rms_norm_eps));
+  }
+  // transformers 5.17 writes {"rope_type": "axial", "rope_theta": 100.0}; the
+  // released configs say "default" for the same 2-D RoPE.
+  std::optional<RopeParameters> rope;
+  GQ_RETURN_IF_ERROR(ReadNested(obj, "rope_parameters", ParseRopeEntry, &rope));
+  if (rope.has_value()) {
+    if (rope->rope_type != "axial" && rope->rope_type != "default") {
+      return FieldError("rope_parameters.rope_type", "'axial' or 'default'",
+                        absl::StrCat("'", rope->rope_type, "'"));
+    }
+    if (!(rope->rope_theta > 0)) {
+      return FieldError("rope_parameters.rope_theta", "a positive value",
+                        absl::StrCat(rope->rope_theta));
+    }
+    v.rope_theta = rope->rope_theta;
+  }
+  if (v.head_dim % 4 != 0) {  // two axes, each rotated in pairs
+    return FieldError("head_dim", "a multiple of 4 (2-D RoPE)", absl::StrCat(v.head_dim));
+  }
   if (v.num_attention_heads % v.num_key_value_heads != 0) {
     return FieldError(
         "num_key_value_heads",
@@ -450,6 +473,14 @@ absl::StatusOr<Config> ParseConfig(const Json& root) {
       {"boa_token_id", &config.boa_token_id, 256000},
       {"eoa_token_index", &config.eoa_token_index, 258883},
       {"audio_token_id", &config.audio_token_id, 258881}};
+  GQ_RETURN_IF_ERROR(
+      Read(root, "vision_soft_tokens_per_image", &config.vision_soft_tokens_per_image));
+  constexpr int kSoftTokenChoices[] = {70, 140, 280, 560, 1120};
+  if (std::ranges::find(kSoftTokenChoices, config.vision_soft_tokens_per_image) ==
+      std::end(kSoftTokenChoices)) {
+    return FieldError("vision_soft_tokens_per_image", "one of 70, 140, 280, 560, 1120",
+                      absl::StrCat(config.vision_soft_tokens_per_image));
+  }
   for (const auto& [key, id, default_id] : media_tokens) {
     *id = default_id;
     GQ_RETURN_IF_ERROR(Read(root, key, id));

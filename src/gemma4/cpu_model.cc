@@ -4,10 +4,12 @@
 #include <cmath>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "cpu_ops.h"
+#include "gquant/gemma4/image_prompt.h"
 #include "gquant/status.h"
 #include "gquant/thread_pool.h"
 
@@ -31,6 +33,8 @@ float PowF(double base, double exponent) { return static_cast<float>(std::pow(ba
 struct CpuModel::State {
   std::unique_ptr<WeightSource> source;
   ModelPlan plan;
+  std::optional<int> image_token;     // the image placeholder id (multimodal configs)
+  bool bidirectional_images = false;  // use_bidirectional_attention "vision"
   CpuModelOptions options;
   std::unique_ptr<ThreadPool> pool;
   std::vector<std::vector<float>> inv_freq;  // per layer
@@ -115,8 +119,10 @@ struct CpuModel::State {
 
   // Spec §2.5: attention for the chunk at positions p0.., writing this
   // layer's K/V into the cache first (KV-shared layers read their source's).
+  // last_key: see cpu::Attention (image tokens on sliding layers); empty: causal.
   void Attend(const LayerPlan& layer, const std::map<std::string, WeightPtr>& w, KvCache& cache,
-              int64_t p0, int64_t t, std::span<const float> a, std::span<float> out) const {
+              int64_t p0, int64_t t, std::span<const float> a, std::span<float> out,
+              std::span<const int64_t> last_key) const {
     const TextConfig& c = plan.config;
     const float eps = static_cast<float>(c.rms_norm_eps);
     const int64_t h = c.hidden_size, d = layer.head_dim, nh = layer.num_heads,
@@ -154,9 +160,12 @@ struct CpuModel::State {
     const KvCache::Layer& src = cache.layers_[layer.kv_source];
     const cpu::KvView kv{src.k.data(), src.v.data(), src.capacity, static_cast<int>(nkv),
                          static_cast<int>(d)};
-    const int64_t window = layer.type == LayerType::kSliding ? c.sliding_window : 0;
+    const bool sliding = layer.type == LayerType::kSliding;
     std::vector<float> attn(q.size());
-    cpu::Attention(q, t, static_cast<int>(nh), p0, window, kv, attn, pool.get());
+    // HF (transformers 5.17, create_masks_for_vision_model): images are
+    // bidirectional on sliding layers only; full layers stay causal.
+    cpu::Attention(q, t, static_cast<int>(nh), p0, sliding ? c.sliding_window : 0, kv, attn,
+                   pool.get(), sliding ? last_key : std::span<const int64_t>());
     Linear(attn, t, nh * d, *w.at(pre + "o_proj.weight"), h, out, pool.get());
   }
 
@@ -225,7 +234,8 @@ struct CpuModel::State {
 
   // Spec §2.4: one decoder layer on x [t, H] in place.
   absl::Status RunLayer(const LayerPlan& layer, KvCache& cache, int64_t p0, int64_t t,
-                        std::vector<float>& x, const std::vector<float>& ple) const {
+                        std::vector<float>& x, const std::vector<float>& ple,
+                        std::span<const int64_t> last_key) const {
     const TextConfig& c = plan.config;
     const float eps = static_cast<float>(c.rms_norm_eps);
     const int64_t h = c.hidden_size;
@@ -238,7 +248,7 @@ struct CpuModel::State {
 
     std::vector<float> a = x, o(t * h);
     RmsNorm(a, h, weight("input_layernorm.weight"), eps);
-    Attend(layer, w, cache, p0, t, a, o);
+    Attend(layer, w, cache, p0, t, a, o, last_key);
     RmsNorm(o, h, weight("post_attention_layernorm.weight"), eps);
     AddTo(x, o);
 
@@ -306,20 +316,29 @@ struct CpuModel::State {
   // still visible to a later chunk occupies (the ring holds W + max_chunk - 1),
   // so an error leaves the cache as it was: length and every live position.
   absl::StatusOr<std::vector<float>> Run(KvCache& cache, std::span<const int> tokens,
+                                         std::span<const float> image_rows,
                                          std::vector<float>* hidden) const {
-    GQ_RETURN_IF_ERROR(CheckChunk(cache, tokens));
     const TextConfig& c = plan.config;
     const int64_t t = tokens.size(), h = c.hidden_size, p0 = cache.length_;
+    GQ_ASSIGN_OR_RETURN(const ImageChunk chunk,
+                        PlanImageChunk(tokens, p0, static_cast<int64_t>(image_rows.size()), h,
+                                       source->config(), cache.open_image_, "Forward"));
+    GQ_RETURN_IF_ERROR(CheckChunk(cache, chunk.ids));
     // sqrt(H) in float32: HF casts it to the weight dtype (float32 here).
     GQ_ASSIGN_OR_RETURN(std::vector<float> x,
-                        Gather("embed_tokens.weight", tokens, c.vocab_size, h, PowF(h, 0.5)));
+                        Gather("embed_tokens.weight", chunk.ids, c.vocab_size, h, PowF(h, 0.5)));
+    for (size_t k = 0; k < chunk.image_at.size(); ++k) {  // spec §5.5: unscaled
+      std::copy_n(image_rows.begin() + k * h, h, x.begin() + chunk.image_at[k] * h);
+    }
     std::vector<float> ple;
     if (c.has_per_layer_embeddings()) {
-      GQ_ASSIGN_OR_RETURN(ple, PerLayerInputs(tokens, x));
+      GQ_ASSIGN_OR_RETURN(ple, PerLayerInputs(chunk.ids, x));
     }
+    const std::vector<int64_t>& last_key = chunk.last_key;
     if (hidden != nullptr) hidden->insert(hidden->end(), x.begin(), x.end());
     for (const LayerPlan& layer : plan.layers) {
-      GQ_RETURN_IF_ERROR(Annotate(RunLayer(layer, cache, p0, t, x, ple), "layer ", layer.index));
+      GQ_RETURN_IF_ERROR(
+          Annotate(RunLayer(layer, cache, p0, t, x, ple, last_key), "layer ", layer.index));
       if (hidden != nullptr) hidden->insert(hidden->end(), x.begin(), x.end());
     }
     GQ_ASSIGN_OR_RETURN(WeightPtr norm, Weight("norm.weight"));
@@ -333,6 +352,7 @@ struct CpuModel::State {
       cpu::SoftCap(logits, static_cast<float>(*c.final_logit_softcapping));
     }
     cache.length_ += t;
+    cache.open_image_ = chunk.ends_in_image;
     return logits;
   }
 };
@@ -379,13 +399,14 @@ KvCache CpuModel::NewCache(int64_t max_positions, int max_chunk) const {
   return cache;
 }
 
-absl::StatusOr<std::vector<float>> CpuModel::Forward(KvCache& cache,
-                                                     std::span<const int> tokens) const {
-  return state_->Run(cache, tokens, nullptr);
+absl::StatusOr<std::vector<float>> CpuModel::Forward(KvCache& cache, std::span<const int> tokens,
+                                                     std::span<const float> image_rows) const {
+  return state_->Run(cache, tokens, image_rows, nullptr);
 }
 
 absl::StatusOr<std::vector<float>> CpuModel::Prefill(KvCache& cache, std::span<const int> tokens,
-                                                     int chunk) const {
+                                                     int chunk,
+                                                     std::span<const float> image_rows) const {
   if (chunk < 1 || chunk > cache.max_chunk()) {
     return absl::InvalidArgumentError(
         absl::StrCat("Prefill: chunk size ", chunk, " outside [1, ", cache.max_chunk(), "]"));
@@ -396,20 +417,36 @@ absl::StatusOr<std::vector<float>> CpuModel::Prefill(KvCache& cache, std::span<c
                                                    cache.max_positions(), " positions"));
   }
   if (tokens.empty()) return absl::InvalidArgumentError("Prefill: no tokens");
+  const Config& config = state_->source->config();
+  const auto is_image = [&](int id) { return config.image_token_id == id; };
+  absl::StatusOr<std::vector<size_t>> ends = ImageAwareChunkEnds(tokens, chunk, config);
+  if (!ends.ok()) return Annotate(ends.status(), "Prefill");
+  const int64_t h = state_->plan.config.hidden_size;
+  const size_t images = std::count_if(tokens.begin(), tokens.end(), is_image);
+  if (image_rows.size() != images * h) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Prefill: ", images, " image placeholder tokens need ", images * h,
+                     " embedding values, but ", image_rows.size(), " were given"));
+  }
   std::vector<float> logits;
-  for (size_t begin = 0; begin < tokens.size(); begin += chunk) {
-    const size_t n = std::min<size_t>(chunk, tokens.size() - begin);
-    GQ_ASSIGN_OR_RETURN(std::vector<float> part, Forward(cache, tokens.subspan(begin, n)));
+  size_t begin = 0, row = 0;
+  for (size_t end : *ends) {
+    const size_t n = std::count_if(tokens.begin() + begin, tokens.begin() + end, is_image);
+    GQ_ASSIGN_OR_RETURN(std::vector<float> part, Forward(cache, tokens.subspan(begin, end - begin),
+                                                         image_rows.subspan(row, n * h)));
     logits.insert(logits.end(), part.begin(), part.end());
+    row += n * h;
+    begin = end;
   }
   return logits;
 }
 
-absl::StatusOr<std::vector<float>> CpuModel::HiddenStates(std::span<const int> tokens) const {
+absl::StatusOr<std::vector<float>> CpuModel::HiddenStates(std::span<const int> tokens,
+                                                          std::span<const float> image_rows) const {
   const int chunk = static_cast<int>(std::max<size_t>(tokens.size(), 1));
   KvCache cache = NewCache(chunk, chunk);
   std::vector<float> hidden;
-  GQ_RETURN_IF_ERROR(state_->Run(cache, tokens, &hidden).status());
+  GQ_RETURN_IF_ERROR(state_->Run(cache, tokens, image_rows, &hidden).status());
   return hidden;
 }
 

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cassert>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 namespace gquant::gemma4::cpu {
@@ -98,11 +99,13 @@ void ApplyRope(std::span<float> x, int64_t heads, int head_dim, int64_t position
 }
 
 void Attention(std::span<const float> q, int64_t tokens, int num_heads, int64_t first_position,
-               int64_t window, const KvView& kv, std::span<float> out, ThreadPool* pool) {
+               int64_t window, const KvView& kv, std::span<float> out, ThreadPool* pool,
+               std::span<const int64_t> last_key) {
   const int d = kv.head_dim;
   const int group = num_heads / kv.num_kv_heads;
   assert(static_cast<int64_t>(q.size()) == tokens * num_heads * d);
   assert(out.size() == q.size());
+  assert(last_key.empty() || static_cast<int64_t>(last_key.size()) == tokens);
   ParallelFor(pool, tokens * num_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     for (int64_t task = begin; task < end; ++task) {
@@ -110,7 +113,9 @@ void Attention(std::span<const float> q, int64_t tokens, int num_heads, int64_t 
       const int h = static_cast<int>(task % num_heads);
       const int64_t pos = first_position + t;
       const int64_t lo = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
-      const int64_t n = pos - lo + 1;
+      const int64_t hi = last_key.empty() ? pos : last_key[t];
+      assert(hi >= pos);
+      const int64_t n = hi - lo + 1;
       assert(n <= kv.capacity);
       const int64_t kv_offset = int64_t{h / group} * d;
       const int64_t stride = int64_t{kv.num_kv_heads} * d;
@@ -157,6 +162,101 @@ std::vector<ExpertChoice> RouteTopK(std::span<const float> logits,
 
 void SoftCap(std::span<float> x, float cap) {
   for (float& v : x) v = std::tanh(v / cap) * cap;
+}
+
+void Clamp(std::span<float> x, float lo, float hi) {
+  for (float& v : x) {
+    if (!std::isnan(v)) v = std::min(std::max(v, lo), hi);
+  }
+}
+
+void ClippedLinear(std::span<const float> x, int64_t rows, int64_t in, std::span<const float> w,
+                   int64_t out, const ClipBounds& bounds, std::span<float> y, ThreadPool* pool) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  if (bounds.input_min == -kInf && bounds.input_max == kInf) {
+    Linear(x, rows, in, w, out, y, pool);
+  } else {
+    std::vector<float> clamped(x.begin(), x.end());
+    Clamp(clamped, bounds.input_min, bounds.input_max);
+    Linear(clamped, rows, in, w, out, y, pool);
+  }
+  Clamp(y, bounds.output_min, bounds.output_max);
+}
+
+void ApplyRope2d(std::span<float> x, int64_t heads, int head_dim, int64_t pos_x, int64_t pos_y,
+                 std::span<const float> inv_freq) {
+  assert(head_dim % 4 == 0 && static_cast<int64_t>(x.size()) == heads * head_dim);
+  const int half = head_dim / 2;
+  for (int64_t h = 0; h < heads; ++h) {
+    ApplyRope(x.subspan(h * head_dim, half), 1, half, pos_x, inv_freq);
+    ApplyRope(x.subspan(h * head_dim + half, half), 1, half, pos_y, inv_freq);
+  }
+}
+
+void BidirectionalAttention(std::span<const float> q, std::span<const float> k,
+                            std::span<const float> v, int64_t tokens, int num_heads,
+                            int num_kv_heads, int head_dim, std::span<const int64_t> keys,
+                            std::span<float> out, ThreadPool* pool) {
+  const int d = head_dim;
+  const int group = num_heads / num_kv_heads;
+  const int64_t stride = int64_t{num_kv_heads} * d;
+  assert(static_cast<int64_t>(q.size()) == tokens * num_heads * d);
+  assert(k.size() == static_cast<size_t>(tokens * stride) && v.size() == k.size());
+  assert(out.size() == q.size() && !keys.empty());
+  ParallelFor(pool, tokens * num_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(keys.size());
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t kv_offset = int64_t{static_cast<int>(task % num_heads) / group} * d;
+      const ConstVecMap qv(q.data() + task * d, d);
+      for (size_t j = 0; j < keys.size(); ++j) {
+        scores[j] = qv.dot(ConstVecMap(k.data() + keys[j] * stride + kv_offset, d));
+      }
+      const float max = *std::max_element(scores.begin(), scores.end());
+      float sum = 0;
+      for (float& s : scores) sum += (s = std::exp(s - max));
+      Eigen::Map<Eigen::VectorXf> o(out.data() + task * d, d);
+      o.setZero();
+      for (size_t j = 0; j < keys.size(); ++j) {
+        o += (scores[j] / sum) * ConstVecMap(v.data() + keys[j] * stride + kv_offset, d);
+      }
+    }
+  });
+}
+
+std::vector<int64_t> PoolWindows(std::span<const int32_t> positions, int kernel) {
+  assert(positions.size() % 2 == 0 && kernel > 0);
+  int64_t max_x = 0;
+  for (size_t p = 0; p < positions.size(); p += 2) {
+    max_x = std::max<int64_t>(max_x, std::max(positions[p], 0) + int64_t{1});
+  }
+  std::vector<int64_t> window(positions.size() / 2);
+  for (size_t p = 0; p < window.size(); ++p) {
+    const int64_t x = std::max(positions[2 * p], 0), y = std::max(positions[2 * p + 1], 0);
+    window[p] = x / kernel + (max_x / kernel) * (y / kernel);
+  }
+  return window;
+}
+
+std::vector<float> AvgPoolWindows(std::span<const float> x, int64_t dim,
+                                  std::span<const int64_t> window, int kernel, int64_t num_windows,
+                                  float scale) {
+  assert(static_cast<int64_t>(x.size()) == static_cast<int64_t>(window.size()) * dim);
+  // HF: one_hot(window).float() / k^2, so the weight is a float32 quotient.
+  const float weight = 1.0f / static_cast<float>(kernel * kernel);
+  std::vector<float> sums(num_windows * dim, 0.0f);
+  std::vector<char> used(num_windows, 0);
+  for (size_t p = 0; p < window.size(); ++p) {
+    const int64_t w = window[p];
+    assert(w >= 0 && w < num_windows);
+    used[w] = 1;
+    for (int64_t i = 0; i < dim; ++i) sums[w * dim + i] += weight * x[p * dim + i];
+  }
+  std::vector<float> out;
+  for (int64_t w = 0; w < num_windows; ++w) {
+    if (!used[w]) continue;
+    for (int64_t i = 0; i < dim; ++i) out.push_back(sums[w * dim + i] * scale);
+  }
+  return out;
 }
 
 }  // namespace gquant::gemma4::cpu

@@ -110,6 +110,42 @@ std::vector<WeightSpec> ModelPlan::AllWeights() const {
   return all;
 }
 
+std::vector<WeightSpec> VisionWeightSpecs(const VisionConfig& c, int64_t text_hidden_size) {
+  const int64_t h = c.hidden_size, m = c.intermediate_size, patch = c.patch_size;
+  const int64_t q = int64_t{c.num_attention_heads} * c.head_dim;
+  const int64_t kv = int64_t{c.num_key_value_heads} * c.head_dim;
+  std::vector<WeightSpec> specs = {
+      {"vision_tower.patch_embedder.input_proj.weight", {h, 3 * patch * patch}},
+      {"vision_tower.patch_embedder.position_embedding_table", {2, c.position_embedding_size, h}},
+  };
+  const std::pair<const char*, std::vector<int64_t>> linears[] = {
+      {"self_attn.q_proj", {q, h}}, {"self_attn.k_proj", {kv, h}}, {"self_attn.v_proj", {kv, h}},
+      {"self_attn.o_proj", {h, q}}, {"mlp.gate_proj", {m, h}},     {"mlp.up_proj", {m, h}},
+      {"mlp.down_proj", {h, m}}};
+  for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
+    const std::string pre = absl::StrCat("vision_tower.encoder.layers.", layer, ".");
+    for (const auto& [name, shape] : linears) {
+      specs.push_back({absl::StrCat(pre, name, ".linear.weight"), shape});
+      if (!c.use_clipped_linears) continue;
+      for (const char* bound : {"input_min", "input_max", "output_min", "output_max"}) {
+        specs.push_back({absl::StrCat(pre, name, ".", bound), {}});
+      }
+    }
+    specs.push_back({pre + "self_attn.q_norm.weight", {c.head_dim}});
+    specs.push_back({pre + "self_attn.k_norm.weight", {c.head_dim}});
+    for (const char* norm : {"input_layernorm", "post_attention_layernorm",
+                             "pre_feedforward_layernorm", "post_feedforward_layernorm"}) {
+      specs.push_back({absl::StrCat(pre, norm, ".weight"), {h}});
+    }
+  }
+  if (c.standardize) {
+    specs.push_back({"vision_tower.std_bias", {h}});
+    specs.push_back({"vision_tower.std_scale", {h}});
+  }
+  specs.push_back({"embed_vision.embedding_projection.weight", {text_hidden_size, h}});
+  return specs;
+}
+
 int64_t KvCacheCapacity(const TextConfig& config, const LayerPlan& layer, int64_t max_positions,
                         int max_chunk) {
   if (layer.kv_shared) return 0;

@@ -92,6 +92,11 @@ RandomWeight Describe(const WeightSpec& spec, const TextConfig& c, uint64_t seed
   w.key = Mix(seed ^ Mix(HashName(spec.name)));
   w.param_key = Mix(w.key ^ 0x5CA1Eull);
   const std::string_view name = spec.name;
+  if (spec.shape.empty()) {  // a vision clip bound: [-3, -1] or [1, 3]
+    w.form = Form::kVector;
+    w.center = name.ends_with("_min") ? -2.0f : 2.0f;
+    return w;
+  }
   if (spec.shape.size() == 1) {
     w.form = Form::kVector;
     if (name.ends_with("self_attn.q_norm.weight") || name.ends_with("self_attn.k_norm.weight")) {
@@ -113,9 +118,10 @@ RandomWeight Describe(const WeightSpec& spec, const TextConfig& c, uint64_t seed
   } else {
     w.sigma = 1.0f / std::sqrt(static_cast<float>(w.cols));
   }
+  const bool vision = name.starts_with("vision_tower.") || name.starts_with("embed_vision.");
   if (!quantized || router) {
     w.form = Form::kPlain;
-  } else if (embedding) {
+  } else if (embedding || vision) {  // vision: int8 per row, as the bundled recipes
     w.form = Form::kInt8;
   } else {
     w.form = w.cols % kInt4GroupSize == 0 ? Form::kInt4 : Form::kPlain;
@@ -217,10 +223,17 @@ class RandomWeightSource final : public WeightSource {
       names_.push_back(spec.name);
       weights_.emplace(spec.name, Describe(spec, config_.text, options.seed, options.quantized));
     }
+    if (config_.vision.has_value()) {
+      for (const WeightSpec& spec : VisionWeightSpecs(*config_.vision, config_.text.hidden_size)) {
+        media_names_.push_back(spec.name);
+        weights_.emplace(spec.name, Describe(spec, config_.text, options.seed, options.quantized));
+      }
+    }
   }
 
   const Config& config() const override { return config_; }
   std::vector<std::string> Names() const override { return names_; }
+  std::vector<std::string> MediaNames() const override { return media_names_; }
   std::optional<std::vector<int64_t>> Shape(std::string_view name) const override {
     const RandomWeight* w = Find(name);
     if (w == nullptr) return std::nullopt;
@@ -382,6 +395,7 @@ class RandomWeightSource final : public WeightSource {
   RandomWeightOptions options_;
   std::unique_ptr<ThreadPool> pool_;
   std::vector<std::string> names_;
+  std::vector<std::string> media_names_;  // vision tower and embedder (configs with vision)
   std::map<std::string, RandomWeight, std::less<>> weights_;
 };
 
@@ -442,8 +456,18 @@ Config TextOnly(TextConfig text) {
 absl::StatusOr<std::unique_ptr<WeightSource>> MakeRandomWeightSource(
     const Config& config, const RandomWeightOptions& options) {
   GQ_ASSIGN_OR_RETURN(const ModelPlan plan, ModelPlan::Create(config.text));
-  return std::unique_ptr<WeightSource>(
-      new RandomWeightSource(TextOnly(config.text), plan, options));
+  Config text_only = TextOnly(config.text);
+  text_only.vision = config.vision;  // its weights are generated too (no audio)
+  text_only.vision_soft_tokens_per_image = config.vision_soft_tokens_per_image;
+  // The media token ids stay, so image prompts can run on the text model.
+  text_only.boi_token_id = config.boi_token_id;
+  text_only.eoi_token_id = config.eoi_token_id;
+  text_only.image_token_id = config.image_token_id;
+  text_only.video_token_id = config.video_token_id;
+  text_only.boa_token_id = config.boa_token_id;
+  text_only.eoa_token_index = config.eoa_token_index;
+  text_only.audio_token_id = config.audio_token_id;
+  return std::unique_ptr<WeightSource>(new RandomWeightSource(std::move(text_only), plan, options));
 }
 
 absl::StatusOr<Config> ReleasedModelConfig(std::string_view name) {

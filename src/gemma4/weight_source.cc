@@ -23,13 +23,18 @@
 namespace gquant::gemma4 {
 namespace {
 
-// Text-model weights live under one of these; the rest of "model." holds the
-// vision/audio towers and their embedders, which the text model ignores.
+// The rest of "model." beside the text weights: the vision/audio towers and
+// their embedders (WeightSource::MediaNames).
 constexpr std::array<std::string_view, 4> kMediaPrefixes = {"vision_tower.", "embed_vision.",
                                                             "audio_tower.", "embed_audio."};
 constexpr std::string_view kLmHead = "lm_head.weight";
 constexpr std::array<std::string_view, 4> kSharedLayerIgnored = {"k_proj.", "v_proj.", "k_norm.",
                                                                  "v_norm."};
+
+bool IsMediaName(std::string_view name) {
+  return std::any_of(kMediaPrefixes.begin(), kMediaPrefixes.end(),
+                     [&](std::string_view m) { return name.starts_with(m); });
+}
 
 int64_t Product(const std::vector<int64_t>& shape) {
   int64_t n = 1;
@@ -59,6 +64,7 @@ class CheckpointSource final : public WeightSource {
 
   const Config& config() const override { return config_; }
   std::vector<std::string> Names() const override { return names_; }
+  std::vector<std::string> MediaNames() const override { return media_names_; }
   std::optional<std::vector<int64_t>> Shape(std::string_view name) const override {
     const QuantizedWeightInfo* info = Info(name);
     if (info == nullptr) return std::nullopt;
@@ -115,18 +121,19 @@ class CheckpointSource final : public WeightSource {
     const std::string_view prefix = multimodal ? kHfPrefixMultimodal : kHfPrefixText;
     for (const std::string& fqn : fqns) {
       std::string name;
+      bool media = false;
       if (fqn == kLmHead) {
         name = fqn;
       } else if (fqn.starts_with(prefix)) {
         name = fqn.substr(prefix.size());
-        if (!multimodal && std::any_of(kMediaPrefixes.begin(), kMediaPrefixes.end(),
-                                       [&](std::string_view m) { return name.starts_with(m); })) {
-          continue;
-        }
+        media = !multimodal && IsMediaName(name);
+      } else if (fqn.starts_with(kHfPrefixText) && IsMediaName(fqn.substr(kHfPrefixText.size()))) {
+        name = fqn.substr(kHfPrefixText.size());  // a tower of a multimodal checkpoint
+        media = true;
       } else {
-        continue;  // another tower of a multimodal checkpoint
+        continue;
       }
-      names_.push_back(name);
+      (media ? media_names_ : names_).push_back(name);
       fqns_.emplace(std::move(name), fqn);
     }
   }
@@ -144,7 +151,8 @@ class CheckpointSource final : public WeightSource {
   QuantizedCheckpoint checkpoint_;
   Config config_;
   std::vector<std::string> names_;
-  std::map<std::string, std::string, std::less<>> fqns_;  // unprefixed -> file FQN
+  std::vector<std::string> media_names_;
+  std::map<std::string, std::string, std::less<>> fqns_;  // unprefixed -> file FQN (both kinds)
 };
 
 // A llama.cpp GGUF file, read through gemma4/gguf_mapping.h's names.
@@ -271,6 +279,8 @@ absl::StatusOr<std::vector<float>> WeightSource::LoadRows(std::string_view name,
                             all.begin() + (row_begin + rows) * cols);
 }
 
+std::vector<std::string> WeightSource::MediaNames() const { return {}; }
+
 bool WeightSource::StoresQuantized(std::string_view) const { return false; }
 
 absl::StatusOr<std::vector<PackedMatrix>> WeightSource::LoadPacked(std::string_view name,
@@ -345,6 +355,38 @@ absl::Status CheckWeights(const ModelPlan& plan, const WeightSource& source) {
   return absl::InvalidArgumentError(
       absl::StrCat(source.description(),
                    ": weights do not match the Gemma 4 model: ", absl::StrJoin(problems, "; ")));
+}
+
+absl::Status CheckVisionWeights(const WeightSource& source) {
+  const Config& config = source.config();
+  if (!config.vision.has_value()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(source.description(), ": the config has no vision_config"));
+  }
+  std::vector<std::string> missing, misshaped;
+  for (const WeightSpec& spec : VisionWeightSpecs(*config.vision, config.text.hidden_size)) {
+    const std::optional<std::vector<int64_t>> shape = source.Shape(spec.name);
+    if (!shape.has_value()) {
+      missing.push_back(spec.name);
+    } else if (*shape != spec.shape &&
+               // A clip bound may be stored as [1] rather than 0-d.
+               !(spec.shape.empty() && *shape == std::vector<int64_t>{1})) {
+      misshaped.push_back(absl::StrCat(spec.name, ": expected ", ShapeToString(spec.shape),
+                                       ", but got ", ShapeToString(*shape)));
+    }
+  }
+  if (missing.empty() && misshaped.empty()) return absl::OkStatus();
+  std::vector<std::string> problems;
+  if (!missing.empty()) {
+    problems.push_back(absl::StrCat(missing.size(), " missing: ", absl::StrJoin(missing, ", ")));
+  }
+  if (!misshaped.empty()) {
+    problems.push_back(
+        absl::StrCat(misshaped.size(), " with the wrong shape: ", absl::StrJoin(misshaped, "; ")));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(source.description(),
+                   ": vision weights do not match the config: ", absl::StrJoin(problems, "; ")));
 }
 
 }  // namespace gquant::gemma4

@@ -3,7 +3,11 @@
 //
 //   gquant-quantize --recipe=default --output=OUT_DIR [--threads=N] [--dry-run]
 //                   [--device=cpu|cuda] [--resume] [--max-memory=BYTES]
-//                   [--eval [--prompts=FILE]] INPUT
+//                   [--eval [--prompts=FILE]]
+//                   [--calibrate-images=FILE[,FILE...] [--held-out-images=FILE[,FILE...]]
+//                    [--observer=min_max|moving_average_min_max]
+//                    [--activation-granularity=per_tensor|per_channel] [--image-tokens=N]]
+//                   INPUT
 //
 // Flag names take dashes or underscores (--dry-run, --dry_run).
 //
@@ -33,21 +37,36 @@
 // kEvalPrompts random prompts of kEvalPromptLength ids (RandomPrompts, seed
 // kEvalSeed): a tokenizer-free stand-in that probes the weights, rougher than
 // real text.
+//
+// --calibrate-images then calibrates int8 activations for the vision
+// embedder of OUT_DIR (gquant/gemma4/vision_calibration.h): it runs OUT_DIR's
+// vision tower on each image (PNG or JPEG, preprocessed to at most
+// --image-tokens soft tokens), observes the embedder input with --observer at
+// --activation-granularity, writes OUT_DIR/activation_quant.safetensors and
+// prints the SNR of the int8 embedder against OUT_DIR's float-activation
+// embedder on --held-out-images. The flags are refused before quantizing
+// when INPUT has no vision tower, and so are unreadable images.
 #include <cctype>
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/algorithm/container.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "gquant/gemma4/cpu_model.h"
 #include "gquant/gemma4/quality.h"
+#include "gquant/gemma4/vision_calibration.h"
+#include "gquant/gemma4/weight_source.h"
+#include "gquant/image.h"
 #include "gquant/quantize_checkpoint.h"
 #include "gquant/recipe.h"
 #include "gquant/status.h"
@@ -78,6 +97,17 @@ ABSL_FLAG(bool, eval, false,
           "After quantizing, compare the output's next-token predictions with the input's");
 ABSL_FLAG(std::string, prompts, "",
           "--eval prompts: a file of token ids, one prompt per line (default: random ids)");
+ABSL_FLAG(std::string, calibrate_images, "",
+          "After quantizing, calibrate int8 vision-embedder activations on these images "
+          "(comma-separated PNG/JPEG paths) and write OUT_DIR/activation_quant.safetensors");
+ABSL_FLAG(std::string, held_out_images, "",
+          "--calibrate-images: images (comma-separated) to measure the int8 embedder's SNR on");
+ABSL_FLAG(std::string, observer, "min_max",
+          "--calibrate-images observer: min_max or moving_average_min_max");
+ABSL_FLAG(std::string, activation_granularity, "per_tensor",
+          "--calibrate-images granularity: per_tensor (int8 x int8 Linear) or per_channel");
+ABSL_FLAG(int, image_tokens, 280,
+          "--calibrate-images: soft-token budget per image (70, 140, 280, 560 or 1120)");
 
 namespace {
 
@@ -153,6 +183,68 @@ absl::StatusOr<int64_t> ParseBytes(const std::string& text) {
   return value * unit;
 }
 
+// The settings of --calibrate-images, checked before the quantization.
+struct Calibration {
+  std::vector<std::string> images;
+  std::vector<std::string> held_out;
+  gquant::ObserverOptions observer;
+  int image_tokens = 0;
+};
+
+std::vector<std::string> SplitPaths(const std::string& list) {
+  return absl::StrSplit(list, ',', absl::SkipEmpty());
+}
+
+// The --calibrate-images settings (nullopt without the flag). Refuses, before
+// anything is written, bad names, a dry run, an INPUT without a vision tower
+// and images that cannot be read.
+absl::StatusOr<std::optional<Calibration>> ParseCalibration(const std::string& input,
+                                                            bool dry_run) {
+  Calibration c;
+  c.images = SplitPaths(absl::GetFlag(FLAGS_calibrate_images));
+  c.held_out = SplitPaths(absl::GetFlag(FLAGS_held_out_images));
+  if (c.images.empty()) {
+    if (!c.held_out.empty()) {
+      return absl::InvalidArgumentError("--held-out-images needs --calibrate-images");
+    }
+    return std::nullopt;
+  }
+  if (dry_run) {
+    return absl::InvalidArgumentError(
+        "--calibrate-images needs a written checkpoint, so it cannot go with --dry-run");
+  }
+  absl::StatusOr<gquant::ObserverKind> kind =
+      gquant::ObserverKindFromName(absl::GetFlag(FLAGS_observer));
+  GQ_RETURN_IF_ERROR(gquant::Annotate(kind.status(), "--observer"));
+  c.observer.kind = *kind;
+  absl::StatusOr<gquant::QuantGranularity> granularity =
+      gquant::QuantGranularityFromName(absl::GetFlag(FLAGS_activation_granularity));
+  GQ_RETURN_IF_ERROR(gquant::Annotate(granularity.status(), "--activation-granularity"));
+  c.observer.granularity = *granularity;
+  c.image_tokens = absl::GetFlag(FLAGS_image_tokens);
+  if (!absl::c_linear_search(std::vector<int>{70, 140, 280, 560, 1120}, c.image_tokens)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--image-tokens: expected 70, 140, 280, 560 or 1120, but got %d", c.image_tokens));
+  }
+  GQ_ASSIGN_OR_RETURN(const auto source, gquant::gemma4::OpenWeightSource(input));
+  if (!source->config().vision.has_value()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "--calibrate-images: %s has no vision tower (no vision_config in its config), so there "
+        "is no vision embedder to calibrate",
+        source->description()));
+  }
+  for (const std::vector<std::string>* list : {&c.images, &c.held_out}) {
+    for (const std::string& path : *list) {
+      const absl::StatusOr<gquant::RgbImage> image = gquant::ReadImageFile(path);
+      if (!image.ok()) {
+        return gquant::Annotate(image.status(),
+                                list == &c.images ? "--calibrate-images" : "--held-out-images");
+      }
+    }
+  }
+  return c;
+}
+
 void PrintDryRun(const gquant::Recipe& recipe, const gquant::QuantizeReport& report) {
   for (const gquant::TensorReport& t : report.tensors) {
     const std::string rule =
@@ -170,7 +262,10 @@ int main(int argc, char** argv) {
   gquant::tools::DashesToUnderscoresInFlagNames(argc, argv);
   absl::SetProgramUsageMessage(
       "gquant-quantize --recipe=NAME_OR_PATH --output=DIR [--threads=N] [--dry-run] "
-      "[--device=cpu|cuda] [--resume] [--max-memory=BYTES] [--eval [--prompts=FILE]] INPUT");
+      "[--device=cpu|cuda] [--resume] [--max-memory=BYTES] [--eval [--prompts=FILE]] "
+      "[--calibrate-images=FILE[,FILE...] [--held-out-images=FILE[,FILE...]] "
+      "[--observer=min_max|moving_average_min_max] "
+      "[--activation-granularity=per_tensor|per_channel] [--image-tokens=N]] INPUT");
   const std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   const bool dry_run = absl::GetFlag(FLAGS_dry_run);
   const bool eval = absl::GetFlag(FLAGS_eval);
@@ -192,6 +287,12 @@ int main(int argc, char** argv) {
       return 1;
     }
     eval_prompts = *std::move(prompts);
+  }
+  // So are bad calibration settings.
+  const absl::StatusOr<std::optional<Calibration>> calibration = ParseCalibration(args[1], dry_run);
+  if (!calibration.ok()) {
+    std::fprintf(stderr, "gquant-quantize: %s\n", calibration.status().ToString().c_str());
+    return 2;
   }
   gquant::tools::ProgressPrinter printer("quantized");
   gquant::QuantizeJobOptions options;
@@ -229,6 +330,19 @@ int main(int argc, char** argv) {
   if (!dry_run) {
     std::printf("wrote %s/model.safetensors and quantize_report.json\n",
                 options.output_dir.c_str());
+  }
+  if (calibration->has_value()) {
+    const Calibration& c = **calibration;
+    std::fflush(stdout);
+    const absl::StatusOr<gquant::gemma4::EmbedderCalibrationReport> calibrated =
+        gquant::gemma4::CalibrateCheckpointEmbedder(options.output_dir, c.images, c.held_out,
+                                                    c.observer, c.image_tokens, options.threads);
+    if (!calibrated.ok()) {
+      std::fprintf(stderr, "gquant-quantize --calibrate-images: %s\n",
+                   calibrated.status().ToString().c_str());
+      return 1;
+    }
+    std::printf("%s", calibrated->ToText().c_str());
   }
   if (eval) {
     if (eval_prompts.empty()) {

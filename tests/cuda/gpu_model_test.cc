@@ -14,6 +14,7 @@
 #include <cmath>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cuda_test_util.h"
@@ -172,6 +173,102 @@ TEST_CASE("GPU forward: greedy generation follows the CPU reference's greedy tok
     }
     WARN(variant.name << ": " << compared << " of " << kNewTokens
                       << " greedy tokens compared with the CPU (stopped at a near tie)");
+  }
+}
+
+// Image prompts (spec §5.5): the variants with an image placeholder id, and
+// the 31B-style one with bidirectional images on its sliding layers.
+Config WithImages(const Variant& variant, bool bidirectional) {
+  Config config = ParseVariant(variant);
+  config.boi_token_id = 1001;
+  config.image_token_id = 1002;
+  config.eoi_token_id = 1003;
+  if (bidirectional) {
+    config.text.use_bidirectional_attention = gemma4::BidirectionalAttention::kVision;
+  }
+  return config;
+}
+
+TEST_CASE("GPU forward: image prompts match the CPU reference", "[cuda][gpu_model]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  const uint64_t seed = std::random_device()();
+  std::mt19937_64 rng(seed);
+  CAPTURE(seed);
+  for (const Variant& variant : kVariants) {
+    const bool bidirectional = std::string(variant.name) == "31b-style";
+    CAPTURE(variant.name, bidirectional);
+    const Config config = WithImages(variant, bidirectional);
+    const int64_t vocab = config.text.vocab_size, h = config.text.hidden_size;
+    const auto cpu = OnRandomWeights<CpuModel>(config, seed, true);
+    const auto gpu = OnRandomWeights<GpuModel>(config, seed, true);
+
+    // 6 text tokens, BOI, a 40-token image (wider than the window of 16),
+    // EOI, 6 text tokens; image rows of unit scale, as the embedder gives.
+    std::vector<int> prompt = RandomTokens(rng, 6, 1000);
+    prompt.push_back(1001);
+    prompt.insert(prompt.end(), 40, 1002);
+    prompt.push_back(1003);
+    const std::vector<int> tail = RandomTokens(rng, 6, 1000);
+    prompt.insert(prompt.end(), tail.begin(), tail.end());
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> rows(40 * h);
+    for (float& v : rows) v = normal(rng);
+
+    // Chunks of 7 then 48: the image in one chunk, as bidirectional images need.
+    const int t = static_cast<int>(prompt.size());
+    gemma4::KvCache cache = cpu->NewCache(t + 8, 48);
+    absl::StatusOr<GpuSequence> seq = gpu->NewSequence(t + 8, 48);
+    REQUIRE_OK(seq);
+    RowErrors errors;
+    const std::span<const int> ids(prompt);
+    for (const auto& [begin, size, image_values] :
+         {std::tuple<int, int, int64_t>{0, 7, 0}, {7, t - 7, 40 * h}}) {
+      const std::span<const float> chunk_rows(rows.data(), image_values);
+      absl::StatusOr<std::vector<float>> want =
+          cpu->Forward(cache, ids.subspan(begin, size), chunk_rows);
+      absl::StatusOr<std::vector<float>> got =
+          gpu->Forward(*seq, ids.subspan(begin, size), chunk_rows);
+      REQUIRE_OK(want);
+      REQUIRE_OK(got);
+      CheckRows(*got, *want, vocab, errors);
+    }
+    CHECK(errors.relative_l2() <= kLogitsRelativeL2);
+    WARN(variant.name << " image prompt: prefill relative L2 " << errors.relative_l2()
+                      << " (worst row " << errors.worst_row << "), greedy choices compared "
+                      << errors.argmax_compared << " of " << t);
+
+    // Generate: the same greedy token as the CPU after the prompt (when the
+    // CPU's choice is clear); a chunk the image does not fit in is refused
+    // for the bidirectional model and split for the causal one.
+    {
+      gemma4::KvCache fresh = cpu->NewCache(t, 64);
+      absl::StatusOr<std::vector<float>> logits = cpu->Prefill(fresh, prompt, 64, rows);
+      REQUIRE_OK(logits);
+      const std::span<const float> last(logits->data() + logits->size() - vocab, vocab);
+      absl::StatusOr<GpuSequence> whole = gpu->NewSequence(t + 2, 64);
+      REQUIRE_OK(whole);
+      for (const int chunk : {64, 16}) {
+        CAPTURE(chunk);
+        whole->Clear();
+        absl::StatusOr<GenerateResult> result = gpu->Generate(
+            *whole, prompt, {.max_new_tokens = 2, .chunk = chunk, .image_rows = rows});
+        if (bidirectional && chunk == 16) {
+          CHECK(absl::IsInvalidArgument(result.status()));
+          CHECK(whole->length() == 0);
+          continue;
+        }
+        REQUIRE_OK(result);
+        if (Margin(last) >= kClearMargin) CHECK(result->tokens[0] == Argmax(last));
+      }
+    }
+
+    // Rows that do not match the placeholders are refused before any work.
+    seq->Clear();
+    const std::vector<float> short_rows(39 * h, 0.5f);
+    CHECK(absl::IsInvalidArgument(gpu->Forward(*seq, prompt, short_rows).status()));
+    CHECK(
+        absl::IsInvalidArgument(gpu->Generate(*seq, prompt, {.image_rows = short_rows}).status()));
+    CHECK(seq->length() == 0);
   }
 }
 

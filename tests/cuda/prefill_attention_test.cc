@@ -11,8 +11,10 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <random>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "cuda_test_util.h"
@@ -82,8 +84,9 @@ struct Problem {
   Case c;
   KeyRange keys;
   int64_t capacity;
-  std::vector<uint16_t> q;     // [tokens, num_heads, D]
-  std::vector<uint16_t> k, v;  // [capacity, num_kv_heads, D]
+  std::vector<uint16_t> q;        // [tokens, num_heads, D]
+  std::vector<uint16_t> k, v;     // [capacity, num_kv_heads, D]
+  std::vector<int32_t> last_key;  // [tokens] for image runs; empty: causal
 };
 
 std::vector<uint16_t> RandomBf16(int64_t count, float scale, std::mt19937_64& rng) {
@@ -98,7 +101,7 @@ std::vector<uint16_t> RandomBf16(int64_t count, float scale, std::mt19937_64& rn
 }
 
 Problem MakeProblem(const Case& c, std::mt19937_64& rng) {
-  Problem p{c, ChunkKeyRange(c.first_position, c.tokens, c.window), 0, {}, {}, {}};
+  Problem p{c, ChunkKeyRange(c.first_position, c.tokens, c.window), 0, {}, {}, {}, {}};
   p.capacity = c.capacity > 0 ? c.capacity : p.keys.size();
   REQUIRE(p.capacity >= p.keys.size());
   p.q = RandomBf16(c.tokens * c.num_heads * c.head_dim, c.q_scale, rng);
@@ -132,9 +135,12 @@ std::vector<uint16_t> RunKernel(const Problem& p) {
   const KvLayerView cache{reinterpret_cast<__nv_bfloat16*>(k.data()),
                           reinterpret_cast<__nv_bfloat16*>(v.data()), p.capacity, p.c.num_kv_heads,
                           p.c.head_dim};
+  std::optional<DeviceBuffer<int32_t>> last_key;
+  if (!p.last_key.empty()) last_key = testing::Upload(p.last_key);
   REQUIRE_OK(PrefillAttention(reinterpret_cast<const __nv_bfloat16*>(q.data()), p.c.tokens,
                               p.c.num_heads, p.c.first_position, p.c.window, cache,
-                              reinterpret_cast<__nv_bfloat16*>(out->data()), nullptr));
+                              reinterpret_cast<__nv_bfloat16*>(out->data()), nullptr,
+                              last_key.has_value() ? last_key->data() : nullptr));
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   std::vector<uint16_t> got(p.q.size());
   REQUIRE_OK(out->CopyToHost(got));
@@ -157,8 +163,9 @@ ReferenceRow Reference(const Problem& p, const std::vector<float>& k, const std:
   for (int i = 0; i < d; ++i) {
     q[i] = BFloat16ToFloat(p.q[(token * p.c.num_heads + head) * d + i]);
   }
-  std::vector<double> scores(pos - lo + 1);
-  for (int64_t j = lo; j <= pos; ++j) {
+  const int64_t hi = p.last_key.empty() ? pos : p.last_key[token];
+  std::vector<double> scores(hi - lo + 1);
+  for (int64_t j = lo; j <= hi; ++j) {
     const float* key = k.data() + (j % p.capacity) * stride + kv_offset;
     double s = 0;
     for (int i = 0; i < d; ++i) s += q[i] * key[i];
@@ -168,7 +175,7 @@ ReferenceRow Reference(const Problem& p, const std::vector<float>& k, const std:
   double sum = 0;
   for (double& s : scores) sum += (s = std::exp(s - max));
   ReferenceRow row{std::vector<double>(d), std::vector<double>(d)};
-  for (int64_t j = lo; j <= pos; ++j) {
+  for (int64_t j = lo; j <= hi; ++j) {
     const double weight = scores[j - lo] / sum;
     const float* value = v.data() + (j % p.capacity) * stride + kv_offset;
     for (int i = 0; i < d; ++i) {
@@ -251,6 +258,62 @@ TEST_CASE("PrefillAttention agrees with cpu::Attention", "[cuda]") {
                          nullptr);
   // cpu::Attention is float32 (errors ~2^-20): the same bound applies, with
   // A from the float64 reference.
+  CheckOutputs(p, got, [&](int64_t token, int head) {
+    ReferenceRow row = Reference(p, k, v, token, head);
+    const int64_t begin = (token * p.c.num_heads + head) * p.c.head_dim;
+    for (int i = 0; i < p.c.head_dim; ++i) row.out[i] = cpu_out[begin + i];
+    return row;
+  });
+}
+
+// Image runs of a chunk (rows [begin, end)): each of their queries sees up
+// to the run's last position, the others stay causal.
+void SetImageRuns(Problem& p, const std::vector<std::pair<int64_t, int64_t>>& runs) {
+  p.last_key.resize(p.c.tokens);
+  for (int64_t t = 0; t < p.c.tokens; ++t) {
+    p.last_key[t] = static_cast<int32_t>(p.c.first_position + t);
+  }
+  for (const auto& [begin, end] : runs) {
+    for (int64_t t = begin; t < end; ++t) {
+      p.last_key[t] = static_cast<int32_t>(p.c.first_position + end - 1);
+    }
+  }
+}
+
+TEST_CASE("PrefillAttention lets image tokens see the rest of their image", "[cuda]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  std::mt19937_64 rng = testing::MakeRng();
+  struct ImageCase {
+    Case c;
+    std::vector<std::pair<int64_t, int64_t>> runs;
+  };
+  const ImageCase cases[] = {
+      // An image wider than the window (the window still bounds keys below),
+      // one inside a key tile, one ending the chunk; the ring wrapped.
+      {{"window 40, three images", 4, 2, 256, 40, 300, 20, 0}, {{50, 250}, {260, 270}, {290, 300}}},
+      // 31B sliding shapes: a 280-token image after 7 text tokens.
+      {{"31B sliding, 280-token image", 32, 16, 256, 1024, 300, 0, 0}, {{7, 287}}},
+      {{"31B sliding, later chunk, wrapped", 32, 16, 256, 1024, 400, 2000, 1500}, {{100, 380}}},
+      {{"D 512", 8, 1, 512, 0, 130, 3, 0}, {{1, 129}}},
+  };
+  for (const ImageCase& ic : cases) {
+    INFO(ic.c.name);
+    Problem p = MakeProblem(ic.c, rng);
+    SetImageRuns(p, ic.runs);
+    const std::vector<uint16_t> got = RunKernel(p);
+    const std::vector<float> k = ToFloat(p.k), v = ToFloat(p.v);
+    CheckOutputs(p, got, [&](int64_t token, int head) { return Reference(p, k, v, token, head); });
+  }
+  // And against cpu::Attention with the same last keys.
+  Problem p = MakeProblem({"cpu", 4, 2, 256, 8, 40, 30, 0}, rng);
+  SetImageRuns(p, {{3, 25}});
+  const std::vector<uint16_t> got = RunKernel(p);
+  const std::vector<float> q = ToFloat(p.q), k = ToFloat(p.k), v = ToFloat(p.v);
+  std::vector<float> cpu_out(q.size());
+  const gemma4::cpu::KvView kv{k.data(), v.data(), p.capacity, p.c.num_kv_heads, p.c.head_dim};
+  const std::vector<int64_t> last(p.last_key.begin(), p.last_key.end());
+  gemma4::cpu::Attention(q, p.c.tokens, p.c.num_heads, p.c.first_position, p.c.window, kv, cpu_out,
+                         nullptr, last);
   CheckOutputs(p, got, [&](int64_t token, int head) {
     ReferenceRow row = Reference(p, k, v, token, head);
     const int64_t begin = (token * p.c.num_heads + head) * p.c.head_dim;

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "golden_util.h"
 #include "gquant/dtype.h"
 #include "gquant/ggml_format.h"
 #include "gquant/gguf_convert.h"
@@ -30,39 +31,18 @@
 namespace gquant::gemma4 {
 namespace {
 
+using gquant::testing::FixtureDir;
+using gquant::testing::MaxRelativeError;
+using gquant::testing::ReadDoubles;
+using gquant::testing::ReadIds;
 using gquant::testing::TempDir;
 using gquant::testing::TestDataDir;
-
-std::string FixtureDir(const std::string& name) { return TestDataDir() + "/" + name; }
 
 // golden.safetensors, widened to double / int.
 struct Golden {
   std::vector<int> input_ids, decode_tokens, forced_tokens;
   std::vector<double> prefill, prefill_bf16, hidden, decode, forced;
 };
-
-std::vector<double> ReadDoubles(const SafetensorsFile& file, const std::string& name) {
-  auto tensor = file.Get(name);
-  REQUIRE_OK(tensor);
-  std::vector<double> out(tensor->num_elements());
-  if (tensor->dtype() == DType::kF64) {
-    std::memcpy(out.data(), tensor->bytes().data(), tensor->num_bytes());
-  } else {
-    auto floats = tensor->ToFloat();
-    REQUIRE_OK(floats);
-    std::copy(floats->begin(), floats->end(), out.begin());
-  }
-  return out;
-}
-
-std::vector<int> ReadIds(const SafetensorsFile& file, const std::string& name) {
-  auto tensor = file.Get(name);
-  REQUIRE_OK(tensor);
-  REQUIRE(tensor->dtype() == DType::kI64);
-  std::vector<int64_t> ids(tensor->num_elements());
-  std::memcpy(ids.data(), tensor->bytes().data(), tensor->num_bytes());
-  return {ids.begin(), ids.end()};
-}
 
 Golden ReadGolden(const std::string& fixture) {
   auto file = SafetensorsFile::Open(FixtureDir(fixture) + "/golden.safetensors");
@@ -77,21 +57,6 @@ Golden ReadGolden(const std::string& fixture) {
   g.decode = ReadDoubles(*file, "decode_logits_f64");
   g.forced = ReadDoubles(*file, "forced_logits_f64");
   return g;
-}
-
-// max over rows of ||a - b||_inf / ||b||_inf, rows of `width`.
-double MaxRelativeError(std::span<const float> a, std::span<const double> b, int64_t width) {
-  REQUIRE(a.size() == b.size());
-  double worst = 0;
-  for (size_t row = 0; row < a.size(); row += width) {
-    double diff = 0, norm = 0;
-    for (int64_t i = 0; i < width; ++i) {
-      diff = std::max(diff, std::abs(a[row + i] - b[row + i]));
-      norm = std::max(norm, std::abs(b[row + i]));
-    }
-    worst = std::max(worst, diff / norm);
-  }
-  return worst;
 }
 
 double MaxAbsDiff(std::span<const float> a, std::span<const float> b) {

@@ -8,11 +8,14 @@
 #include <cmath>
 #include <cstring>
 #include <iostream>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "gquant/gemma4/cpu_model.h"
+#include "gquant/gemma4/cpu_vision.h"
 #include "gquant/gemma4/model_plan.h"
+#include "gquant/gemma4/vision_input.h"
 #include "gquant/pack.h"
 #include "test_util.h"
 
@@ -297,6 +300,68 @@ TEST_CASE("Random weights: odd shapes", "[random_weights]") {
   const auto packed = source->LoadPacked("layers.0.self_attn.o_proj.weight", PackBackend::kCuda);
   REQUIRE_STATUS_IS(packed, absl::StatusCode::kInvalidArgument);
   CHECK(packed.status().message().find("o_proj") != std::string_view::npos);
+}
+
+TEST_CASE("Random weights: a vision tower the CPU vision model runs", "[random_weights]") {
+  Config config = SmallConfig(Variant::kDense);
+  VisionConfig vision;
+  vision.hidden_size = 64;
+  vision.intermediate_size = 96;
+  vision.num_hidden_layers = 2;
+  vision.num_attention_heads = 2;
+  vision.num_key_value_heads = 2;
+  vision.head_dim = 24;
+  vision.position_embedding_size = 32;
+  for (const bool clipped : {false, true}) {
+    INFO("clipped " << clipped);
+    vision.use_clipped_linears = clipped;
+    vision.standardize = !clipped;
+    config.vision = vision;
+    for (const bool quantized : {false, true}) {
+      INFO("quantized " << quantized);
+      const auto source = MakeSource(config, 11, quantized);
+      std::vector<std::string> expected;
+      for (const WeightSpec& spec : VisionWeightSpecs(vision, config.text.hidden_size)) {
+        expected.push_back(spec.name);
+        CHECK(source->Shape(spec.name) == spec.shape);
+      }
+      CHECK(source->MediaNames() == expected);
+      CHECK(source->StoresQuantized("vision_tower.encoder.layers.1.mlp.down_proj.linear.weight") ==
+            quantized);
+      if (clipped) {
+        CHECK(LoadOk(*source, "vision_tower.encoder.layers.0.mlp.up_proj.input_min")[0] < -0.5f);
+        CHECK(LoadOk(*source, "vision_tower.encoder.layers.0.mlp.up_proj.output_max")[0] > 0.5f);
+      }
+      // A 6 x 6 patch grid (4 soft tokens) of random pixels, padded to 7 tokens.
+      auto model = CpuVisionModel::Create(*source, {.threads = 2});
+      REQUIRE_OK(model);
+      std::mt19937_64 rng = MakeRng();
+      std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+      VisionInput input;
+      input.max_patches = 63;
+      input.grid_height = input.grid_width = 6;
+      input.num_patches = 36;
+      input.num_soft_tokens = 4;
+      input.pixel_values.assign(63 * 768, 0.0f);
+      for (int64_t i = 0; i < 36 * 768; ++i) input.pixel_values[i] = unit(rng);
+      input.positions.assign(2 * 63, -1);
+      for (int p = 0; p < 36; ++p) {
+        input.positions[2 * p] = p % 6;
+        input.positions[2 * p + 1] = p / 6;
+      }
+      auto rows = (*model)->EncodeImage(input);
+      REQUIRE_OK(rows);
+      REQUIRE(rows->size() == 4u * config.text.hidden_size);
+      double sum2 = 0;
+      for (float v : *rows) {
+        REQUIRE(std::isfinite(v));
+        sum2 += double{v} * v;
+      }
+      const double rms = std::sqrt(sum2 / rows->size());
+      CAPTURE(rms);
+      CHECK((rms > 0.1 && rms < 10));  // O(1): the random scales keep activations sane
+    }
+  }
 }
 
 TEST_CASE("Released model configs", "[random_weights]") {

@@ -3,6 +3,7 @@
 #include "gquant/gemma4/weight_source.h"
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -14,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint_edit_util.h"
 #include "gquant/dtype.h"
 #include "gquant/gemma4/cpu_model.h"
 #include "gquant/gguf_export.h"
@@ -25,8 +27,12 @@
 namespace gquant::gemma4 {
 namespace {
 
+using gquant::testing::Erase;
+using gquant::testing::Find;
+using gquant::testing::Renamed;
 using gquant::testing::TempDir;
 using gquant::testing::TestDataDir;
+using gquant::testing::WriteModified;
 
 std::string F32Dir(const std::string& fixture) { return TestDataDir() + "/" + fixture + "/f32"; }
 
@@ -46,48 +52,6 @@ Recipe MakeRecipe(const std::string& json) {
   auto recipe = Recipe::FromJson(json, "test");
   REQUIRE_OK(recipe);
   return *std::move(recipe);
-}
-
-// Copies fixture `fixture`'s f32 checkpoint into `dir`, letting `edit` change
-// its tensor list (views into the original file) and config.json text.
-void WriteModified(const std::string& fixture, const TempDir& dir,
-                   const std::function<void(std::vector<Tensor>&, std::string&)>& edit) {
-  auto file = SafetensorsFile::Open(F32Dir(fixture) + "/model.safetensors");
-  REQUIRE_OK(file);
-  std::vector<Tensor> tensors;
-  for (const SafetensorsTensorInfo& info : file->tensors()) {
-    auto tensor = file->Get(info.name);
-    REQUIRE_OK(tensor);
-    tensors.push_back(*std::move(tensor));
-  }
-  std::ifstream in(F32Dir(fixture) + "/config.json");
-  std::string config((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  edit(tensors, config);
-  REQUIRE_OK(WriteSafetensors(dir.File("model.safetensors"), tensors));
-  std::ofstream(dir.File("config.json")) << config;
-}
-
-Tensor Renamed(const Tensor& t, const std::string& name, std::vector<int64_t> shape) {
-  int64_t n = DTypeSize(t.dtype());
-  for (int64_t d : shape) n *= d;
-  auto keep = std::make_shared<Tensor>(t);
-  auto view = Tensor::View(name, t.dtype(), std::move(shape), t.bytes().first(n), keep);
-  REQUIRE_OK(view);
-  return *std::move(view);
-}
-
-void Erase(std::vector<Tensor>& tensors, const std::string& name) {
-  const auto it = std::find_if(tensors.begin(), tensors.end(),
-                               [&](const Tensor& t) { return t.name() == name; });
-  REQUIRE(it != tensors.end());
-  tensors.erase(it);
-}
-
-Tensor& Find(std::vector<Tensor>& tensors, const std::string& name) {
-  const auto it = std::find_if(tensors.begin(), tensors.end(),
-                               [&](const Tensor& t) { return t.name() == name; });
-  REQUIRE(it != tensors.end());
-  return *it;
 }
 
 std::string CheckMessage(const std::string& path) {
@@ -191,16 +155,29 @@ TEST_CASE("Weight source: a GGUF file truncated after opening gives DataLoss, no
   }
 }
 
-TEST_CASE("Weight source: media towers are ignored, shared-layer K/V allowed", "[gemma4_model]") {
+TEST_CASE("Weight source: media towers are listed apart, shared-layer K/V allowed",
+          "[gemma4_model]") {
   TempDir dir;
-  WriteModified("tiny-31b", dir, [](std::vector<Tensor>& t, std::string&) {
+  std::vector<float> norm_values;
+  WriteModified("tiny-31b", dir, [&](std::vector<Tensor>& t, std::string&) {
     const Tensor& norm = Find(t, "model.language_model.norm.weight");
+    norm_values.resize(64);
+    std::memcpy(norm_values.data(), norm.bytes().data(), 64 * sizeof(float));
     t.push_back(Renamed(norm, "model.vision_tower.encoder.layers.0.input_layernorm.weight", {64}));
     t.push_back(Renamed(norm, "model.embed_vision.embedding_projection.weight", {8, 8}));
   });
   auto source = Open(dir.path().string());
   REQUIRE_OK(CheckWeights(PlanOf(*source), *source));
   CHECK(source->Names().size() == Open(F32Dir("tiny-31b"))->Names().size());
+  std::vector<std::string> media = source->MediaNames();
+  std::sort(media.begin(), media.end());
+  CHECK(media == std::vector<std::string>{"embed_vision.embedding_projection.weight",
+                                          "vision_tower.encoder.layers.0.input_layernorm.weight"});
+  CHECK(source->Shape("embed_vision.embedding_projection.weight") == std::vector<int64_t>{8, 8});
+  auto loaded = source->Load("vision_tower.encoder.layers.0.input_layernorm.weight");
+  REQUIRE_OK(loaded);
+  CHECK(*loaded == norm_values);
+  CHECK(Open(F32Dir("tiny-31b"))->MediaNames().empty());
 
   // HF ignores k/v projections and norms stored for KV-shared layers.
   TempDir shared;

@@ -143,6 +143,13 @@ struct VisionConfig {
   int position_embedding_size = 10240;
   bool use_clipped_linears = false;  // E2B/E4B: clamp buffers on every vision Linear
   bool standardize = false;          // 31B: std_bias / std_scale after pooling
+  double rms_norm_eps = 1e-6;
+  // rope_parameters.rope_theta of the 2-D ("axial"; older configs say
+  // "default") RoPE; any other rope_type is rejected.
+  double rope_theta = 100.0;
+  // Stored, not checked here; the vision model rejects anything but
+  // gelu_pytorch_tanh.
+  std::string hidden_activation = "gelu_pytorch_tanh";
 };
 
 struct Config {
@@ -164,6 +171,9 @@ struct Config {
   std::optional<int> boa_token_id;     // 256000
   std::optional<int> eoa_token_index;  // 258883
   std::optional<int> audio_token_id;   // 258881
+  // Soft tokens per image the processor aims for (HF default 280; one of 70,
+  // 140, 280, 560, 1120).
+  int vision_soft_tokens_per_image = 280;
 
   bool is_multimodal() const { return model_type == "gemma4"; }
 };

@@ -9,6 +9,14 @@
 //   auto logits = model->Forward(cache, prompt_ids);   // [T, vocab]
 //   auto next = model->Forward(cache, {token});        // [1, vocab]
 //
+// Image prompts (spec §5.5): the prompt holds one image_token_id placeholder
+// per soft token, and `image_rows` [placeholders, H] holds their embeddings
+// (CpuVisionModel::EncodeImage, images in prompt order). Placeholders are
+// looked up as the pad id (so per-layer embeddings use pad), their rows
+// replaced unscaled; with use_bidirectional_attention "vision" (31B) the
+// tokens of one image see each other on sliding layers, so an image's
+// placeholders must arrive in one Forward call (Prefill keeps them together).
+//
 // Weights stay in their source (quantized ones quantized) and are read per
 // layer as the forward reaches it; up to `weight_cache_bytes` of float32
 // weights are kept between calls, so a small model is read once and a large
@@ -45,7 +53,10 @@ class KvCache {
   int64_t length() const { return length_; }  // positions processed so far
   int64_t max_positions() const { return max_positions_; }
   int max_chunk() const { return max_chunk_; }
-  void Clear() { length_ = 0; }
+  void Clear() {
+    length_ = 0;
+    open_image_ = false;
+  }
 
  private:
   friend class CpuModel;
@@ -57,6 +68,7 @@ class KvCache {
   int64_t length_ = 0;
   int64_t max_positions_ = 0;
   int max_chunk_ = 0;
+  bool open_image_ = false;  // the last call ended inside an image's placeholders
 };
 
 struct CpuModelOptions {
@@ -83,27 +95,35 @@ class CpuModel {
 
   // Runs `tokens` at positions cache.length() .. + T - 1, appends their K/V,
   // and returns the logits of every one of them, [T, vocab] row-major, after
-  // the final soft-cap. Returns InvalidArgument for an empty chunk, more than
-  // max_chunk tokens, a token id outside the vocabulary, or a sequence longer
-  // than max_positions, or a cache made by another model; the source's errors
+  // the final soft-cap. `image_rows` holds one H-wide row per image
+  // placeholder in `tokens`, in order (see the top of this file). Returns
+  // InvalidArgument for an empty chunk, more than max_chunk tokens, a token
+  // id outside the vocabulary, a sequence longer than max_positions, a cache
+  // made by another model, image rows that do not match the placeholders, or
+  // (bidirectional image attention) an image continued from the previous
+  // call; the source's errors
   // while reading weights (annotated with the layer). On error the cache is
   // unchanged as far as any later call can tell: its length and every
   // position it holds stay as they were (K/V are written only to ring slots
   // no later query reads before they are rewritten).
-  absl::StatusOr<std::vector<float>> Forward(KvCache& cache, std::span<const int> tokens) const;
+  absl::StatusOr<std::vector<float>> Forward(KvCache& cache, std::span<const int> tokens,
+                                             std::span<const float> image_rows = {}) const;
 
-  // Forward over `tokens` in chunks of `chunk` (<= cache.max_chunk()); returns
-  // all logits [T, vocab], bit-identical to a one-shot Forward. InvalidArgument
-  // for a bad chunk size or no tokens, or when the tokens would not fit, before
-  // any work; on a later error the cache holds the chunks that completed.
-  absl::StatusOr<std::vector<float>> Prefill(KvCache& cache, std::span<const int> tokens,
-                                             int chunk) const;
+  // Forward over `tokens` in chunks of at most `chunk` (<= cache.max_chunk()),
+  // each ending before an image whose placeholders would not fit in it;
+  // returns all logits [T, vocab], bit-identical to a one-shot Forward.
+  // InvalidArgument for a bad chunk size or no tokens, when the tokens would
+  // not fit, or when one image has more placeholders than `chunk`, before any
+  // work; on a later error the cache holds the chunks that completed.
+  absl::StatusOr<std::vector<float>> Prefill(KvCache& cache, std::span<const int> tokens, int chunk,
+                                             std::span<const float> image_rows = {}) const;
 
   // The residual stream of `tokens` run on a fresh cache, [L+1, T, H], laid
   // out as HF's output_hidden_states: the scaled embedding, the outputs of
   // layers 0..L-2, and the last layer's output after the final norm. For
   // tests that localize a mismatch.
-  absl::StatusOr<std::vector<float>> HiddenStates(std::span<const int> tokens) const;
+  absl::StatusOr<std::vector<float>> HiddenStates(std::span<const int> tokens,
+                                                  std::span<const float> image_rows = {}) const;
 
  private:
   struct State;

@@ -47,12 +47,19 @@ struct ModelPlan {
   // config uses something the model layer does not implement (an activation
   // other than gelu_pytorch_tanh, attention biases, bidirectional text
   // attention: use_bidirectional_attention "all"). "vision" is accepted: it
-  // only changes the mask at image tokens, which the text decoder never sees.
+  // only changes the mask at image tokens (CpuModel / GpuModel apply it).
   static absl::StatusOr<ModelPlan> Create(const TextConfig& config);
 
   // Every weight, global first, then layer by layer.
   std::vector<WeightSpec> AllWeights() const;
 };
+
+// Every weight the vision tower and embedder read (spec §4.1), as
+// WeightSource::MediaNames spells them ("vision_tower....",
+// "embed_vision.embedding_projection.weight"), with torch shapes: clip bounds
+// are 0-d and listed only with use_clipped_linears, std_bias / std_scale
+// only with standardize.
+std::vector<WeightSpec> VisionWeightSpecs(const VisionConfig& config, int64_t text_hidden_size);
 
 // Positions a layer's KV cache holds for a sequence of up to max_positions
 // tokens fed in chunks of up to max_chunk: none for KV-shared layers (they

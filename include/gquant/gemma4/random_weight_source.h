@@ -53,7 +53,9 @@ struct RandomWeightOptions {
 // The source for `config.text`, validated by ModelPlan::Create (whose errors,
 // ValidateTextConfig's included, it returns). Its config() is text-only:
 // model_type "gemma4_text", architectures {"Gemma4ForCausalLM"}, eos ids
-// from the text config; `config`'s media fields are dropped.
+// from the text config; `config`'s vision tower (its weights generated as
+// well: MediaNames, int8 per row when quantized, as the bundled recipes)
+// and media token ids are kept, the audio tower dropped.
 absl::StatusOr<std::unique_ptr<WeightSource>> MakeRandomWeightSource(
     const Config& config, const RandomWeightOptions& options = {});
 

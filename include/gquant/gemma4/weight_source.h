@@ -4,9 +4,12 @@
 // gemma4/gguf_mapping.h, dequantized with ggml's formulas).
 //
 // Names are HF names without the model prefix ("layers.0.mlp.up_proj.weight");
-// the source accepts either "model.language_model." or "model." in the file
-// and ignores vision/audio towers. A tied model's "lm_head.weight" is absent
-// unless the file stores an untied one.
+// the source accepts either "model.language_model." or "model." in the file.
+// The vision/audio towers and their embedders are listed apart (MediaNames:
+// "vision_tower.encoder.layers.0.mlp.up_proj.linear.weight",
+// "embed_vision.embedding_projection.weight", without "model.") and read
+// through the same calls. A tied model's "lm_head.weight" is absent unless
+// the file stores an untied one.
 #ifndef GQUANT_GEMMA4_WEIGHT_SOURCE_H_
 #define GQUANT_GEMMA4_WEIGHT_SOURCE_H_
 
@@ -33,6 +36,10 @@ class WeightSource {
   virtual const Config& config() const = 0;
   // Text-model weight names (unprefixed), in file order.
   virtual std::vector<std::string> Names() const = 0;
+  // Vision/audio tower and embedder weight names, in file order; empty when
+  // the file has none (the default; GGUF files keep them in a separate
+  // mmproj file).
+  virtual std::vector<std::string> MediaNames() const;
   // Logical (dequantized) torch shape; nullopt for an unknown name.
   virtual std::optional<std::vector<int64_t>> Shape(std::string_view name) const = 0;
   // The weight in float32, row-major. NotFound for an unknown name; the
@@ -74,6 +81,13 @@ absl::StatusOr<std::unique_ptr<WeightSource>> OpenWeightSource(const std::string
 // embedding's shape in a tied model (the forward then uses it: a quantized
 // checkpoint may quantize the head apart from the embedding).
 absl::Status CheckWeights(const ModelPlan& plan, const WeightSource& source);
+
+// Checks that `source` holds every vision weight its config's vision tower
+// needs (VisionWeightSpecs) with the right shapes; a clip bound may be stored
+// as [1] as well as 0-d. Returns OkStatus, FailedPrecondition without a
+// vision_config, or one InvalidArgument listing every missing and mis-shaped
+// weight, naming the source.
+absl::Status CheckVisionWeights(const WeightSource& source);
 
 }  // namespace gquant::gemma4
 
