@@ -23,6 +23,7 @@
 #include "gquant/recipe.h"
 #include "gquant/status.h"
 #include "rms_norm.cuh"
+#include "vision_flash_attention.cuh"
 #include "vision_kernels.cuh"
 
 namespace gquant::cuda {
@@ -122,6 +123,7 @@ struct GpuVisionModel::State {
   DeviceBuffer<float> inv_freq;            // [head_dim / 4]
 
   cudaStream_t stream = nullptr;
+  bool use_flash = true;  // VisionFlashAttention; else the cuBLAS path (head dims it refuses)
   std::optional<LinearContext> linear;
   std::optional<VisionAttentionWorkspace> attention;
   Activations act;
@@ -321,8 +323,13 @@ struct GpuVisionModel::State {
                                               inv_freq.data(), act.positions.data(), stream));
       GQ_RETURN_IF_ERROR(
           VisionHeadNormRope2d(act.v.data(), p, nkv, d, nullptr, eps, nullptr, nullptr, stream));
-      GQ_RETURN_IF_ERROR(VisionAttention(act.q.data(), act.k.data(), act.v.data(), p, real, nh, nkv,
-                                         d, act.attention.data(), *attention, stream));
+      if (use_flash) {
+        GQ_RETURN_IF_ERROR(VisionFlashAttention(act.q.data(), act.k.data(), act.v.data(), p, real,
+                                                nh, nkv, d, act.attention.data(), stream));
+      } else {
+        GQ_RETURN_IF_ERROR(VisionAttention(act.q.data(), act.k.data(), act.v.data(), p, real, nh,
+                                           nkv, d, act.attention.data(), *attention, stream));
+      }
       GQ_RETURN_IF_ERROR(RunClipped(w.o, act.attention.data(), p, act.delta.data()));
       GQ_RETURN_IF_ERROR(AddNormalizedThenNorm(act.residual.data(), act.delta.data(), p,
                                                static_cast<int>(h), w.post_attention_norm.data(),

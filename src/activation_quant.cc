@@ -418,7 +418,10 @@ absl::Status WriteActivationQuantParams(const std::string& dir,
   std::vector<SafetensorsTensorSpec> specs;
   std::map<std::string, std::string> metadata;
   metadata.emplace(kVersionKey, kVersion);  // (operator= from a char array trips GCC 12 -Wrestrict)
-  for (const auto& [name, p] : params) {
+  for (const auto& entry : params) {
+    // Not a structured binding: clang 14 (the sanitizer build) cannot capture one.
+    const std::string& name = entry.first;
+    const ActivationQuantParams& p = entry.second;
     if (name.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": empty weight name"));
     GQ_RETURN_IF_ERROR(
         Annotate(ValidateActivationQuantParams(p), what, ": params of '", name, "'"));

@@ -54,6 +54,34 @@ inline std::vector<uint8_t> ReadBytes(const SafetensorsFile& file, const std::st
   return out;
 }
 
+// A fixture's golden.safetensors (tests/data/README.md), widened to double /
+// int; image_rows (HF's float64 embedder rows, as float) only in the vision
+// fixtures.
+struct ModelGolden {
+  std::vector<int> input_ids, decode_tokens, forced_tokens;
+  std::vector<double> prefill, prefill_bf16, hidden, decode, forced;
+  std::vector<float> image_rows;
+};
+
+inline ModelGolden ReadModelGolden(const std::string& fixture) {
+  auto file = SafetensorsFile::Open(FixtureDir(fixture) + "/golden.safetensors");
+  REQUIRE_OK(file);
+  ModelGolden g;
+  g.input_ids = ReadIds(*file, "input_ids");
+  g.decode_tokens = ReadIds(*file, "decode_tokens");
+  g.forced_tokens = ReadIds(*file, "forced_tokens");
+  g.prefill = ReadDoubles(*file, "prefill_logits_f64");
+  g.prefill_bf16 = ReadDoubles(*file, "prefill_logits_bf16");
+  g.hidden = ReadDoubles(*file, "hidden_states_f64");
+  g.decode = ReadDoubles(*file, "decode_logits_f64");
+  g.forced = ReadDoubles(*file, "forced_logits_f64");
+  if (file->Find("image_embeddings_f64") != nullptr) {
+    const std::vector<double> rows = ReadDoubles(*file, "image_embeddings_f64");
+    g.image_rows.assign(rows.begin(), rows.end());
+  }
+  return g;
+}
+
 // max over rows of ||a - b||_inf / ||b||_inf, rows of `width`.
 inline double MaxRelativeError(std::span<const float> a, std::span<const double> b, int64_t width) {
   REQUIRE(a.size() == b.size());

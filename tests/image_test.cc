@@ -370,9 +370,10 @@ TEST_CASE("DecodeImage converts every PNG colour type to RGB as PIL does", "[ima
       PngSpec spec{width, height, type, depth, interlaced};
       spec.rows = RandomBytes(rng, spec.RowBytes() * height);
       const int sample_bytes = depth / 8;
+      const int pixel_channels = channels;  // clang 14 cannot capture a structured binding
       check(spec, [&](size_t p, int c) {
-        return spec
-            .rows[(p / width) * spec.RowBytes() + ((p % width) * channels + c) * sample_bytes];
+        return spec.rows[(p / width) * spec.RowBytes() +
+                         ((p % width) * pixel_channels + c) * sample_bytes];
       });
     }
   }

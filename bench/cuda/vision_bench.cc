@@ -30,36 +30,7 @@ namespace {
 
 using namespace bench;
 
-struct VisionModelSpec {
-  const char* name;  // the text config of ReleasedModelConfig
-  gemma4::VisionConfig vision;
-};
-
-gemma4::VisionConfig LargeVision() {
-  gemma4::VisionConfig v;
-  v.hidden_size = 1152;
-  v.intermediate_size = 4304;
-  v.num_hidden_layers = 27;
-  v.num_attention_heads = 16;
-  v.num_key_value_heads = 16;
-  v.head_dim = 72;
-  v.standardize = true;
-  return v;
-}
-
-gemma4::VisionConfig SmallVision() {
-  gemma4::VisionConfig v;
-  v.hidden_size = 768;
-  v.intermediate_size = 3072;
-  v.num_hidden_layers = 16;
-  v.num_attention_heads = 12;
-  v.num_key_value_heads = 12;
-  v.head_dim = 64;
-  v.use_clipped_linears = true;
-  return v;
-}
-
-const VisionModelSpec kModels[] = {{"31b", LargeVision()}, {"e2b", SmallVision()}};
+constexpr const char* kModels[] = {"31b", "e2b"};
 
 // One tower at a time stays loaded.
 GpuVisionModel& ModelFor(int index, bool quantized) {
@@ -68,20 +39,21 @@ GpuVisionModel& ModelFor(int index, bool quantized) {
   const int key = 2 * index + (quantized ? 1 : 0);
   if (loaded != key) {
     model.reset();
-    absl::StatusOr<gemma4::Config> config = gemma4::ReleasedModelConfig(kModels[index].name);
-    if (!config.ok()) std::abort();
-    config->vision = kModels[index].vision;
+    absl::StatusOr<gemma4::Config> config = gemma4::ReleasedModelConfig(kModels[index]);
+    absl::StatusOr<gemma4::VisionConfig> vision = gemma4::ReleasedVisionConfig(kModels[index]);
+    if (!config.ok() || !vision.ok()) std::abort();
+    config->vision = *vision;
     auto source = gemma4::MakeRandomWeightSource(*config, {.seed = 3, .quantized = quantized});
     if (!source.ok()) std::abort();
     absl::StatusOr<std::unique_ptr<GpuVisionModel>> made = GpuVisionModel::Load(**source, {});
     if (!made.ok()) {
-      std::fprintf(stderr, "loading %s vision: %s\n", kModels[index].name,
+      std::fprintf(stderr, "loading %s vision: %s\n", kModels[index],
                    made.status().ToString().c_str());
       std::abort();
     }
     model = *std::move(made);
     loaded = key;
-    std::fprintf(stderr, "%s vision (%s): %.3f GB of weights\n", kModels[index].name,
+    std::fprintf(stderr, "%s vision (%s): %.3f GB of weights\n", kModels[index],
                  quantized ? "int8" : "bf16", model->weight_bytes() / 1e9);
   }
   return *model;
@@ -149,7 +121,7 @@ void BM_VisionEncode(benchmark::State& state) {
     state.SetIterationTime(ms / 1e3);
     seconds += ms / 1e3;
   }
-  absl::StatusOr<gemma4::Config> config = gemma4::ReleasedModelConfig(kModels[index].name);
+  absl::StatusOr<gemma4::Config> config = gemma4::ReleasedModelConfig(kModels[index]);
   const double per_image = seconds / state.iterations();
   const double cublas =
       CublasVisionSeconds(c, config->text.hidden_size, static_cast<int>(input.max_patches));

@@ -503,4 +503,21 @@ absl::StatusOr<Config> ReleasedModelConfig(std::string_view name) {
   return TextOnly(std::move(text));
 }
 
+absl::StatusOr<VisionConfig> ReleasedVisionConfig(std::string_view name) {
+  const bool large = name == "31b" || name == "26b-a4b";
+  if (!large && name != "e2b" && name != "e4b") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "no released vision tower named '", std::string(name), "' (31b, 26b-a4b, e2b, e4b)"));
+  }
+  VisionConfig v;
+  v.hidden_size = large ? 1152 : 768;
+  v.intermediate_size = large ? 4304 : 3072;
+  v.num_hidden_layers = large ? 27 : 16;
+  v.num_attention_heads = v.num_key_value_heads = large ? 16 : 12;
+  v.head_dim = large ? 72 : 64;
+  v.standardize = large;
+  v.use_clipped_linears = !large;
+  return v;
+}
+
 }  // namespace gquant::gemma4

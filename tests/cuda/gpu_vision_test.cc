@@ -109,16 +109,10 @@ TEST_CASE("GPU vision tower matches the HF goldens and the CPU", "[cuda][gpu_vis
 gemma4::Config RealShapes(bool large) {
   auto config = gemma4::ReleasedModelConfig(large ? "31b" : "e2b");
   REQUIRE_OK(config);
-  gemma4::VisionConfig v;
-  v.hidden_size = large ? 1152 : 768;
-  v.intermediate_size = large ? 4304 : 3072;
-  v.num_hidden_layers = 2;
-  v.num_attention_heads = large ? 16 : 12;
-  v.num_key_value_heads = v.num_attention_heads;
-  v.head_dim = large ? 72 : 64;
-  v.standardize = large;
-  v.use_clipped_linears = !large;
-  config->vision = v;
+  auto vision = gemma4::ReleasedVisionConfig(large ? "31b" : "e2b");
+  REQUIRE_OK(vision);
+  vision->num_hidden_layers = 2;
+  config->vision = *vision;
   return *config;
 }
 

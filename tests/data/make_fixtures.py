@@ -214,25 +214,31 @@ def run_goldens(model64, model32, model_bf16, input_ids, forced):
     ), drift
 
 
-def make_fixture(name, spec, out_dir, seed):
-    gen = torch.Generator().manual_seed(seed)
+def build_saved_models(spec, gen, target):
+    """The random float32 model, saved with its bf16 copy under target/f32 and
+    target/bf16; returns (float32, bf16, float64) models with equal weights."""
     model = build_model(spec)
     randomize(model, gen)
     model.eval()
-    target = os.path.join(out_dir, name)
     model.save_pretrained(os.path.join(target, "f32"))
     model_bf16 = build_model(spec)
     model_bf16.load_state_dict(model.state_dict())
     model_bf16 = model_bf16.to(torch.bfloat16).eval()
     model_bf16.save_pretrained(os.path.join(target, "bf16"))
+    model64 = build_model(spec)
+    model64.load_state_dict(model.state_dict())
+    return model, model_bf16, model64.double().eval()
+
+
+def make_fixture(name, spec, out_dir, seed):
+    gen = torch.Generator().manual_seed(seed)
+    target = os.path.join(out_dir, name)
+    model, model_bf16, model64 = build_saved_models(spec, gen, target)
 
     vocab = spec["text"]["vocab_size"]
     ids = torch.randint(3, vocab, (1, PROMPT_LEN), generator=gen)
     ids[0, 0] = 2  # BOS
     forced = torch.randint(3, vocab, (DECODE_STEPS,), generator=gen)
-    model64 = build_model(spec)
-    model64.load_state_dict(model.state_dict())
-    model64 = model64.double().eval()
     goldens, drift = run_goldens(model64, model, model_bf16, ids, forced)
     metadata = {
         "config": name,
@@ -344,18 +350,8 @@ def make_vision_fixture(name, spec, out_dir, seed):
     from PIL import Image
     from transformers.models.gemma4.image_processing_gemma4 import Gemma4ImageProcessor
     gen = torch.Generator().manual_seed(seed)
-    model = build_model(spec)
-    randomize(model, gen)
-    model.eval()
     target = os.path.join(out_dir, name)
-    model.save_pretrained(os.path.join(target, "f32"))
-    model_bf16 = build_model(spec)
-    model_bf16.load_state_dict(model.state_dict())
-    model_bf16 = model_bf16.to(torch.bfloat16).eval()
-    model_bf16.save_pretrained(os.path.join(target, "bf16"))
-    model64 = build_model(spec)
-    model64.load_state_dict(model.state_dict())
-    model64 = model64.double().eval()
+    model, model_bf16, model64 = build_saved_models(spec, gen, target)
 
     # The image: written as PNG (lossless) and JPEG, each run through HF's processor.
     im = spec["image"]

@@ -33,31 +33,12 @@ namespace {
 
 using gquant::testing::FixtureDir;
 using gquant::testing::MaxRelativeError;
-using gquant::testing::ReadDoubles;
-using gquant::testing::ReadIds;
 using gquant::testing::TempDir;
 using gquant::testing::TestDataDir;
 
-// golden.safetensors, widened to double / int.
-struct Golden {
-  std::vector<int> input_ids, decode_tokens, forced_tokens;
-  std::vector<double> prefill, prefill_bf16, hidden, decode, forced;
-};
+using Golden = gquant::testing::ModelGolden;
 
-Golden ReadGolden(const std::string& fixture) {
-  auto file = SafetensorsFile::Open(FixtureDir(fixture) + "/golden.safetensors");
-  REQUIRE_OK(file);
-  Golden g;
-  g.input_ids = ReadIds(*file, "input_ids");
-  g.decode_tokens = ReadIds(*file, "decode_tokens");
-  g.forced_tokens = ReadIds(*file, "forced_tokens");
-  g.prefill = ReadDoubles(*file, "prefill_logits_f64");
-  g.prefill_bf16 = ReadDoubles(*file, "prefill_logits_bf16");
-  g.hidden = ReadDoubles(*file, "hidden_states_f64");
-  g.decode = ReadDoubles(*file, "decode_logits_f64");
-  g.forced = ReadDoubles(*file, "forced_logits_f64");
-  return g;
-}
+Golden ReadGolden(const std::string& fixture) { return gquant::testing::ReadModelGolden(fixture); }
 
 double MaxAbsDiff(std::span<const float> a, std::span<const float> b) {
   REQUIRE(a.size() == b.size());

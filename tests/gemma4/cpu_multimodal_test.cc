@@ -26,28 +26,12 @@ namespace {
 
 using gquant::testing::FixtureDir;
 using gquant::testing::MaxRelativeError;
-using gquant::testing::ReadDoubles;
-using gquant::testing::ReadIds;
 
-struct MultimodalGolden {
-  std::vector<int> input_ids, decode_tokens, forced_tokens;
-  std::vector<float> image_rows;  // HF's embedder output, [soft tokens, H]
-  std::vector<double> prefill, hidden, decode, forced;
-};
+using MultimodalGolden = gquant::testing::ModelGolden;
 
 MultimodalGolden ReadMultimodalGolden(const std::string& fixture) {
-  auto file = SafetensorsFile::Open(FixtureDir(fixture) + "/golden.safetensors");
-  REQUIRE_OK(file);
-  MultimodalGolden g;
-  g.input_ids = ReadIds(*file, "input_ids");
-  g.decode_tokens = ReadIds(*file, "decode_tokens");
-  g.forced_tokens = ReadIds(*file, "forced_tokens");
-  const std::vector<double> rows = ReadDoubles(*file, "image_embeddings_f64");
-  g.image_rows.assign(rows.begin(), rows.end());
-  g.prefill = ReadDoubles(*file, "prefill_logits_f64");
-  g.hidden = ReadDoubles(*file, "hidden_states_f64");
-  g.decode = ReadDoubles(*file, "decode_logits_f64");
-  g.forced = ReadDoubles(*file, "forced_logits_f64");
+  MultimodalGolden g = gquant::testing::ReadModelGolden(fixture);
+  REQUIRE(!g.image_rows.empty());
   return g;
 }
 

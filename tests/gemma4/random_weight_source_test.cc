@@ -429,6 +429,27 @@ TEST_CASE("Released model configs", "[random_weights]") {
   CHECK(moe.top_k_experts == 8);
   CHECK(moe.moe_intermediate_size == 704);
   REQUIRE_STATUS_IS(ReleasedModelConfig("31B-it"), absl::StatusCode::kInvalidArgument);
+
+  // Vision towers (spec §1.2): the 31B's with its embedder has ~0.58 B parameters.
+  auto large = ReleasedVisionConfig("31b");
+  REQUIRE_OK(large);
+  CHECK(large->hidden_size == 1152);
+  CHECK(large->num_attention_heads * large->head_dim == 1152);
+  CHECK(large->standardize);
+  CHECK_FALSE(large->use_clipped_linears);
+  int64_t params = 0;
+  for (const WeightSpec& spec : VisionWeightSpecs(*large, 5376)) {
+    int64_t n = 1;
+    for (int64_t d : spec.shape) n *= d;
+    params += n;
+  }
+  CHECK((params > 570'000'000 && params < 590'000'000));
+  auto small = ReleasedVisionConfig("e4b");
+  REQUIRE_OK(small);
+  CHECK(small->num_hidden_layers == 16);
+  CHECK(small->num_attention_heads * small->head_dim == 768);
+  CHECK(small->use_clipped_linears);
+  REQUIRE_STATUS_IS(ReleasedVisionConfig("12b"), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_CASE("Random weights: the CPU forward stays O(1)", "[random_weights]") {

@@ -64,6 +64,12 @@ absl::StatusOr<std::unique_ptr<WeightSource>> MakeRandomWeightSource(
 // InvalidArgument for another name.
 absl::StatusOr<Config> ReleasedModelConfig(std::string_view name);
 
+// The vision towers of the released models (spec §1.2): "31b" and "26b-a4b"
+// (hidden 1152, 27 layers, 16 heads of 72, standardize), "e2b" and "e4b"
+// (hidden 768, 16 layers, 12 heads of 64, clipped linears). InvalidArgument
+// for another name.
+absl::StatusOr<VisionConfig> ReleasedVisionConfig(std::string_view name);
+
 }  // namespace gquant::gemma4
 
 #endif  // GQUANT_GEMMA4_RANDOM_WEIGHT_SOURCE_H_
