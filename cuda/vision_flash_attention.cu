@@ -289,6 +289,10 @@ __global__ void __launch_bounds__(kThreads) VisionFlashAttentionKernel(const Par
     sum += __shfl_xor_sync(0xFFFFFFFFu, sum, 2);
     inverse[h] = sum > 0.0f ? 1.0f / sum : 0.0f;
   }
+  // Every lane's Q reads (ldmatrix, before the key loop) are ordered before
+  // the writes over the same rows; with one key tile no block barrier lies
+  // between them.
+  __syncwarp();
 #pragma unroll
   for (int nt = 0; nt < kDim / 8; ++nt) {
 #pragma unroll
