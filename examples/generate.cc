@@ -20,7 +20,9 @@
 // id (<|image|>, the config's image_token_id) in the prompt, in order; each
 // placeholder is expanded into BOI + N soft tokens + EOI (N from the image
 // size and --image-tokens) and the vision tower's output takes their place.
-// The vision tower runs on the same device as the text model.
+// The vision tower runs on the same device as the text model; on the CPU, a
+// checkpoint calibrated by gquant-quantize --calibrate-images runs its
+// embedder with the int8 activations it recorded.
 //
 // --device=cuda packs the weights onto the GPU (quantized ones stay
 // quantized; --recipe quantizes a plain checkpoint on load), samples on the
@@ -29,8 +31,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -40,10 +44,12 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "gquant/activation_quant.h"
 #include "gquant/gemma4/cpu_model.h"
 #include "gquant/gemma4/cpu_vision.h"
 #include "gquant/gemma4/image_prompt.h"
 #include "gquant/gemma4/quality.h"
+#include "gquant/gemma4/vision_calibration.h"
 #include "gquant/gemma4/vision_input.h"
 #include "gquant/image.h"
 #include "gquant/sampler.h"
@@ -138,6 +144,22 @@ absl::StatusOr<EncodedImages> EncodeImages(
   return out;
 }
 
+// The embedder's int8 activation params when the checkpoint directory at
+// `path` holds activation_quant.safetensors (gquant-quantize
+// --calibrate-images), else nullopt.
+absl::StatusOr<std::optional<gquant::ActivationQuantParams>> CalibratedEmbedder(
+    const std::string& path) {
+  const std::filesystem::path dir = std::filesystem::is_directory(path)
+                                        ? std::filesystem::path(path)
+                                        : std::filesystem::path(path).parent_path();
+  if (!std::filesystem::exists(dir / gquant::kActivationQuantFileName)) return std::nullopt;
+  GQ_ASSIGN_OR_RETURN(gquant::ActivationQuantParams params,
+                      gquant::gemma4::ReadEmbedderActivationParams(dir.string()));
+  std::fprintf(stderr, "vision embedder: int8 activations from %s\n",
+               (dir / gquant::kActivationQuantFileName).c_str());
+  return params;
+}
+
 absl::Status CheckHasVision(const std::string& path, const gquant::gemma4::Config& config) {
   if (config.vision.has_value()) return absl::OkStatus();
   return absl::InvalidArgumentError(
@@ -211,9 +233,12 @@ absl::Status RunOnCpu(const std::string& path, const std::vector<std::vector<int
   if (!files.empty()) {
     const gquant::gemma4::Config& config = model->source().config();
     GQ_RETURN_IF_ERROR(CheckHasVision(path, config));
+    gquant::gemma4::CpuVisionOptions options{.threads = absl::GetFlag(FLAGS_threads)};
+    // A checkpoint calibrated by gquant-quantize --calibrate-images runs its
+    // embedder with int8 activations.
+    GQ_ASSIGN_OR_RETURN(options.embedder_activations, CalibratedEmbedder(path));
     GQ_ASSIGN_OR_RETURN(const std::unique_ptr<gquant::gemma4::CpuVisionModel> vision,
-                        gquant::gemma4::CpuVisionModel::Create(
-                            model->source(), {.threads = absl::GetFlag(FLAGS_threads)}));
+                        gquant::gemma4::CpuVisionModel::Create(model->source(), options));
     GQ_ASSIGN_OR_RETURN(images, EncodeImages(config, files, [&](const auto& input) {
                           return vision->EncodeImage(input);
                         }));
@@ -254,6 +279,10 @@ absl::Status RunOnCuda(const std::string& path, const std::vector<std::vector<in
   EncodedImages images;
   if (!files.empty()) {  // the vision tower on the GPU too, loaded from the same path
     GQ_RETURN_IF_ERROR(CheckHasVision(path, model->config()));
+    GQ_ASSIGN_OR_RETURN(const auto calibrated, CalibratedEmbedder(path));
+    if (calibrated.has_value()) {
+      std::fprintf(stderr, "  note: the GPU vision embedder runs with bf16 activations\n");
+    }
     GQ_ASSIGN_OR_RETURN(const std::unique_ptr<gquant::gemma4::WeightSource> source,
                         gquant::gemma4::OpenWeightSource(path));
     GQ_ASSIGN_OR_RETURN(
