@@ -26,7 +26,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 seconds=${1:-30}
 [ $# -gt 0 ] && shift
-all_targets=(safetensors_header gguf_file recipe_json config_json gguf_unpack quantized_checkpoint)
+all_targets=(safetensors_header gguf_file recipe_json config_json gguf_unpack quantized_checkpoint
+             image_decode)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all_targets[@]}")
 build=${GQUANT_FUZZ_BUILD_DIR:-$repo/build-fuzz}
