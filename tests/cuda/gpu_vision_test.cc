@@ -170,6 +170,28 @@ TEST_CASE("GPU vision tower at the released widths matches the CPU", "[cuda][gpu
   }
 }
 
+TEST_CASE("GPU vision tower: a head dim the flash kernel refuses takes the cuBLAS attention",
+          "[cuda][gpu_vision]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  std::mt19937_64 rng = gquant::testing::MakeRng();
+  gemma4::Config config = RealShapes(true);
+  config.vision->num_attention_heads = config.vision->num_key_value_heads = 8;
+  config.vision->head_dim = 20;  // a multiple of 4 (2-D RoPE), not of 8
+  auto source = gemma4::MakeRandomWeightSource(config, {.seed = 4, .quantized = false});
+  REQUIRE_OK(source);
+  auto cpu = CpuVisionModel::Create(**source, {});
+  REQUIRE_OK(cpu);
+  auto gpu = LoadGpu(**source);
+  const VisionInput input = RandomImage(*config.vision, 10, 12, rng);
+  auto want = (*cpu)->EncodeImage(input);
+  REQUIRE_OK(want);
+  auto got = gpu->EncodeImage(input);
+  REQUIRE_OK(got);
+  const double err = RelativeL2(*got, Widen(*want));
+  WARN("head dim 20 (cuBLAS attention): relative L2 " << err);
+  CHECK(err <= kRelativeL2);
+}
+
 TEST_CASE("GPU vision tower refuses what it cannot run", "[cuda][gpu_vision]") {
   GQ_SKIP_WITHOUT_CUDA();
   auto text_only = gemma4::OpenWeightSource(FixtureDir("tiny-31b") + "/f32");
