@@ -386,9 +386,9 @@ absl::Status GpuSequence::SkipTo(int64_t length) {
 
 namespace {
 
-// Image rows of a prefill chunk (spec §5.5): the float rows of its
-// placeholders (rows[k] for chunk index image->image_at[k]), and the last
-// keys the sliding layers use (uploaded to seq.last_key when not empty).
+// Image rows of a prefill chunk (spec §5.5): its plan (placeholders at
+// plan->image_at, and the last keys the sliding layers use, already in
+// seq.last_key when not empty) and the float rows (row k for image_at[k]).
 struct ChunkImages {
   const gemma4::ImageChunk* plan = nullptr;
   std::span<const float> rows;
