@@ -55,6 +55,7 @@
 #include "cuda_status.cuh"
 #include "device_primitives.cuh"
 #include "launch.cuh"
+#include "online_softmax.cuh"
 #include "prefill_attention.cuh"
 
 namespace gquant::cuda {
@@ -66,7 +67,6 @@ constexpr int kSliceDim = 256;  // head-dim columns per warp: a 16 x 256 fp32 ac
 constexpr int kRowWarps = kRows / 16;
 constexpr int kMaxQueryTiles = 65535;       // gridDim.y
 constexpr int64_t kMaxPositions = 1 << 30;  // positions and slots: int32 math with headroom
-constexpr float kLog2e = 1.4426950408889634f;
 static_assert(kRows == kKeys, "the Q, K and V tiles share one size");
 static_assert(kSliceDim / 8 == 32, "the output stage gives each lane one 16-byte chunk of a row");
 
@@ -288,40 +288,8 @@ __global__ void __launch_bounds__(Shape<kHeadDim>::kThreads, kHeadDim == 256 ? 2
       }
     }
 
-    // Online softmax: new row maxima (over the quad that shares a row),
-    // rescale, exponentiate.
-    float rescale[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float tile_max = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < kKeys / 8; ++nt) {
-        tile_max = fmaxf(tile_max, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
-      }
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xFFFFFFFFu, tile_max, 1));
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xFFFFFFFFu, tile_max, 2));
-      const float new_max = fmaxf(row_max[h], tile_max);
-      const float offset = new_max == -INFINITY ? 0.0f : new_max * kLog2e;
-      rescale[h] = exp2f(row_max[h] * kLog2e - offset);
-      row_max[h] = new_max;
-      float sum = 0.0f;
-#pragma unroll
-      for (int nt = 0; nt < kKeys / 8; ++nt) {
-#pragma unroll
-        for (int i = 2 * h; i < 2 * h + 2; ++i) {
-          s[nt][i] = exp2f(fmaf(s[nt][i], kLog2e, -offset));
-          sum += s[nt][i];
-        }
-      }
-      row_sum[h] = row_sum[h] * rescale[h] + sum;
-    }
-#pragma unroll
-    for (int nt = 0; nt < kSliceDim / 8; ++nt) {
-      o[nt][0] *= rescale[0];
-      o[nt][1] *= rescale[0];
-      o[nt][2] *= rescale[1];
-      o[nt][3] *= rescale[1];
-    }
+    // Online softmax: new row maxima, rescale, exponentiate.
+    OnlineSoftmaxStep(s, o, row_max, row_sum);
 
     WaitCopies<0>();
     __syncthreads();  // V(tile) is in; every warp is done with K(tile)
@@ -352,13 +320,7 @@ __global__ void __launch_bounds__(Shape<kHeadDim>::kThreads, kHeadDim == 256 ? 2
   // Normalize, stage in this warp's own rows and columns of the Q tile, and
   // write each row's 512 bytes with one 16-byte store per lane.
   float inverse[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float sum = row_sum[h];
-    sum += __shfl_xor_sync(0xFFFFFFFFu, sum, 1);
-    sum += __shfl_xor_sync(0xFFFFFFFFu, sum, 2);
-    inverse[h] = sum > 0.0f ? 1.0f / sum : 0.0f;
-  }
+  RowInverseSums(row_sum, inverse);
 #pragma unroll
   for (int nt = 0; nt < kSliceDim / 8; ++nt) {
 #pragma unroll

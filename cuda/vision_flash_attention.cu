@@ -53,6 +53,7 @@
 #include "cuda_status.cuh"
 #include "device_primitives.cuh"
 #include "launch.cuh"
+#include "online_softmax.cuh"
 #include "vision_flash_attention.cuh"
 
 namespace gquant::cuda {
@@ -64,7 +65,6 @@ constexpr int kThreads = 32 * kWarps;
 constexpr int kMaxHeadDim = 128;          // the accumulator's registers bound it
 constexpr int64_t kMaxPatches = 1 << 30;  // int row indices with headroom
 constexpr int kMaxHeads = 65535;          // gridDim.y
-constexpr float kLog2e = 1.4426950408889634f;
 
 // The tile geometry of a padded head dim kDim (a multiple of 16).
 template <int kDim>
@@ -225,42 +225,8 @@ __global__ void __launch_bounds__(kThreads) VisionFlashAttentionKernel(const Par
       }
     }
 
-    // Online softmax: new row maxima (over the quad that shares a row),
-    // rescale, exponentiate.
-    float rescale[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float tile_max = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < kTileRows / 8; ++nt) {
-        tile_max = fmaxf(tile_max, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
-      }
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xFFFFFFFFu, tile_max, 1));
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xFFFFFFFFu, tile_max, 2));
-      const float new_max = fmaxf(row_max[h], tile_max);
-      // Every tile has a real key, so new_max is finite unless q or k is
-      // not; -inf would otherwise give exp(-inf + inf) = NaN.
-      const float offset = new_max == -INFINITY ? 0.0f : new_max * kLog2e;
-      rescale[h] = exp2f(row_max[h] * kLog2e - offset);
-      row_max[h] = new_max;
-      float sum = 0.0f;
-#pragma unroll
-      for (int nt = 0; nt < kTileRows / 8; ++nt) {
-#pragma unroll
-        for (int i = 2 * h; i < 2 * h + 2; ++i) {
-          s[nt][i] = exp2f(fmaf(s[nt][i], kLog2e, -offset));
-          sum += s[nt][i];
-        }
-      }
-      row_sum[h] = row_sum[h] * rescale[h] + sum;
-    }
-#pragma unroll
-    for (int nt = 0; nt < kDim / 8; ++nt) {
-      o[nt][0] *= rescale[0];
-      o[nt][1] *= rescale[0];
-      o[nt][2] *= rescale[1];
-      o[nt][3] *= rescale[1];
-    }
+    // Online softmax: new row maxima, rescale, exponentiate.
+    OnlineSoftmaxStep(s, o, row_max, row_sum);
 
     // O += P V: the m16n8 accumulator layout of S is the A layout of P.
 #pragma unroll
@@ -282,13 +248,7 @@ __global__ void __launch_bounds__(kThreads) VisionFlashAttentionKernel(const Par
   // Normalize, stage in this warp's own rows of the Q tile, and store the
   // real chunks of each row with 16-byte stores.
   float inverse[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float sum = row_sum[h];
-    sum += __shfl_xor_sync(0xFFFFFFFFu, sum, 1);
-    sum += __shfl_xor_sync(0xFFFFFFFFu, sum, 2);
-    inverse[h] = sum > 0.0f ? 1.0f / sum : 0.0f;
-  }
+  RowInverseSums(row_sum, inverse);
   // Every lane's Q reads (ldmatrix, before the key loop) are ordered before
   // the writes over the same rows; with one key tile no block barrier lies
   // between them.

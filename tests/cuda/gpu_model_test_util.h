@@ -67,8 +67,12 @@ inline float Margin(std::span<const float> row) {
 }
 
 // A greedy choice is compared only where the CPU's top two logits are at
-// least this far apart: ~10x the largest logit error measured (bf16).
-inline constexpr float kClearMargin = 0.05f;
+// least this far apart. The choice flips only when the GPU's errors on the
+// two logits differ by more than the gap: measured on the H100, single
+// logits err by 0.02-0.03 typically and 0.08 at most (int4, E2B-style), so
+// 0.15 is about twice the worst single error. (0.05 let one run in eight of
+// the image-prompt test compare a row whose choice flipped.)
+inline constexpr float kClearMargin = 0.15f;
 
 // ||gpu - cpu|| / ||cpu|| over all rows checked (relative_l2()), the worst
 // row's, and max |gpu - cpu|, with the argmax of every row whose CPU margin
