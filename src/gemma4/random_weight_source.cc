@@ -442,12 +442,13 @@ TextConfig ReleasedText(const ReleasedShape& s) {
   return c;
 }
 
-Config TextOnly(TextConfig text) {
-  Config config;
+// `config` as a text-only model's: model_type "gemma4_text", the causal-LM
+// architecture, the text config's eos ids, no audio tower.
+Config TextOnly(Config config) {
   config.model_type = "gemma4_text";
   config.architectures = {"Gemma4ForCausalLM"};
-  config.eos_token_ids = text.eos_token_ids;
-  config.text = std::move(text);
+  config.eos_token_ids = config.text.eos_token_ids;
+  config.has_audio = false;
   return config;
 }
 
@@ -456,17 +457,8 @@ Config TextOnly(TextConfig text) {
 absl::StatusOr<std::unique_ptr<WeightSource>> MakeRandomWeightSource(
     const Config& config, const RandomWeightOptions& options) {
   GQ_ASSIGN_OR_RETURN(const ModelPlan plan, ModelPlan::Create(config.text));
-  Config text_only = TextOnly(config.text);
-  text_only.vision = config.vision;  // its weights are generated too (no audio)
-  text_only.vision_soft_tokens_per_image = config.vision_soft_tokens_per_image;
-  // The media token ids stay, so image prompts can run on the text model.
-  text_only.boi_token_id = config.boi_token_id;
-  text_only.eoi_token_id = config.eoi_token_id;
-  text_only.image_token_id = config.image_token_id;
-  text_only.video_token_id = config.video_token_id;
-  text_only.boa_token_id = config.boa_token_id;
-  text_only.eoa_token_index = config.eoa_token_index;
-  text_only.audio_token_id = config.audio_token_id;
+  // The vision tower (its weights generated too) and the media ids stay.
+  Config text_only = TextOnly(config);
   return std::unique_ptr<WeightSource>(new RandomWeightSource(std::move(text_only), plan, options));
 }
 
@@ -500,7 +492,9 @@ absl::StatusOr<Config> ReleasedModelConfig(std::string_view name) {
   }
   GQ_RETURN_IF_ERROR(
       Annotate(ValidateTextConfig(text), "released Gemma 4 model '", std::string(name), "'"));
-  return TextOnly(std::move(text));
+  Config config;
+  config.text = std::move(text);
+  return TextOnly(std::move(config));
 }
 
 absl::StatusOr<VisionConfig> ReleasedVisionConfig(std::string_view name) {
