@@ -16,6 +16,7 @@
 #include "cuda_status.cuh"
 #include "decode_attention.cuh"
 #include "device_buffer.cuh"
+#include "device_experts.cuh"
 #include "device_linear.cuh"
 #include "device_upload.cuh"
 #include "gemma4/cpu_ops.h"  // RopeInverseFrequencies: the same float32 table as the CPU
@@ -28,6 +29,7 @@
 #include "gquant/status.h"
 #include "gquant/thread_pool.h"
 #include "kv_cache.cuh"
+#include "moe_kernels.cuh"
 #include "per_layer_inputs.cuh"
 #include "prefill_attention.cuh"
 #include "rms_norm.cuh"
@@ -97,6 +99,11 @@ struct LayerWeights {
   DeviceBuffer<bf16> q_norm, k_norm, post_ple_norm;
   DeviceBuffer<float> layer_scalar;  // [1]
   DeviceBuffer<float> inv_freq;      // [head_dim / 2]
+  // Mixture of experts (26B-A4B), beside the dense MLP: the router in
+  // float32 (moe_kernels.cuh says why) and the experts.
+  DeviceBuffer<float> router_proj, router_scale, per_expert_scale;  // [E, H], [H], [E]
+  DeviceBuffer<bf16> pre_feedforward_norm_2, post_feedforward_norm_1, post_feedforward_norm_2;
+  DeviceExperts experts_gate_up, experts_down;  // [E] x [2I, H], [E] x [H, I]
 };
 
 }  // namespace
@@ -117,6 +124,9 @@ struct GpuModel::State {
   std::vector<LayerWeights> layers;
   // The widest activations any layer needs, to size a sequence's buffers.
   int64_t max_q_width = 0, max_kv_width = 0, max_mlp_width = 0, max_group_width = 0;
+  // Some MoE layer's experts are not int4 (DeviceExperts::selectable): its
+  // decode routes on the host, so the decode step is not captured.
+  bool moe_host_routing = false;
   int64_t weights_done = 0, weights_total = 0;
 
   const TextConfig& config() const { return plan.config; }
@@ -233,6 +243,49 @@ struct GpuModel::State {
     report.weight_bytes += static_cast<int64_t>(values.size() * sizeof(bf16));
     return UploadBf16(values);
   }
+  // A weight as float32 on the device (dequantized if stored quantized).
+  absl::StatusOr<DeviceBuffer<float>> LoadFloat(const std::string& name) {
+    GQ_ASSIGN_OR_RETURN(std::vector<float> values, LoadVector(name));
+    report.weight_bytes += static_cast<int64_t>(values.size() * sizeof(float));
+    return Upload<float>(values);
+  }
+
+  // A 3-D [E, N, K] expert weight, one DeviceLinear per expert.
+  absl::StatusOr<DeviceExperts> LoadExperts(const std::string& name) {
+    GQ_ASSIGN_OR_RETURN(gemma4::BackendWeight weight, LoadWeight(name));
+    if (weight.shape.size() != 3) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source->description(), ": weight '", name, "' is not [experts, N, K]"));
+    }
+    const int count = static_cast<int>(weight.shape[0]);
+    GQ_ASSIGN_OR_RETURN(DeviceExperts experts,
+                        !weight.packed.empty()
+                            ? DeviceExperts::FromPacked(weight.packed, name)
+                            : DeviceExperts::FromFloat(weight.values, count, weight.shape[1],
+                                                       weight.shape[2], name));
+    report.weight_bytes += experts.num_bytes();
+    report.expert_bytes += experts.num_bytes();
+    const int counted = experts.count();
+    switch (experts.form()) {
+      case LinearForm::kInt4:
+        report.int4_matrices += counted;
+        break;
+      case LinearForm::kInt8:
+        report.int8_matrices += counted;
+        break;
+      case LinearForm::kBf16:
+        report.bf16_matrices += counted;
+        break;
+    }
+    if (!experts.selectable() && !moe_host_routing) {
+      moe_host_routing = true;
+      report.notes.push_back(absl::StrCat(
+          name, ": ", std::string(LinearFormName(experts.form())),
+          " experts; decode routes tokens on the host (int4 experts are chosen on the GPU), "
+          "without a CUDA graph"));
+    }
+    return experts;
+  }
 
   absl::Status LoadLayer(const LayerPlan& layer) {
     const std::string p = absl::StrCat("layers.", layer.index, ".");
@@ -256,6 +309,19 @@ struct GpuModel::State {
     GQ_ASSIGN_OR_RETURN(w.gate_up, LoadGroup(gate_up));
     GQ_ASSIGN_OR_RETURN(w.down, LoadLinear(p + "mlp.down_proj.weight"));
     GQ_ASSIGN_OR_RETURN(w.post_feedforward_norm, LoadNorm(p + "post_feedforward_layernorm.weight"));
+    if (layer.has_moe) {
+      GQ_ASSIGN_OR_RETURN(w.router_proj, LoadFloat(p + "router.proj.weight"));
+      GQ_ASSIGN_OR_RETURN(w.router_scale, LoadFloat(p + "router.scale"));
+      GQ_ASSIGN_OR_RETURN(w.per_expert_scale, LoadFloat(p + "router.per_expert_scale"));
+      GQ_ASSIGN_OR_RETURN(w.pre_feedforward_norm_2,
+                          LoadNorm(p + "pre_feedforward_layernorm_2.weight"));
+      GQ_ASSIGN_OR_RETURN(w.post_feedforward_norm_1,
+                          LoadNorm(p + "post_feedforward_layernorm_1.weight"));
+      GQ_ASSIGN_OR_RETURN(w.post_feedforward_norm_2,
+                          LoadNorm(p + "post_feedforward_layernorm_2.weight"));
+      GQ_ASSIGN_OR_RETURN(w.experts_gate_up, LoadExperts(p + "experts.gate_up_proj"));
+      GQ_ASSIGN_OR_RETURN(w.experts_down, LoadExperts(p + "experts.down_proj"));
+    }
     if (layer.has_ple) {
       GQ_ASSIGN_OR_RETURN(w.ple_gate, LoadLinear(p + "per_layer_input_gate.weight"));
       GQ_ASSIGN_OR_RETURN(w.ple_projection, LoadLinear(p + "per_layer_projection.weight"));
@@ -341,6 +407,17 @@ struct GpuSequence::State {
   DeviceBuffer<int64_t> position;  // [1]: the chunk's first position
   int32_t* host_token = nullptr;   // pinned, one id
 
+  // MoE models (C tokens, top k of E experts, width I): the router's logits
+  // [C, E] and choices [C, k]; the experts' input [C, H]; rows in expert
+  // order [C k, H] (prefill: gathered inputs, then the experts' outputs),
+  // gate_up [C k, 2I], the gated product [C k, I] and the outputs in
+  // [token, slot] order [C k, H]; the prefill's gather and scatter indices
+  // [2 C k] and the host's copy of the ids (pinned).
+  DeviceBuffer<float> router_logits, route_weights;
+  DeviceBuffer<int32_t> route_ids, route_index;
+  DeviceBuffer<bf16> moe_normed, expert_rows, expert_gate_up, expert_mlp, expert_out;
+  int32_t* host_route_ids = nullptr;
+
   std::optional<LinearContext> linear_context;  // set by NewSequence
   std::optional<GpuSampler> sampler;
   cudaGraphExec_t decode_graph = nullptr;
@@ -350,6 +427,7 @@ struct GpuSequence::State {
   ~State() {
     if (decode_graph != nullptr) cudaGraphExecDestroy(decode_graph);
     if (host_token != nullptr) cudaFreeHost(host_token);
+    if (host_route_ids != nullptr) cudaFreeHost(host_route_ids);
     if (stream != nullptr) cudaStreamDestroy(stream);
   }
 
@@ -411,6 +489,88 @@ absl::Status ScatterImageRows(const ChunkImages& images, int64_t h, bf16* embedd
     begin = end;
   }
   return absl::OkStatus();
+}
+
+// The experts' part of an MoE layer's MLP (spec §2.4) for `t` tokens whose
+// dense MLP output is in seq.delta: routing from the residual, the chosen
+// experts on pre_feedforward_layernorm_2(residual), and seq.delta replaced by
+// post_feedforward_layernorm_1(dense) + post_feedforward_layernorm_2(experts).
+absl::Status EnqueueExperts(const GpuModel::State& m, GpuSequence::State& s, const LayerWeights& w,
+                            int64_t t) {
+  const TextConfig& c = m.config();
+  const cudaStream_t stream = s.stream;
+  const int h = c.hidden_size, experts = *c.num_experts, k = *c.top_k_experts;
+  const int64_t width = *c.moe_intermediate_size, pairs = t * k;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  GQ_RETURN_IF_ERROR(RouterLogits(s.residual.data(), t, h, w.router_scale.data(), PowF(h, -0.5),
+                                  eps, w.router_proj.data(), experts, s.router_logits.data(),
+                                  stream));
+  GQ_RETURN_IF_ERROR(RouteTopK(s.router_logits.data(), t, experts, w.per_expert_scale.data(), k,
+                               s.route_ids.data(), s.route_weights.data(), stream));
+  GQ_RETURN_IF_ERROR(RmsNorm(s.residual.data(), t, h, w.pre_feedforward_norm_2.data(), eps,
+                             s.moe_normed.data(), stream));
+  bf16* const gate_up = s.expert_gate_up.data();
+  if (t == 1 && w.experts_gate_up.selectable() && w.experts_down.selectable()) {
+    // Decode: each matrix once for all k slots, the ids read on the device.
+    GQ_RETURN_IF_ERROR(w.experts_gate_up.RunSelected(s.moe_normed.data(), 0, s.route_ids.data(), k,
+                                                     gate_up, stream));
+    GQ_RETURN_IF_ERROR(GeluTanhMul(gate_up, 2 * width, gate_up + width, 2 * width, k, width,
+                                   s.expert_mlp.data(), stream));
+    GQ_RETURN_IF_ERROR(w.experts_down.RunSelected(s.expert_mlp.data(), width, s.route_ids.data(), k,
+                                                  s.expert_out.data(), stream));
+  } else {
+    // The (token, slot) pairs sorted by expert on the host; each used
+    // expert then runs once on its rows.
+    GQ_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(s.host_route_ids, s.route_ids.data(),
+                                            pairs * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                                            stream));
+    GQ_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream));
+    std::vector<int64_t> begin(experts + 1, 0);
+    for (int64_t i = 0; i < pairs; ++i) {
+      const int32_t e = s.host_route_ids[i];
+      if (e < 0 || e >= experts) {
+        return absl::InternalError(absl::StrCat("MoE routing chose expert ", e, " of ", experts));
+      }
+      ++begin[e + 1];
+    }
+    for (int e = 0; e < experts; ++e) begin[e + 1] += begin[e];
+    // index[0, pairs): the token each sorted row reads; index[pairs, 2
+    // pairs): the [token, slot] row each sorted output goes to.
+    std::vector<int32_t> index(2 * pairs);
+    std::vector<int64_t> next(begin.begin(), begin.end() - 1);
+    for (int64_t i = 0; i < pairs; ++i) {
+      const int64_t row = next[s.host_route_ids[i]]++;
+      index[row] = static_cast<int32_t>(i / k);
+      index[pairs + row] = static_cast<int32_t>(i);
+    }
+    // Pageable memory: the copy has taken the bytes when the call returns.
+    GQ_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(s.route_index.data(), index.data(),
+                                            index.size() * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                            stream));
+    bf16* const rows = s.expert_rows.data();
+    GQ_RETURN_IF_ERROR(
+        GatherRows(s.moe_normed.data(), s.route_index.data(), pairs, h, rows, stream));
+    LinearContext& linear = *s.linear_context;
+    for (int e = 0; e < experts; ++e) {
+      const int64_t n = begin[e + 1] - begin[e];
+      if (n == 0) continue;
+      GQ_RETURN_IF_ERROR(w.experts_gate_up.Run(e, rows + begin[e] * h, n,
+                                               gate_up + begin[e] * 2 * width, linear, stream));
+    }
+    GQ_RETURN_IF_ERROR(GeluTanhMul(gate_up, 2 * width, gate_up + width, 2 * width, pairs, width,
+                                   s.expert_mlp.data(), stream));
+    for (int e = 0; e < experts; ++e) {  // outputs over the inputs, in expert order
+      const int64_t n = begin[e + 1] - begin[e];
+      if (n == 0) continue;
+      GQ_RETURN_IF_ERROR(w.experts_down.Run(e, s.expert_mlp.data() + begin[e] * width, n,
+                                            rows + begin[e] * h, linear, stream));
+    }
+    GQ_RETURN_IF_ERROR(
+        ScatterRows(rows, s.route_index.data() + pairs, pairs, h, s.expert_out.data(), stream));
+  }
+  return CombineExperts(s.delta.data(), s.expert_out.data(), s.route_weights.data(), t, k, h,
+                        w.post_feedforward_norm_1.data(), w.post_feedforward_norm_2.data(), eps,
+                        s.delta.data(), stream);
 }
 
 // Queues the forward of `t` tokens (ids already in seq.ids, *seq.position =
@@ -485,6 +645,7 @@ absl::Status EnqueueLayers(const GpuModel::State& m, GpuSequence::State& s, int6
     GQ_RETURN_IF_ERROR(GeluTanhMul(s.gate_up.data(), width, s.gate_up.data() + t * width, width, t,
                                    width, s.mlp.data(), stream));
     GQ_RETURN_IF_ERROR(w.down.Run(s.mlp.data(), t, s.delta.data(), linear, stream));
+    if (layer.has_moe) GQ_RETURN_IF_ERROR(EnqueueExperts(m, s, w, t));
 
     // The next block's pre-norm (or the final norm) fused into the last add;
     // layer_scalar multiplies the residual after the layer's last block.
@@ -634,11 +795,6 @@ absl::StatusOr<std::unique_ptr<GpuModel>> GpuModel::FromSource(
   GQ_ASSIGN_OR_RETURN(state->plan, gemma4::ModelPlan::Create(source->config().text));
   GQ_RETURN_IF_ERROR(gemma4::CheckWeights(state->plan, *source));
   for (const LayerPlan& layer : state->plan.layers) {
-    if (layer.has_moe) {
-      return absl::UnimplementedError(absl::StrCat(
-          source->description(), ": layer ", layer.index,
-          " has a mixture-of-experts block, which the GPU forward does not implement yet"));
-    }
     if (layer.head_dim != 256 && layer.head_dim != 512) {  // prefill_attention.cuh
       return absl::UnimplementedError(absl::StrCat(
           source->description(), ": layer ", layer.index, " has head_dim ", layer.head_dim,
@@ -728,6 +884,20 @@ absl::StatusOr<GpuSequence> GpuModel::NewSequence(int64_t max_positions, int max
   GQ_ASSIGN_OR_RETURN(s->ids, DeviceBuffer<int32_t>::Allocate(chunk));
   GQ_ASSIGN_OR_RETURN(s->last_key, DeviceBuffer<int32_t>::Allocate(chunk));
   GQ_ASSIGN_OR_RETURN(s->position, DeviceBuffer<int64_t>::Allocate(1));
+  if (c.enable_moe_block) {
+    const int64_t experts = *c.num_experts, pairs = chunk * *c.top_k_experts,
+                  width = *c.moe_intermediate_size;
+    GQ_ASSIGN_OR_RETURN(s->router_logits, DeviceBuffer<float>::Allocate(chunk * experts));
+    GQ_ASSIGN_OR_RETURN(s->route_weights, DeviceBuffer<float>::Allocate(pairs));
+    GQ_ASSIGN_OR_RETURN(s->route_ids, DeviceBuffer<int32_t>::Allocate(pairs));
+    GQ_ASSIGN_OR_RETURN(s->route_index, DeviceBuffer<int32_t>::Allocate(2 * pairs));
+    GQ_ASSIGN_OR_RETURN(s->moe_normed, DeviceBuffer<bf16>::Allocate(chunk * h));
+    GQ_ASSIGN_OR_RETURN(s->expert_rows, DeviceBuffer<bf16>::Allocate(pairs * h));
+    GQ_ASSIGN_OR_RETURN(s->expert_gate_up, DeviceBuffer<bf16>::Allocate(pairs * 2 * width));
+    GQ_ASSIGN_OR_RETURN(s->expert_mlp, DeviceBuffer<bf16>::Allocate(pairs * width));
+    GQ_ASSIGN_OR_RETURN(s->expert_out, DeviceBuffer<bf16>::Allocate(pairs * h));
+    GQ_RETURN_IF_CUDA_ERROR(cudaMallocHost(&s->host_route_ids, pairs * sizeof(int32_t)));
+  }
   GQ_ASSIGN_OR_RETURN(s->linear_context, LinearContext::Create());
   return GpuSequence(std::move(s));
 }
@@ -853,12 +1023,13 @@ absl::StatusOr<GenerateResult> GpuModel::Generate(GpuSequence& seq, std::span<co
 
   // Decode: the token sampled last is in ids[0]; each step runs it at
   // *position, samples the next into ids[0] and advances the position.
-  if (options.use_graph && s.decode_graph == nullptr) {
+  const bool use_graph = options.use_graph && !m.moe_host_routing;
+  if (use_graph && s.decode_graph == nullptr) {
     GQ_RETURN_IF_ERROR(CaptureDecodeGraph(m, s));
   }
   const Clock::time_point decode_start = Clock::now();
   while (true) {
-    if (options.use_graph) {
+    if (use_graph) {
       GQ_RETURN_IF_CUDA_ERROR(cudaGraphLaunch(s.decode_graph, s.stream));
     } else {
       GQ_RETURN_IF_ERROR(EnqueueDecodeStep(m, s));

@@ -25,8 +25,14 @@
 // Numerics: bf16 activations (one rounding per stored tensor), float32
 // accumulation, norms, softmax and residual. Against the CPU reference on
 // the same weights the logits agree to ~1e-2 relative (tests state the
-// bound). Not implemented yet: MoE layers (26B-A4B): Load returns
-// Unimplemented.
+// bound).
+//
+// Mixture of experts (26B-A4B, moe_kernels.cuh, device_experts.cuh): the
+// router runs in float32 on the GPU; decode multiplies the chosen experts
+// with one grouped GEMV per matrix that reads the ids on the device (int4
+// experts; a model with other expert forms routes on the host and decodes
+// without a graph); prefill sorts the chunk's (token, expert) pairs on the
+// host and runs each used expert once on its rows.
 //
 // Header without device code: plain C++ files may include it.
 #ifndef GQUANT_CUDA_GPU_MODEL_CUH_
@@ -62,6 +68,9 @@ struct GpuLoadReport {
   // Of those, tables only gathered from (the PLE table; an untied model's
   // input embedding): a decode step reads one row of them, not all.
   int64_t lookup_only_bytes = 0;
+  // Of weight_bytes, the MoE experts': a decode step reads top_k /
+  // num_experts of them (the chosen experts' matrices).
+  int64_t expert_bytes = 0;
   int int4_matrices = 0, int8_matrices = 0, bf16_matrices = 0;
   int quantized_on_load = 0;       // of those, quantized with the recipe
   std::vector<std::string> notes;  // fallbacks to bf16, with the reason
@@ -106,7 +115,9 @@ struct GenerateOptions {
   SamplerConfig sampler;      // temperature 0: greedy
   std::vector<int> stop_ids;  // generation stops after producing one of these
   int chunk = 0;              // prefill chunk, <= the sequence's max_chunk (0: max_chunk)
-  bool use_graph = true;      // false: launch each decode step's kernels directly
+  // false: launch each decode step's kernels directly (always so when the
+  // load report notes MoE experts routed on the host).
+  bool use_graph = true;
   // One row of H floats per image placeholder of the prompt, in order (see
   // CpuModel: the rows replace the placeholders' embeddings; the prompt is
   // chunked so that a bidirectional image stays in one chunk).
@@ -124,8 +135,8 @@ struct GenerateResult {
 class GpuModel {
  public:
   // Opens the weights (OpenWeightSource) and packs them onto the current
-  // device. Errors: the source's and CheckWeights's; Unimplemented for MoE
-  // layers and head dims other than 256 and 512; InvalidArgument for a bad recipe;
+  // device. Errors: the source's and CheckWeights's; Unimplemented for head
+  // dims other than 256 and 512; InvalidArgument for a bad recipe;
   // ResourceExhausted when the weights do not fit in device memory; Internal for a CUDA error.
   static absl::StatusOr<std::unique_ptr<GpuModel>> Load(const std::string& path,
                                                         const GpuModelOptions& options);

@@ -47,6 +47,13 @@ struct Args {
   int block_units;     // units per thread block (the last may have fewer)
   int x_bytes;         // M = 1: shared bytes of x before the rings
   bool early_weights;  // M = 1: the first stages' weights requested before the predecessor wait
+  // Int4MmaGemvSelected: blockIdx.y is a slot, its weight expert_ids[slot]
+  // of the tables; null for one weight.
+  const int32_t* expert_ids;
+  const uint8_t* const* qweight_table;
+  const uint8_t* const* params_table;
+  int num_experts, slots;
+  int64_t x_slot_stride;
 };
 
 // Within a thread block of `warps` warps and `tiles` tiles, warp w's run is
@@ -98,7 +105,8 @@ __device__ __forceinline__ uint32_t NibblesAsBf16(uint32_t word) {
 // loop), and after one barrier the warp holding the unit's first step adds
 // them in warp order, so results do not depend on timing and nothing crosses
 // thread blocks.
-template <int kTokens, int kGroupsPerTile, bool kMinForm, int kStages, int kRowTiles>
+template <int kTokens, int kGroupsPerTile, bool kMinForm, int kStages, int kRowTiles,
+          bool kSelected>
 __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
     Int4MmaGemvKernel(const Args a) {
   constexpr int kTokenTiles = (kTokens + 7) / 8;
@@ -111,6 +119,21 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
   constexpr int kPartialFloats = kRowTiles * kTokenTiles * 128;     // a warp's sums for one unit
   static_assert(2 * kPartialFloats * 4 <= kStages * kStage, "partials alias the ring");
   extern __shared__ __align__(16) uint8_t shared[];
+  const uint8_t* qweight = a.qweight;
+  const uint8_t* params = a.params;
+  const __nv_bfloat16* x_row = a.x;
+  __nv_bfloat16* y_row = a.y;
+  if constexpr (kSelected) {
+    // The slot's expert comes from an earlier kernel (the router), so
+    // nothing is requested before the predecessor wait (early_weights off).
+    WaitForPredecessor();
+    const int slot = blockIdx.y;
+    const int expert = min(max(a.expert_ids[slot], 0), a.num_experts - 1);
+    qweight = a.qweight_table[expert];
+    params = a.params_table[expert];
+    x_row += slot * a.x_slot_stride;
+    y_row += int64_t{slot} * a.n;
+  }
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   __nv_bfloat16* const shared_x = reinterpret_cast<__nv_bfloat16*>(shared);  // M = 1
   uint8_t* const rings = shared + (kSharedX ? a.x_bytes : 0);
@@ -146,11 +169,11 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
   // r - 1; its params likewise (groups x 64 bytes per row block).
   const int64_t row_tile_bytes = int64_t{a.k_tiles} * kTileBytes;
   const int64_t row_tile_param_bytes = int64_t{a.groups} * 64;
-  const uint8_t* next_weights = a.qweight + begin * kTileBytes + lane * 16;
+  const uint8_t* next_weights = qweight + begin * kTileBytes + lane * 16;
   // Params follow the tile sequence: 128 bytes per tile for group size 32,
   // 64 bytes per tiles_per_group tiles otherwise (row blocks are contiguous).
   const uint8_t* next_params =
-      a.params + (kGroupsPerTile == 2 ? begin * 128 : begin / a.tiles_per_group * 64) +
+      params + (kGroupsPerTile == 2 ? begin * 128 : begin / a.tiles_per_group * 64) +
       (copies_params ? lane * 16 : 0);
   int next = 0, next_kt = first_kt, next_stage = 0;
   int next_in_group = kGroupsPerTile == 2 ? 0 : first_kt % a.tiles_per_group;
@@ -166,7 +189,7 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
                       next_params + r * row_tile_param_bytes, valid && copies_params);
       }
       if constexpr (!kSharedX) {
-        const __nv_bfloat16* x_tile = a.x + next_kt * kTileK;
+        const __nv_bfloat16* x_tile = x_row + next_kt * kTileK;
 #pragma unroll
         for (int r = 0; r < kXChunksPerLane; ++r) {
           CopyAsync16CachedIf(slot + x_target[r], x_tile + x_source[r], valid && x_valid[r]);
@@ -211,7 +234,7 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
           const int token = 8 * n8 + 2 * t + i % 2;
           const int64_t row =
               (int64_t{first_unit + unit} * kRowTiles + r) * kRows + g + 8 * (i / 2);
-          if (token < a.m) a.y[int64_t{token} * a.n + row] = __float2bfloat16(sum[r][n8][i]);
+          if (token < a.m) y_row[int64_t{token} * a.n + row] = __float2bfloat16(sum[r][n8][i]);
         }
       }
     }
@@ -229,7 +252,7 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
   }
   WaitForPredecessor();
   AllowDependents();
-  if constexpr (kSharedX) CopyRowToShared(a.x, a.k, shared_x);
+  if constexpr (kSharedX) CopyRowToShared(x_row, a.k, shared_x);
   for (int s = early; s < kStages - 1; ++s) issue();
   int unit = run_begin / a.k_tiles;  // within the thread block
   int kt = first_kt, stage_index = 0;
@@ -381,11 +404,14 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
   __syncthreads();
   if (last_partial_unit < 0) return;
   // This warp holds the first step of last_partial_unit: add every run's
-  // part in warp order. A later warp's part is in its slot 0.
+  // part in warp order. A later warp's part is in its slot 0. A block with
+  // fewer steps than warps (the grid's last, short block) has empty runs,
+  // which wrote nothing.
   const int unit_first = last_partial_unit * a.k_tiles;
   const int last_warp = ((unit_first + a.k_tiles) * warps - 1) / steps;
   Sums sum = {};
   for (int w = warp; w <= last_warp; ++w) {
+    if (w != warp && RunBegin(steps, warps, w) == RunBegin(steps, warps, w + 1)) continue;
     const float* part = slot_of(w, w == warp ? 1 : 0);
 #pragma unroll
     for (int r = 0; r < kRowTiles; ++r) {
@@ -406,10 +432,12 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
 // up to kMaxWarpsPerBlock warps, as many resident per multiprocessor as
 // `warps_per_sm` allows, each owning enough whole units that the grid is a
 // single wave.
-template <int kTokens, int kGroupsPerTile, bool kMinForm, int kStages, int kRowTiles>
+template <int kTokens, int kGroupsPerTile, bool kMinForm, int kStages, int kRowTiles,
+          bool kSelected>
 absl::Status Launch(const Args& base, const DeviceLimits& device, int warps_per_sm, bool overlap,
                     cudaStream_t stream) {
-  const auto kernel = Int4MmaGemvKernel<kTokens, kGroupsPerTile, kMinForm, kStages, kRowTiles>;
+  const auto kernel =
+      Int4MmaGemvKernel<kTokens, kGroupsPerTile, kMinForm, kStages, kRowTiles, kSelected>;
   constexpr int kWarpBytes = kStages * StageBytes(kTokens == 1 ? 0 : kTokens, kRowTiles);
   // The most dynamic shared memory a block may ask for: the device's opt-in
   // limit less the kernel's static shared memory (none today).
@@ -444,9 +472,10 @@ absl::Status Launch(const Args& base, const DeviceLimits& device, int warps_per_
   }
   blocks_per_sm = std::max(1, std::min(blocks_per_sm, warps_per_sm / warps));
   const int resident = device.multiprocessors * blocks_per_sm;
-  a.block_units = (a.units + resident - 1) / resident;
+  const int slots = kSelected ? a.slots : 1;  // the grid's y
+  a.block_units = (a.units * slots + resident - 1) / resident;
   const int blocks = (a.units + a.block_units - 1) / a.block_units;
-  warps = std::min(warps, a.block_units * a.k_tiles);  // every run holds a step
+  warps = std::min(warps, a.block_units * a.k_tiles);  // every full block's runs hold a step
   // The grid is one wave of blocks_per_sm blocks per multiprocessor only if
   // no multiprocessor can take more: launched early (programmatic launch)
   // behind another GEMV, blocks go wherever there is room, and two on one
@@ -455,8 +484,8 @@ absl::Status Launch(const Args& base, const DeviceLimits& device, int warps_per_
   const int needed = warps * kWarpBytes + a.x_bytes;
   const int one_too_many = device.shared_per_multiprocessor / (blocks_per_sm + 1) + 1;
   const int dynamic = std::max(needed, std::min(one_too_many, max_dynamic));
-  return LaunchKernel(kernel, dim3(blocks), dim3(warps * 32), static_cast<size_t>(dynamic), stream,
-                      overlap, a);
+  return LaunchKernel(kernel, dim3(blocks, slots), dim3(warps * 32), static_cast<size_t>(dynamic),
+                      stream, overlap, a);
 }
 
 // The launch settings past the weight and activations.
@@ -467,10 +496,12 @@ struct Plan {
   cudaStream_t stream;
 };
 
-template <int kTokens, int kStages, int kRowTiles>
+// kSelected: Int4MmaGemvSelected's kernel (its own instantiation, so the
+// plain one carries no expert lookup).
+template <int kTokens, int kStages, int kRowTiles, bool kSelected = false>
 absl::Status ForGroups(const Args& a, bool g32, bool min_form, const Plan& p) {
   const auto launch = [&]<int kGroupsPerTile, bool kMinForm>() {
-    return Launch<kTokens, kGroupsPerTile, kMinForm, kStages, kRowTiles>(
+    return Launch<kTokens, kGroupsPerTile, kMinForm, kStages, kRowTiles, kSelected>(
         a, p.device, p.warps_per_sm, p.overlap, p.stream);
   };
   if (g32) {
@@ -482,6 +513,7 @@ absl::Status ForGroups(const Args& a, bool g32, bool min_form, const Plan& p) {
 
 template <int kStages, int kRowTiles>
 absl::Status ForTokens(const Args& a, bool g32, bool min_form, const Plan& p) {
+  if (a.expert_ids != nullptr) return ForGroups<1, kStages, kRowTiles, true>(a, g32, min_form, p);
   if (a.m == 1) return ForGroups<1, kStages, kRowTiles>(a, g32, min_form, p);
   if (a.m <= 8) return ForGroups<8, kStages, kRowTiles>(a, g32, min_form, p);
   return ForGroups<16, kStages, kRowTiles>(a, g32, min_form, p);
@@ -493,20 +525,20 @@ absl::Status ForStages(const Args& a, bool g32, bool min_form, int stages, const
                      : ForTokens<3, kRowTiles>(a, g32, min_form, p);
 }
 
-}  // namespace
-
-absl::Status Int4MmaGemv(const Int4MmaWeight& w, const __nv_bfloat16* x, int m, __nv_bfloat16* y,
-                         cudaStream_t stream, const Int4MmaTuning& tuning) {
-  if (w.qweight == nullptr || w.params == nullptr || x == nullptr || y == nullptr) {
+// Checks what both entry points share and launches `a` (pointers, selection
+// and m already set) with the shape of `w`.
+absl::Status CheckAndLaunch(const Int4MmaWeight& w, Args a, cudaStream_t stream,
+                            const Int4MmaTuning& tuning) {
+  if (a.x == nullptr || a.y == nullptr) {
     return absl::InvalidArgumentError("Int4MmaGemv: null pointer");
   }
-  if (reinterpret_cast<uintptr_t>(x) % 16 != 0) {
+  if (reinterpret_cast<uintptr_t>(a.x) % 16 != 0) {
     return absl::InvalidArgumentError("Int4MmaGemv: x must be 16-byte aligned");
   }
   if (absl::Status s = CheckInt4MmaShape(w.n, w.k, w.group_size); !s.ok()) return s;
-  if (m < 1 || m > kInt4MmaMaxM) {
+  if (a.m < 1 || a.m > kInt4MmaMaxM) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("Int4MmaGemv: M must be 1..%d, but got %d", kInt4MmaMaxM, m));
+        absl::StrFormat("Int4MmaGemv: M must be 1..%d, but got %d", kInt4MmaMaxM, a.m));
   }
   if (w.n > (int64_t{1} << 30) || w.k > (int64_t{1} << 24)) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -518,18 +550,13 @@ absl::Status Int4MmaGemv(const Int4MmaWeight& w, const __nv_bfloat16* x, int m, 
   }
   absl::StatusOr<DeviceLimits> device = CurrentDeviceLimits();
   if (!device.ok()) return device.status();
-  Args a{};
-  a.qweight = reinterpret_cast<const uint8_t*>(w.qweight);
-  a.params = reinterpret_cast<const uint8_t*>(w.params);
-  a.x = x;
-  a.y = y;
-  a.m = m;
   a.n = static_cast<int>(w.n);
   a.k = static_cast<int>(w.k);
   a.k_tiles = a.k / kTileK;
   a.groups = a.k / w.group_size;
   a.tiles_per_group = w.group_size / kTileK;  // 0 for group size 32
-  a.early_weights = !tuning.late_weights;
+  // A selected expert is known only after the predecessor wait.
+  a.early_weights = !tuning.late_weights && a.expert_ids == nullptr;
   const bool g32 = w.group_size == 32;
   // Measured on an H100 (bench/int4_gemv_notes.md): 16 warps per
   // multiprocessor beat a full one (32) on the 31B layer shapes (longer runs
@@ -551,10 +578,57 @@ absl::Status Int4MmaGemv(const Int4MmaWeight& w, const __nv_bfloat16* x, int m, 
   // M > 8 when the grid still has a unit per two multiprocessors (halving
   // k_full's 128 row blocks to 64 units left SMs idle: 1.16x slower); at
   // M <= 8 neutral, and at M = 1 slower (64 registers are then too few).
-  const bool two_row_tiles = m > 8 && w.n % 32 == 0 && w.n / 32 >= device->multiprocessors / 2;
+  const bool two_row_tiles = a.m > 8 && w.n % 32 == 0 && w.n / 32 >= device->multiprocessors / 2;
   const int row_tiles = tuning.row_tiles != 0 ? tuning.row_tiles : two_row_tiles ? 2 : 1;
   return row_tiles == 2 ? ForStages<2>(a, g32, w.min_form, tuning.stages, plan)
                         : ForStages<1>(a, g32, w.min_form, tuning.stages, plan);
+}
+
+}  // namespace
+
+absl::Status Int4MmaGemv(const Int4MmaWeight& w, const __nv_bfloat16* x, int m, __nv_bfloat16* y,
+                         cudaStream_t stream, const Int4MmaTuning& tuning) {
+  if (w.qweight == nullptr || w.params == nullptr) {
+    return absl::InvalidArgumentError("Int4MmaGemv: null pointer");
+  }
+  Args a{};
+  a.qweight = reinterpret_cast<const uint8_t*>(w.qweight);
+  a.params = reinterpret_cast<const uint8_t*>(w.params);
+  a.x = x;
+  a.y = y;
+  a.m = m;
+  return CheckAndLaunch(w, a, stream, tuning);
+}
+
+absl::Status Int4MmaGemvSelected(const Int4MmaWeight& shape, const Int4MmaExpertTables& experts,
+                                 const int32_t* expert_ids, int slots, const __nv_bfloat16* x,
+                                 int64_t x_slot_stride, __nv_bfloat16* y, cudaStream_t stream,
+                                 const Int4MmaTuning& tuning) {
+  if (experts.qweights == nullptr || experts.params == nullptr || experts.num_experts < 1 ||
+      expert_ids == nullptr) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "Int4MmaGemvSelected: null expert tables or ids, or %d experts", experts.num_experts));
+  }
+  if (slots < 1 || slots > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("Int4MmaGemvSelected: slots must be 1..65535, not %d", slots));
+  }
+  if (x_slot_stride < 0 || x_slot_stride % 8 != 0 || x_slot_stride > (int64_t{1} << 31) / slots) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "Int4MmaGemvSelected: x_slot_stride %d must be a non-negative multiple of 8 (16-byte rows)",
+        x_slot_stride));
+  }
+  Args a{};
+  a.x = x;
+  a.y = y;
+  a.m = 1;
+  a.expert_ids = expert_ids;
+  a.qweight_table = reinterpret_cast<const uint8_t* const*>(experts.qweights);
+  a.params_table = reinterpret_cast<const uint8_t* const*>(experts.params);
+  a.num_experts = experts.num_experts;
+  a.slots = slots;
+  a.x_slot_stride = x_slot_stride;
+  return CheckAndLaunch(shape, a, stream, tuning);
 }
 
 }  // namespace gquant::cuda

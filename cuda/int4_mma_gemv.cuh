@@ -75,6 +75,30 @@ struct Int4MmaTuning {
 absl::Status Int4MmaGemv(const Int4MmaWeight& weight, const __nv_bfloat16* x, int m,
                          __nv_bfloat16* y, cudaStream_t stream, const Int4MmaTuning& tuning = {});
 
+// The experts of one mixture-of-experts matrix (device_experts.cuh): every
+// expert has the shape and form of the Int4MmaWeight passed beside it, and
+// its pointers sit in device tables indexed by the expert id.
+struct Int4MmaExpertTables {
+  const uint4* const* qweights = nullptr;         // [num_experts], on the device
+  const __nv_bfloat162* const* params = nullptr;  // [num_experts], on the device
+  int num_experts = 0;
+};
+
+// Decode through experts chosen on the device: for slot s < slots,
+// y[s, :] = x[s * x_slot_stride, :K] · W_e[N, K]ᵀ with e = expert_ids[s]
+// (int32 on the device, written by an earlier kernel such as RouteTopK; an
+// id outside [0, num_experts) is clamped into it) and y [slots, N]. `shape`
+// gives N, K, the group size and form (its pointers are not used);
+// x_slot_stride 0 lets every slot read the same row. One launch of the M = 1
+// kernel over a (row blocks, slots) grid: each block reads its slot's id
+// after the predecessor wait, so it is captured into a graph like any GEMV.
+// Errors as Int4MmaGemv's, plus InvalidArgument for slots < 1, null tables
+// or ids, or an x_slot_stride that is negative or not a multiple of 8.
+absl::Status Int4MmaGemvSelected(const Int4MmaWeight& shape, const Int4MmaExpertTables& experts,
+                                 const int32_t* expert_ids, int slots, const __nv_bfloat16* x,
+                                 int64_t x_slot_stride, __nv_bfloat16* y, cudaStream_t stream,
+                                 const Int4MmaTuning& tuning = {});
+
 }  // namespace gquant::cuda
 
 #endif  // GQUANT_CUDA_INT4_MMA_GEMV_CUH_

@@ -32,19 +32,6 @@ __device__ __forceinline__ float BlockSum(float v) {
   return total;
 }
 
-// (mean(v^2) + eps)^-0.5 from sum(v^2); rsqrtf is within 2 ulp of pow.
-__device__ __forceinline__ float InverseRms(float sum_of_squares, int dim, float eps) {
-  return rsqrtf(sum_of_squares / static_cast<float>(dim) + eps);
-}
-
-template <int kWidth>
-__device__ __forceinline__ float SumOfSquares(const float (&v)[kWidth]) {
-  float sum = 0.0f;
-#pragma unroll
-  for (int i = 0; i < kWidth; ++i) sum += v[i] * v[i];
-  return sum;
-}
-
 struct NormArgs {
   const float* x;               // [rows, dim]
   const __nv_bfloat16* weight;  // [dim] or null

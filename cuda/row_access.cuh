@@ -72,6 +72,20 @@ __device__ __forceinline__ void StoreF32(float* p, const float (&v)[kWidth]) {
   }
 }
 
+// Σ v[i]², i < kWidth, in index order (the norms' per-thread part).
+template <int kWidth>
+__device__ __forceinline__ float SumOfSquares(const float (&v)[kWidth]) {
+  float sum = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kWidth; ++i) sum += v[i] * v[i];
+  return sum;
+}
+
+// (mean(v^2) + eps)^-0.5 from sum(v^2); rsqrtf is within 2 ulp of pow.
+__device__ __forceinline__ float InverseRms(float sum_of_squares, int dim, float eps) {
+  return rsqrtf(sum_of_squares / static_cast<float>(dim) + eps);
+}
+
 // p + i, or null for a null p (an optional weight).
 __device__ __forceinline__ const __nv_bfloat16* OffsetOrNull(const __nv_bfloat16* p, int i) {
   return p == nullptr ? nullptr : p + i;

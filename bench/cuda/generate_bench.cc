@@ -8,7 +8,8 @@
 // iteration through GpuModel::Generate (CUDA graph, GPU sampler, one 4-byte
 // read per token). Counters: tokens_per_s; bytes_per_token = weight bytes a
 // step reads (every matrix once; tables only gathered from, such as the PLE
-// table, excluded) + the K/V rows its attention reads; floor_tokens_per_s =
+// table, excluded; of an MoE layer's experts top_k / num_experts, the
+// chosen ones) + the K/V rows its attention reads; floor_tokens_per_s =
 // the copy ceiling measured in the same run (cudaMemcpy D2D, read + written
 // bytes/s) / bytes_per_token; of_floor = tokens_per_s / floor_tokens_per_s;
 // gpu_mem_GB = device memory in use with the model and this sequence.
@@ -16,8 +17,10 @@
 // BM_Prefill/model/tokens: one prompt of `tokens` in one chunk.
 // cublas_tokens_per_s = tokens / the summed time of cuBLAS bf16 GEMMs at
 // M = tokens for every linear of the model (each distinct shape timed in the
-// same run, times its count): the "cuBLAS-bf16-only estimate" (no attention,
-// no norms). of_cublas = tokens_per_s / that.
+// same run, times its count; an MoE layer's experts each at M = tokens *
+// top_k / num_experts, the even split): the "cuBLAS-bf16-only estimate" (no
+// attention, no norms, no routing). of_cublas = tokens_per_s / that.
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <random>
@@ -34,7 +37,7 @@ namespace {
 
 using namespace bench;
 
-constexpr const char* kModels[] = {"31b", "e4b", "e2b"};
+constexpr const char* kModels[] = {"31b", "e4b", "e2b", "26b-a4b"};
 
 // One model at a time stays loaded (the 31B alone takes ~21 GB).
 GpuModel& ModelFor(int index) {
@@ -107,8 +110,11 @@ void BM_Decode(benchmark::State& state) {
     steps += result->decode_steps;
   }
   const GpuLoadReport& report = model.load_report();
-  const int64_t bytes = report.weight_bytes - report.lookup_only_bytes +
-                        KvBytesRead(model.plan(), context + kSteps / 2);
+  const gemma4::TextConfig& c = model.config().text;
+  const int64_t chosen_expert_bytes =
+      c.enable_moe_block ? report.expert_bytes * *c.top_k_experts / *c.num_experts : 0;
+  const int64_t bytes = report.weight_bytes - report.lookup_only_bytes - report.expert_bytes +
+                        chosen_expert_bytes + KvBytesRead(model.plan(), context + kSteps / 2);
   const double tokens_per_s = steps / seconds;
   const double floor = CopyCeiling() / bytes;
   state.counters["tokens_per_s"] = tokens_per_s;
@@ -140,7 +146,19 @@ double CublasLinearSeconds(const gemma4::ModelPlan& plan, int m) {
   if (c.has_per_layer_embeddings()) {
     ++shapes[{int64_t{c.num_hidden_layers} * c.hidden_size_per_layer_input, c.hidden_size}];
   }
-  return CublasBf16Seconds(shapes, m);
+  double seconds = CublasBf16Seconds(shapes, m);
+  if (c.enable_moe_block) {
+    std::map<std::pair<int64_t, int64_t>, int> experts;
+    const int64_t width = *c.moe_intermediate_size;
+    for (const gemma4::LayerPlan& l : plan.layers) {
+      if (!l.has_moe) continue;
+      experts[{2 * width, c.hidden_size}] += *c.num_experts;
+      experts[{c.hidden_size, width}] += *c.num_experts;
+    }
+    const int per_expert = std::max(1, m * *c.top_k_experts / *c.num_experts);
+    seconds += CublasBf16Seconds(experts, per_expert);
+  }
+  return seconds;
 }
 
 void BM_Prefill(benchmark::State& state) {

@@ -6,8 +6,12 @@
 // a stream or graph) between two events; the time reported is per launch.
 // Counters: weight_GBps = bytes of packed weights + scales (or of the bf16
 // matrix) per second, copy_GBps = the copy ceiling.
+#include <algorithm>
 #include <iterator>
+#include <numeric>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "cuda_bench_util.h"
 #include "int4_mma_gemv.cuh"
@@ -90,9 +94,68 @@ void Shapes(benchmark::internal::Benchmark* b, bool variants) {
   }
 }
 
+// Decode through 26B-A4B experts: the 8 chosen of `copies` (>= 100) experts
+// in one Int4MmaGemvSelected launch, against 8 Int4MmaGemv launches (one
+// per expert, the ids known on the host) in the same run. Ids are fresh per
+// launch (64 random sets of 8 distinct). Counters as above, weight bytes =
+// the 8 chosen experts'. Arg: expert shape, grouped (1) or 8 launches (0).
+void BM_Int4Experts(benchmark::State& state) {
+  if (NoGpu(state)) return;
+  constexpr int kChosen = 8, kSets = 64;
+  const LinearShape& shape = gemma4::kGemma4_26bExpertShapes[state.range(0)];
+  Int4Problem p(shape, kChosen);  // x [8, K]: one row per slot
+  std::vector<const uint4*> qweights;
+  std::vector<const __nv_bfloat162*> params;
+  for (int e = 0; e < p.copies; ++e) {
+    qweights.push_back(p.MmaWeight(e).qweight);
+    params.push_back(p.MmaWeight(e).params);
+  }
+  std::vector<int32_t> ids(kSets * kChosen);
+  std::mt19937 rng(5);
+  for (int set = 0; set < kSets; ++set) {
+    std::vector<int32_t> all(p.copies);
+    std::iota(all.begin(), all.end(), 0);
+    std::shuffle(all.begin(), all.end(), rng);
+    std::copy_n(all.begin(), kChosen, ids.begin() + set * kChosen);
+  }
+  const DeviceBuffer<const uint4*> qweight_table = Upload(qweights);
+  const DeviceBuffer<const __nv_bfloat162*> params_table = Upload(params);
+  const DeviceBuffer<int32_t> device_ids = Upload(ids);
+  const Int4MmaExpertTables tables{qweight_table.data(), params_table.data(), p.copies};
+  const bool grouped = state.range(1) != 0;
+  const auto launch = [&](int64_t i, cudaStream_t stream) {
+    const int set = static_cast<int>(i % kSets);
+    if (grouped) {
+      if (!Int4MmaGemvSelected(p.MmaWeight(0), tables, device_ids.data() + set * kChosen, kChosen,
+                               p.X(), shape.k, p.Y(), stream)
+               .ok()) {
+        std::abort();
+      }
+      return;
+    }
+    for (int slot = 0; slot < kChosen; ++slot) {
+      if (!Int4MmaGemv(p.MmaWeight(ids[set * kChosen + slot]), p.X() + slot * shape.k, 1,
+                       p.Y() + slot * shape.n, stream)
+               .ok()) {
+        std::abort();
+      }
+    }
+  };
+  TimeGraphLaunches(state, launch);
+  Report(state, kChosen * p.bytes);
+  state.SetLabel(std::string(shape.name) + " int4 g32, 8 of " + std::to_string(p.copies) +
+                 (grouped ? " experts, one grouped launch" : " experts, 8 launches") + ", graph");
+}
+
 BENCHMARK(BM_Int4MmaGemv)
     ->ArgNames({"shape", "m", "variant", "graph"})
     ->Apply([](benchmark::internal::Benchmark* b) { Shapes(b, true); })
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(0.05);
+BENCHMARK(BM_Int4Experts)
+    ->ArgNames({"shape", "grouped"})
+    ->ArgsProduct({{0, 1}, {1, 0}})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond)
     ->MinTime(0.05);

@@ -48,6 +48,35 @@ inline constexpr const char* kE2bStyle = R"({
   "layer_types": ["sliding_attention", "sliding_attention", "full_attention",
                   "sliding_attention", "full_attention"]})";
 
+// 26B-A4B-style: 31B-style attention and, beside a dense MLP on every
+// layer, a mixture of experts (width 128, int4-kernel shapes). Here every
+// one of the 8 experts is chosen: with a top-k boundary, bf16 activations
+// move near-tied router logits across it now and then, and a token whose
+// expert flips differs wholesale (k26bSparseStyle's test bounds that apart).
+inline constexpr const char* k26bStyle = R"({
+  "model_type": "gemma4_text", "vocab_size": 1024, "hidden_size": 256,
+  "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+  "num_key_value_heads": 2, "head_dim": 256, "global_head_dim": 512,
+  "num_global_key_value_heads": 1, "attention_k_eq_v": true, "sliding_window": 16,
+  "final_logit_softcapping": 30.0, "hidden_size_per_layer_input": 0,
+  "enable_moe_block": true, "num_experts": 8, "top_k_experts": 8,
+  "moe_intermediate_size": 128,
+  "layer_types": ["sliding_attention", "sliding_attention", "full_attention",
+                  "sliding_attention"]})";
+
+// A sparse choice, top 4 of 16 experts, in one layer: a near tie among the
+// router logits lets bf16 rounding pick another expert for that token, and
+// through later layers (attention mixes tokens) one flip spreads; measured:
+// with 4 layers, from 2% to 100% of rows agreed between two GPU paths,
+// depending on the seed. One layer keeps each flip to its own row.
+inline constexpr const char* k26bSparseStyle = R"({
+  "model_type": "gemma4_text", "vocab_size": 1024, "hidden_size": 256,
+  "intermediate_size": 256, "num_hidden_layers": 1, "num_attention_heads": 4,
+  "num_key_value_heads": 2, "head_dim": 256, "sliding_window": 16,
+  "final_logit_softcapping": 30.0, "hidden_size_per_layer_input": 0,
+  "enable_moe_block": true, "num_experts": 16, "top_k_experts": 4,
+  "moe_intermediate_size": 128, "layer_types": ["sliding_attention"]})";
+
 inline std::vector<int> RandomTokens(std::mt19937_64& rng, int count, int vocab) {
   std::uniform_int_distribution<int> id(0, vocab - 1);
   std::vector<int> tokens(count);

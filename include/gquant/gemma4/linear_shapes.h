@@ -34,6 +34,13 @@ inline constexpr LinearShape kGemma4E2bLinearShapes[] = {
     {"down_wide", 1536, 12288}, {"lm_head", 262144, 1536},
 };
 
+// 26B-A4B experts (128 per layer, 8 chosen per token): hidden 2816, expert
+// width 704; gate and up stacked as one [2 x 704, 2816] matrix, as stored.
+inline constexpr LinearShape kGemma4_26bExpertShapes[] = {
+    {"expert_gate_up", 1408, 2816},
+    {"expert_down", 2816, 704},
+};
+
 }  // namespace gquant::gemma4
 
 #endif  // GQUANT_GEMMA4_LINEAR_SHAPES_H_
