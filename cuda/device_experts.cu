@@ -1,10 +1,14 @@
+#include <algorithm>
+#include <climits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "device_experts.cuh"
 #include "gquant/status.h"
+#include "int4_dequantize.cuh"
 #include "int4_mma_gemv.cuh"
+#include "int8_dequantize.cuh"
 
 namespace gquant::cuda {
 namespace {
@@ -15,6 +19,20 @@ absl::Status Invalid(std::string_view name, std::string_view what) {
 }
 
 }  // namespace
+
+absl::StatusOr<SortedRunScratch> SortedRunScratch::Create(int64_t expert_elements, int batch) {
+  if (expert_elements < 1 || batch < 1 || expert_elements > INT64_MAX / batch) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("SortedRunScratch: %d experts of %d weights", batch, expert_elements));
+  }
+  SortedRunScratch scratch;
+  GQ_ASSIGN_OR_RETURN(scratch.weights,
+                      DeviceBuffer<__nv_bfloat16>::Allocate(expert_elements * batch));
+  GQ_ASSIGN_OR_RETURN(scratch.pointers, DeviceBuffer<const void*>::Allocate(3 * batch));
+  scratch.expert_elements = expert_elements;
+  scratch.batch = batch;
+  return scratch;
+}
 
 absl::StatusOr<DeviceExperts> DeviceExperts::FromPacked(std::span<const PackedMatrix> experts,
                                                         std::string_view name) {
@@ -79,6 +97,64 @@ absl::Status DeviceExperts::Run(int e, const __nv_bfloat16* x, int64_t m, __nv_b
     return Invalid(name_, absl::StrFormat("expert %d outside [0, %d)", e, count()));
   }
   return experts_[e].Run(x, m, y, context, stream);
+}
+
+absl::Status DeviceExperts::RunSorted(const __nv_bfloat16* x, std::span<const int64_t> row_begin,
+                                      __nv_bfloat16* y, SortedRunScratch& scratch,
+                                      LinearContext& context, cudaStream_t stream) const {
+  if (static_cast<int>(row_begin.size()) != count() + 1 || row_begin[0] != 0 ||
+      !std::is_sorted(row_begin.begin(), row_begin.end()) || row_begin.back() > INT_MAX) {
+    return Invalid(name_, absl::StrFormat("RunSorted: expected %d non-decreasing row offsets "
+                                          "from 0 (rows < 2^31), got %d",
+                                          count() + 1, row_begin.size()));
+  }
+  const bool quantized = form() != LinearForm::kBf16;
+  if (scratch.batch < 1 || (quantized && scratch.expert_elements < n() * k())) {
+    return Invalid(name_, absl::StrFormat("RunSorted: scratch of %d experts x %d weights, "
+                                          "expert of %d",
+                                          scratch.batch, scratch.expert_elements, n() * k()));
+  }
+  std::vector<int> used;
+  for (int e = 0; e < count(); ++e) {
+    if (row_begin[e + 1] > row_begin[e]) used.push_back(e);
+  }
+  const int64_t n = this->n(), k = this->k();
+  std::vector<const __nv_bfloat16*> weights, inputs;
+  std::vector<__nv_bfloat16*> outputs;
+  std::vector<int> rows;
+  for (size_t first = 0; first < used.size(); first += scratch.batch) {
+    const size_t batch = std::min<size_t>(scratch.batch, used.size() - first);
+    weights.clear();
+    inputs.clear();
+    outputs.clear();
+    rows.clear();
+    for (size_t i = 0; i < batch; ++i) {
+      const int e = used[first + i];
+      const DeviceLinear& expert = experts_[e];
+      __nv_bfloat16* const slot = scratch.weights.data() + i * scratch.expert_elements;
+      switch (expert.form()) {
+        case LinearForm::kInt4:
+          GQ_RETURN_IF_ERROR(DequantizeInt4Mma(expert.int4(), 0, n, slot, stream));
+          weights.push_back(slot);
+          break;
+        case LinearForm::kInt8:
+          GQ_RETURN_IF_ERROR(DequantizeInt8Rows(expert.int8(), 0, n, slot, stream));
+          weights.push_back(slot);
+          break;
+        case LinearForm::kBf16:
+          weights.push_back(expert.bf16());
+          break;
+      }
+      inputs.push_back(x + row_begin[e] * k);
+      outputs.push_back(y + row_begin[e] * n);
+      rows.push_back(static_cast<int>(row_begin[e + 1] - row_begin[e]));
+    }
+    GQ_RETURN_IF_ERROR(
+        Annotate(context.GroupedGemmBf16(weights, static_cast<int>(n), static_cast<int>(k), inputs,
+                                         rows, outputs, scratch.pointers.data(), stream),
+                 "experts '", name_, "'"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status DeviceExperts::RunSelected(const __nv_bfloat16* x, int64_t x_slot_stride,

@@ -2,8 +2,11 @@
 // down_proj [E, H, I]) in GPU memory: one DeviceLinear per expert, in the
 // form the checkpoint gave them (packed per expert, pack.h), and two ways to
 // run them:
-//   - Run(e, ...): expert e on any number of rows, chosen on the host (the
-//     prefill path: tokens sorted by expert, one product per used expert);
+//   - Run(e, ...): expert e on any number of rows, chosen on the host;
+//   - RunSorted: rows sorted by expert through all used experts as grouped
+//     cuBLAS GEMMs, quantized experts dequantized to bf16 first (the
+//     prefill path, where each expert has many rows: one launch per batch of
+//     experts instead of a dequantize-and-GEMM per expert);
 //   - RunSelected: one row per slot through the expert whose id an earlier
 //     kernel wrote on the device (the decode path, RouteTopK's ids), one
 //     launch for all slots, so the decode step stays a CUDA graph. Int4
@@ -29,6 +32,16 @@
 
 namespace gquant::cuda {
 
+// Device scratch of DeviceExperts::RunSorted: bf16 room for `batch` experts
+// of up to `expert_elements` weights, and the grouped GEMM's pointers.
+struct SortedRunScratch {
+  static absl::StatusOr<SortedRunScratch> Create(int64_t expert_elements, int batch);
+  DeviceBuffer<__nv_bfloat16> weights;  // [batch, expert_elements]
+  DeviceBuffer<const void*> pointers;   // [3 x batch]
+  int64_t expert_elements = 0;
+  int batch = 0;
+};
+
 class DeviceExperts {
  public:
   DeviceExperts() = default;
@@ -53,6 +66,16 @@ class DeviceExperts {
   // outside [0, count).
   absl::Status Run(int e, const __nv_bfloat16* x, int64_t m, __nv_bfloat16* y,
                    LinearContext& context, cudaStream_t stream) const;
+
+  // Rows sorted by expert, expert e's in [row_begin[e], row_begin[e + 1])
+  // (count() + 1 host entries, non-decreasing, from 0): y[those rows] =
+  // x[those rows] · W_eᵀ, x [rows, K] and y [rows, N]. Experts with no rows
+  // are skipped; the others run scratch.batch at a time as one grouped GEMM
+  // (LinearContext::GroupedGemmBf16), int4 / int8 experts dequantized into
+  // scratch first. InvalidArgument for a bad row_begin or a scratch too small.
+  absl::Status RunSorted(const __nv_bfloat16* x, std::span<const int64_t> row_begin,
+                         __nv_bfloat16* y, SortedRunScratch& scratch, LinearContext& context,
+                         cudaStream_t stream) const;
 
   // y[s, :] = x[s * x_slot_stride, :K] · W_{ids[s]}ᵀ for s < slots, ids
   // int32 on the device (Int4MmaGemvSelected). FailedPrecondition when not

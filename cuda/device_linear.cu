@@ -212,6 +212,49 @@ absl::StatusOr<LinearContext> LinearContext::Create() {
   return LinearContext(std::move(r));
 }
 
+absl::Status LinearContext::GroupedGemmBf16(std::span<const __nv_bfloat16* const> weights, int n,
+                                            int k, std::span<const __nv_bfloat16* const> x,
+                                            std::span<const int> m,
+                                            std::span<__nv_bfloat16* const> y,
+                                            const void** pointers, cudaStream_t stream) {
+  const size_t count = weights.size();
+  if (count == 0) return absl::OkStatus();
+  if (x.size() != count || m.size() != count || y.size() != count || pointers == nullptr || n < 1 ||
+      k < 1 || count > INT_MAX / 3) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "GroupedGemmBf16: %d weights, %d inputs, %d row counts, %d outputs, n=%d, k=%d", count,
+        x.size(), m.size(), y.size(), n, k));
+  }
+  // Column-major view per group, as GemmBf16: C = y [n, m_i], A = W [k, n]
+  // transposed, B = x [k, m_i].
+  std::vector<const void*> arrays(3 * count);
+  for (size_t i = 0; i < count; ++i) {
+    if (m[i] < 1) return absl::InvalidArgumentError("GroupedGemmBf16: a group with no rows");
+    arrays[i] = weights[i];
+    arrays[count + i] = x[i];
+    arrays[2 * count + i] = y[i];
+  }
+  // Pageable memory: the copy has taken the bytes when the call returns.
+  GQ_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(pointers, arrays.data(), arrays.size() * sizeof(void*),
+                                          cudaMemcpyHostToDevice, stream));
+  const int groups = static_cast<int>(count);
+  const std::vector<cublasOperation_t> transa(count, CUBLAS_OP_T), transb(count, CUBLAS_OP_N);
+  const std::vector<int> ns(count, n), ks(count, k), ones(count, 1);
+  const std::vector<float> alpha(count, 1.0f), beta(count, 0.0f);
+  cublasHandle_t handle = resources_->handle;
+  GQ_RETURN_IF_ERROR(CublasStatus(cublasSetStream(handle, stream), "cublasSetStream"));
+  GQ_RETURN_IF_ERROR(CublasStatus(
+      cublasSetWorkspace(handle, resources_->workspace.data(), resources_->workspace.size()),
+      "cublasSetWorkspace"));
+  return CublasStatus(
+      cublasGemmGroupedBatchedEx(handle, transa.data(), transb.data(), ns.data(), m.data(),
+                                 ks.data(), alpha.data(), pointers, CUDA_R_16BF, ks.data(),
+                                 pointers + count, CUDA_R_16BF, ks.data(), beta.data(),
+                                 const_cast<void* const*>(pointers + 2 * count), CUDA_R_16BF,
+                                 ns.data(), groups, ones.data(), CUBLAS_COMPUTE_32F),
+      "cublasGemmGroupedBatchedEx");
+}
+
 // ---- DeviceLinear ----
 
 std::string_view LinearFormName(LinearForm form) {

@@ -52,6 +52,17 @@ class LinearContext {
   LinearContext& operator=(LinearContext&&) noexcept;
   ~LinearContext();
 
+  // y_i[m_i, n] = x_i[m_i, k] · W_iᵀ for i < weights.size() (bf16, W_i
+  // [n, k] and x_i, y_i row-major, device pointers) in one grouped cuBLAS
+  // GEMM, one group per i: the MoE prefill runs each expert's rows so
+  // (DeviceExperts::RunSorted). `pointers` is device room for 3 x count
+  // pointers, filled in stream order. InvalidArgument for mismatched spans
+  // or a bad size; Internal for a CUDA or cuBLAS error.
+  absl::Status GroupedGemmBf16(std::span<const __nv_bfloat16* const> weights, int n, int k,
+                               std::span<const __nv_bfloat16* const> x, std::span<const int> m,
+                               std::span<__nv_bfloat16* const> y, const void** pointers,
+                               cudaStream_t stream);
+
  private:
   friend class DeviceLinear;
   struct Resources;

@@ -119,10 +119,10 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
   constexpr int kPartialFloats = kRowTiles * kTokenTiles * 128;     // a warp's sums for one unit
   static_assert(2 * kPartialFloats * 4 <= kStages * kStage, "partials alias the ring");
   extern __shared__ __align__(16) uint8_t shared[];
+  // The plain kernel reads a.y from the parameter space when it stores.
   const uint8_t* qweight = a.qweight;
   const uint8_t* params = a.params;
   const __nv_bfloat16* x_row = a.x;
-  __nv_bfloat16* y_row = a.y;
   if constexpr (kSelected) {
     // The slot's expert comes from an earlier kernel (the router), so
     // nothing is requested before the predecessor wait (early_weights off).
@@ -132,7 +132,6 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
     qweight = a.qweight_table[expert];
     params = a.params_table[expert];
     x_row += slot * a.x_slot_stride;
-    y_row += int64_t{slot} * a.n;
   }
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   __nv_bfloat16* const shared_x = reinterpret_cast<__nv_bfloat16*>(shared);  // M = 1
@@ -189,7 +188,7 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
                       next_params + r * row_tile_param_bytes, valid && copies_params);
       }
       if constexpr (!kSharedX) {
-        const __nv_bfloat16* x_tile = x_row + next_kt * kTileK;
+        const __nv_bfloat16* x_tile = a.x + next_kt * kTileK;
 #pragma unroll
         for (int r = 0; r < kXChunksPerLane; ++r) {
           CopyAsync16CachedIf(slot + x_target[r], x_tile + x_source[r], valid && x_valid[r]);
@@ -225,6 +224,7 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
   // Writes a finished unit's sums (per row tile: rows g, g, g+8, g+8; tokens
   // 2t, 2t+1, 2t, 2t+1, + 8 per token tile) to y.
   const auto store = [&](int unit, const Sums& sum) {
+    __nv_bfloat16* const y_out = kSelected ? a.y + int64_t{blockIdx.y} * a.n : a.y;
 #pragma unroll
     for (int r = 0; r < kRowTiles; ++r) {
 #pragma unroll
@@ -234,7 +234,7 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
           const int token = 8 * n8 + 2 * t + i % 2;
           const int64_t row =
               (int64_t{first_unit + unit} * kRowTiles + r) * kRows + g + 8 * (i / 2);
-          if (token < a.m) y_row[int64_t{token} * a.n + row] = __float2bfloat16(sum[r][n8][i]);
+          if (token < a.m) y_out[int64_t{token} * a.n + row] = __float2bfloat16(sum[r][n8][i]);
         }
       }
     }
@@ -399,19 +399,20 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
       }
     }
   };
-  if (first_partial_unit >= 0) put(0, first_partial);
+  // An empty run (a block with fewer steps than warps: the grid's last,
+  // short block) writes zeros where a later run's part would be, for the
+  // warp that sums across it. (A per-warp emptiness test in the summing loop
+  // instead made the M = 1 kernel up to 37% slower: bench/int4_gemv_notes.md.)
+  if (first_partial_unit >= 0 || count == 0) put(0, first_partial);
   if (last_partial_unit >= 0) put(1, acc);
   __syncthreads();
   if (last_partial_unit < 0) return;
   // This warp holds the first step of last_partial_unit: add every run's
-  // part in warp order. A later warp's part is in its slot 0. A block with
-  // fewer steps than warps (the grid's last, short block) has empty runs,
-  // which wrote nothing.
+  // part in warp order. A later warp's part is in its slot 0.
   const int unit_first = last_partial_unit * a.k_tiles;
   const int last_warp = ((unit_first + a.k_tiles) * warps - 1) / steps;
   Sums sum = {};
   for (int w = warp; w <= last_warp; ++w) {
-    if (w != warp && RunBegin(steps, warps, w) == RunBegin(steps, warps, w + 1)) continue;
     const float* part = slot_of(w, w == warp ? 1 : 0);
 #pragma unroll
     for (int r = 0; r < kRowTiles; ++r) {

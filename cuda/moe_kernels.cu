@@ -19,92 +19,147 @@ constexpr unsigned kFullWarp = 0xFFFFFFFFu;
 
 // ---- RouterLogits ----
 
-// Experts per block (a warp each). The warps share nothing, so this only
-// trades blocks against L1 reuse of the token's row.
-constexpr int kRouterWarps = 4;
-// float4s of a projection row each lane keeps in flight: hidden 2816 is 22
-// per lane, so a decode step's whole 1.4 MB is requested at once.
-constexpr int kRouterChunk = 24;
+// Threads of a router block; thread i takes the float4s i, i + 256, ... of
+// every row, in ascending order, in both variants below, so a logit is the
+// same float whichever variant computes it.
+constexpr int kRouterThreads = 256;
+constexpr int kRouterWarps = kRouterThreads / 32;
+// Decode: a block per (token, expert), each thread loading kRouterSteps
+// float4s of r, scale and the projection at once (hidden 2816: one step, so
+// one round trip), 128 blocks for 26B-A4B rather than one warp per SM.
+constexpr int kRouterSteps = 4;
+// Prefill: a block per kRouterTileTokens tokens x kRouterTileExperts
+// experts, each float4 of the projection loaded once for 8 tokens and each
+// of r once for 8 experts (L2 traffic per token ~1/8 of a block per logit).
+constexpr int kRouterTileTokens = 8;
+constexpr int kRouterTileExperts = 8;
+// From this many tokens on, the tiled variant (fewer blocks, less traffic).
+constexpr int kRouterTileMinTokens = 16;
 
 struct RouterArgs {
   const float* r;      // [tokens, hidden]
   const float* scale;  // [hidden]
   const float* proj;   // [experts, hidden]
   float* logits;       // [tokens, experts]
+  int64_t tokens;
   int hidden;
   int experts;
   float root;
   float eps;
 };
 
-// The next kRouterChunk float4s of the lane (quads base + 32 c + lane).
-__device__ __forceinline__ void LoadProjectionChunk(const float4* row, int base, int quads,
-                                                    int lane, float4 (&p)[kRouterChunk]) {
-#pragma unroll
-  for (int c = 0; c < kRouterChunk; ++c) {
-    const int q = base + c * 32 + lane;
-    if (q < quads) p[c] = row[q];
-  }
+__device__ __forceinline__ float4 LoadQuadOrZero(const float* row, int q, bool valid) {
+  return valid ? reinterpret_cast<const float4*>(row)[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 }
 
-// cpu_model's routed input: RmsNorm(r) without weight, then * scale * root,
-// rounded in that order.
-__device__ __forceinline__ float Routed(float r, float inv_rms, float scale, float root) {
-  return r * inv_rms * scale * root;
+// acc + Σ a[i] b[i] in component order, one fma each (fmaf, __fmul_rn: the
+// compiler may not contract or reorder, so both variants round alike).
+__device__ __forceinline__ float Dot4(float4 a, float4 b, float acc) {
+  acc = fmaf(a.x, b.x, acc);
+  acc = fmaf(a.y, b.y, acc);
+  acc = fmaf(a.z, b.z, acc);
+  return fmaf(a.w, b.w, acc);
 }
 
-// Grid (tokens, experts / kRouterWarps); warp w of a block computes one
-// logit. Every warp sums the squares of the token's row itself (the row is
-// L2/L1-resident; the same data in the same order, so every warp gets the
-// same inv_rms) while its first projection chunk is in flight, so no warp
-// waits on another and there is no shared-memory copy of the row.
-__global__ void __launch_bounds__(kRouterWarps * 32) RouterLogitsKernel(const RouterArgs a) {
+__device__ __forceinline__ float4 Mul4(float4 a, float4 b) {
+  return make_float4(__fmul_rn(a.x, b.x), __fmul_rn(a.y, b.y), __fmul_rn(a.z, b.z),
+                     __fmul_rn(a.w, b.w));
+}
+
+// Grid (token groups of kTokens, expert groups of kExperts). Per logit:
+// dot = Σ_i (r_i * scale_i) * proj_i and squares = Σ_i r_i², each per
+// thread in ascending i, then per warp (shuffle tree), then over the warps
+// in order; logit = dot * (inv_rms * root). inv_rms factors out of the sum,
+// so r is read once for both sums and there is no second pass. A float4
+// past the row (decode's last step) adds exact zeros: the sums start at +0
+// and so never hold -0.
+template <int kTokens, int kExperts, int kSteps>
+__global__ void __launch_bounds__(kRouterThreads) RouterLogitsKernel(const RouterArgs a) {
   WaitForPredecessor();
   AllowDependents();
-  const int lane = threadIdx.x % 32;
-  const int expert = blockIdx.y * kRouterWarps + threadIdx.x / 32;
-  if (expert >= a.experts) return;  // whole warps
-  const int64_t token = blockIdx.x;
+  const int64_t token0 = int64_t{blockIdx.x} * kTokens;
+  const int expert0 = blockIdx.y * kExperts;
   const int quads = a.hidden / 4;
-  const float4* r = reinterpret_cast<const float4*>(a.r + token * a.hidden);
-  const float4* scale = reinterpret_cast<const float4*>(a.scale);
-  const float4* proj = reinterpret_cast<const float4*>(a.proj + int64_t{expert} * a.hidden);
-
-  float4 p[kRouterChunk];
-  LoadProjectionChunk(proj, 0, quads, lane, p);
-  float squares = 0.0f;
-#pragma unroll 8  // 8 L2 reads in flight per lane
-  for (int q = lane; q < quads; q += 32) {
-    const float4 v = r[q];
-    squares += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-  }
-  const float inv_rms = InverseRms(WarpSum(squares), a.hidden, a.eps);
-
-  float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  for (int base = 0;;) {
+  bool token_valid[kTokens], expert_valid[kExperts];
+  const float* rows[kTokens];
+  const float* proj[kExperts];
 #pragma unroll
-    for (int c = 0; c < kRouterChunk; ++c) {
-      const int q = base + c * 32 + lane;
-      if (q < quads) {
-        const float4 v = r[q], s = scale[q];
-        sum.x = fmaf(Routed(v.x, inv_rms, s.x, a.root), p[c].x, sum.x);
-        sum.y = fmaf(Routed(v.y, inv_rms, s.y, a.root), p[c].y, sum.y);
-        sum.z = fmaf(Routed(v.z, inv_rms, s.z, a.root), p[c].z, sum.z);
-        sum.w = fmaf(Routed(v.w, inv_rms, s.w, a.root), p[c].w, sum.w);
+  for (int t = 0; t < kTokens; ++t) {
+    token_valid[t] = token0 + t < a.tokens;
+    rows[t] = a.r + (token0 + t) * a.hidden;
+  }
+#pragma unroll
+  for (int e = 0; e < kExperts; ++e) {
+    expert_valid[e] = expert0 + e < a.experts;
+    proj[e] = a.proj + int64_t{expert0 + e} * a.hidden;
+  }
+
+  float dot[kExperts][kTokens], squares[kTokens];
+#pragma unroll
+  for (int t = 0; t < kTokens; ++t) {
+    squares[t] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kExperts; ++e) dot[e][t] = 0.0f;
+  }
+  for (int base = threadIdx.x; base < quads; base += kRouterThreads * kSteps) {
+    // Every load of the step first, then the math.
+    float4 s[kSteps], x[kTokens][kSteps], w[kExperts][kSteps];
+#pragma unroll
+    for (int c = 0; c < kSteps; ++c) {
+      const int q = base + c * kRouterThreads;
+      const bool in_row = q < quads;
+      s[c] = LoadQuadOrZero(a.scale, q, in_row);
+#pragma unroll
+      for (int t = 0; t < kTokens; ++t)
+        x[t][c] = LoadQuadOrZero(rows[t], q, in_row && token_valid[t]);
+#pragma unroll
+      for (int e = 0; e < kExperts; ++e)
+        w[e][c] = LoadQuadOrZero(proj[e], q, in_row && expert_valid[e]);
+    }
+#pragma unroll
+    for (int c = 0; c < kSteps; ++c) {
+#pragma unroll
+      for (int t = 0; t < kTokens; ++t) {
+        squares[t] = Dot4(x[t][c], x[t][c], squares[t]);
+        const float4 routed = Mul4(x[t][c], s[c]);
+#pragma unroll
+        for (int e = 0; e < kExperts; ++e) dot[e][t] = Dot4(routed, w[e][c], dot[e][t]);
       }
     }
-    base += kRouterChunk * 32;
-    if (base >= quads) break;  // uniform over the warp
-    LoadProjectionChunk(proj, base, quads, lane, p);
   }
-  const float logit = WarpSum((sum.x + sum.y) + (sum.z + sum.w));
-  if (lane == 0) a.logits[token * a.experts + expert] = logit;
+
+  // Warp sums into shared memory; thread (e, t) adds its logit's warps.
+  constexpr int kDots = kExperts * kTokens;
+  __shared__ float warp_sums[kRouterWarps][kDots + kTokens];
+  const int warp = threadIdx.x / 32;
+  const bool leader = threadIdx.x % 32 == 0;
+#pragma unroll
+  for (int t = 0; t < kTokens; ++t) {
+    const float sq = WarpSum(squares[t]);
+    if (leader) warp_sums[warp][kDots + t] = sq;
+#pragma unroll
+    for (int e = 0; e < kExperts; ++e) {
+      const float d = WarpSum(dot[e][t]);
+      if (leader) warp_sums[warp][e * kTokens + t] = d;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x >= kDots) return;
+  const int e = threadIdx.x / kTokens, t = threadIdx.x % kTokens;
+  if (token0 + t >= a.tokens || expert0 + e >= a.experts) return;
+  float dot_sum = 0.0f, square_sum = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kRouterWarps; ++w) {
+    dot_sum += warp_sums[w][threadIdx.x];
+    square_sum += warp_sums[w][kDots + t];
+  }
+  a.logits[(token0 + t) * a.experts + expert0 + e] =
+      dot_sum * (InverseRms(square_sum, a.hidden, a.eps) * a.root);
 }
 
 // ---- RouteTopK ----
 
-constexpr int kTopKWarps = 4;                    // tokens per block
-constexpr int kSlotsPerLane = kMaxExperts / 32;  // lane l holds experts l + 32 j
+constexpr int kTopKWarps = 4;  // tokens per block
 
 struct TopKArgs {
   const float* logits;  // [tokens, experts]
@@ -116,29 +171,42 @@ struct TopKArgs {
   int top_k;
 };
 
-// Whether candidate a (probability pa of expert ea) is picked before b:
-// the larger probability, NaN below every number, ties to the lower expert;
-// expert -1 (no candidate) after everything. A strict total order on
-// distinct experts, so every lane of a butterfly reduction agrees.
-__device__ __forceinline__ bool PickedBefore(float pa, int ea, float pb, int eb) {
-  if (ea < 0 || eb < 0) return eb < 0 && ea >= 0;
-  const bool a_nan = isnan(pa), b_nan = isnan(pb);
-  if (a_nan != b_nan) return b_nan;
-  if (!a_nan && pa != pb) return pa > pb;
-  return ea < eb;
+// An int whose order is the float's (for non-NaN floats; -0 just below +0),
+// and back (the map is its own inverse), for a one-instruction warp max.
+__device__ __forceinline__ int OrderedBits(int bits) {
+  return bits >= 0 ? bits : bits ^ 0x7FFFFFFF;
 }
 
 __device__ __forceinline__ float WarpMax(float v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) {
-    v = fmaxf(v, __shfl_xor_sync(kFullWarp, v, offset));
-  }
-  return v;
+  const int ordered = __reduce_max_sync(kFullWarp, OrderedBits(__float_as_int(v)));
+  return __int_as_float(OrderedBits(ordered));
 }
 
-// One warp per token: softmax in registers, top_k rounds of a warp argmax
-// (the CPU's stable sort by descending probability, one pick at a time),
-// then each pick written at its rank among the picked experts.
+// A candidate as one unsigned key whose order is cpu::RouteTopK's: the
+// larger probability, NaN below every number, ties to the lower expert.
+// High word: p's bits with the sign bit set (p >= +0 here, so this orders
+// every p above 0 and maps +0 and -0 alike), or 0 for NaN. Low word:
+// kMaxExperts - expert, larger for the lower expert and never 0, so key 0
+// (no candidate, or already picked) is below every candidate.
+__device__ __forceinline__ uint64_t CandidateKey(float p, int expert) {
+  const uint32_t high = isnan(p) ? 0u : (__float_as_uint(p) | 0x80000000u);
+  return (uint64_t{high} << 32) | static_cast<uint32_t>(kMaxExperts - expert);
+}
+
+// p of a key's high word (NaN for 0).
+__device__ __forceinline__ float KeyProbability(uint32_t high) {
+  return high == 0 ? __int_as_float(0x7FFFFFFF) : __uint_as_float(high & 0x7FFFFFFFu);
+}
+
+__device__ __forceinline__ uint64_t Max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
+
+// One warp per token, lane l holding experts l + 32 j, j < kSlots, in
+// registers (every index a compile-time constant): softmax, top_k rounds
+// of a warp argmax of the keys above (the CPU's stable sort by descending
+// probability, one pick at a time), then each pick written at its rank
+// among the picked experts. A round's argmax is the lane's own max key,
+// then two warp reductions (__reduce_max_sync, one instruction each): the
+// max high word, then the max low word among the lanes holding it.
 //
 // Float32 as cpu::RouteTopK except the softmax sum, a per-lane then shuffle
 // tree sum rather than a sequential one: it rounds differently, but it
@@ -147,6 +215,7 @@ __device__ __forceinline__ float WarpMax(float v) {
 // ulp of the CPU's exp, so only probabilities that tie to ~1e-7 may order
 // differently. A NaN logit makes the sum and so every probability NaN:
 // the picks are then experts 0..k-1, as the CPU's stable sort leaves them.
+template <int kSlots>
 __global__ void __launch_bounds__(kTopKWarps * 32) RouteTopKKernel(const TopKArgs a) {
   WaitForPredecessor();
   AllowDependents();
@@ -155,51 +224,61 @@ __global__ void __launch_bounds__(kTopKWarps * 32) RouteTopKKernel(const TopKArg
   if (token >= a.tokens) return;  // whole warps
   const float* logits = a.logits + token * a.experts;
 
-  float p[kSlotsPerLane];
-  float max = -INFINITY;
+  // The logits and the scales (used at the very end) in one round trip.
+  float p[kSlots], scale[kSlots];
+  bool valid[kSlots];
 #pragma unroll
-  for (int j = 0; j < kSlotsPerLane; ++j) {
+  for (int j = 0; j < kSlots; ++j) {
     const int e = j * 32 + lane;
-    p[j] = e < a.experts ? logits[e] : 0.0f;
-    if (e < a.experts) max = fmaxf(max, p[j]);
+    valid[j] = e < a.experts;
+    p[j] = valid[j] ? logits[e] : -INFINITY;
+    scale[j] = valid[j] ? a.per_expert_scale[e] : 0.0f;
   }
+  float max = p[0];
+#pragma unroll
+  for (int j = 1; j < kSlots; ++j) max = fmaxf(max, p[j]);
   max = WarpMax(max);
   float sum = 0.0f;
 #pragma unroll
-  for (int j = 0; j < kSlotsPerLane; ++j) {
-    if (j * 32 + lane < a.experts) sum += (p[j] = expf(p[j] - max));
+  for (int j = 0; j < kSlots; ++j) {
+    p[j] = valid[j] ? expf(p[j] - max) : 0.0f;
+    if (valid[j]) sum += p[j];
   }
   sum = WarpSum(sum);
+  uint64_t key[kSlots];
 #pragma unroll
-  for (int j = 0; j < kSlotsPerLane; ++j) p[j] /= sum;
+  for (int j = 0; j < kSlots; ++j) {
+    p[j] /= sum;
+    key[j] = valid[j] ? CandidateKey(p[j], j * 32 + lane) : 0;
+  }
 
   // Bit j of `picked`: expert j * 32 + lane is one of the top k. top_sum
   // adds the picks in the order they are made, as the CPU adds them.
   uint32_t picked = 0;
   float top_sum = 0.0f;
   for (int round = 0; round < a.top_k; ++round) {
-    float best_p = 0.0f;
-    int best = -1;
+    uint64_t best[kSlots];
 #pragma unroll
-    for (int j = 0; j < kSlotsPerLane; ++j) {
-      const int e = j * 32 + lane;
-      if (e < a.experts && !((picked >> j) & 1) && PickedBefore(p[j], e, best_p, best)) {
-        best_p = p[j];
-        best = e;
+    for (int j = 0; j < kSlots; ++j) best[j] = key[j];
+#pragma unroll
+    for (int width = kSlots / 2; width > 0; width /= 2) {
+#pragma unroll
+      for (int j = 0; j < width; ++j) best[j] = Max64(best[j], best[j + width]);
+    }
+    const uint32_t own_high = static_cast<uint32_t>(best[0] >> 32);
+    const uint32_t high = __reduce_max_sync(kFullWarp, own_high);
+    const uint32_t low =
+        __reduce_max_sync(kFullWarp, own_high == high ? static_cast<uint32_t>(best[0]) : 0u);
+    // top_k <= experts: some candidate is always left, so low >= 1.
+    const int expert = kMaxExperts - static_cast<int>(low);
+    top_sum += KeyProbability(high);
+#pragma unroll
+    for (int j = 0; j < kSlots; ++j) {
+      if (j * 32 + lane == expert) {
+        picked |= 1u << j;
+        key[j] = 0;
       }
     }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) {
-      const float other_p = __shfl_xor_sync(kFullWarp, best_p, offset);
-      const int other = __shfl_xor_sync(kFullWarp, best, offset);
-      if (PickedBefore(other_p, other, best_p, best)) {
-        best_p = other_p;
-        best = other;
-      }
-    }
-    // top_k <= experts: some candidate is always left, so best >= 0.
-    top_sum += best_p;
-    if (best % 32 == lane) picked |= 1u << (best / 32);
   }
 
   // Experts ascend with (slot j, lane): a pick's rank is the number of picks
@@ -208,14 +287,13 @@ __global__ void __launch_bounds__(kTopKWarps * 32) RouteTopKKernel(const TopKArg
   float* weights = a.weights + token * a.top_k;
   int below = 0;
 #pragma unroll
-  for (int j = 0; j < kSlotsPerLane; ++j) {
+  for (int j = 0; j < kSlots; ++j) {
     const bool mine = (picked >> j) & 1;
     const uint32_t slot_picks = __ballot_sync(kFullWarp, mine);
     if (mine) {
       const int rank = below + __popc(slot_picks & ((1u << lane) - 1u));
-      const int e = j * 32 + lane;
-      ids[rank] = e;
-      weights[rank] = p[j] / top_sum * a.per_expert_scale[e];
+      ids[rank] = j * 32 + lane;
+      weights[rank] = p[j] / top_sum * scale[j];
     }
     below += __popc(slot_picks);
   }
@@ -279,12 +357,14 @@ absl::Status CopyRows(const char* op, bool scatter, const __nv_bfloat16* src, co
 
 // ---- CombineExperts ----
 
-// Threads of a combine block: one per 8-element run, at most this many, each
-// holding at most kCombineRuns runs of both sums in registers (64 floats:
-// 1024 threads would cap a thread at 64 registers and spill them).
+// Threads of a combine block: one per 8-element run up to this many, each
+// then taking kRuns = 1, 2 or 4 runs (hidden <= 4096, 8192, 16384).
 constexpr int kCombineThreads = 512;
-constexpr int kCombineRuns = 4;
-constexpr int kCombineMaxHidden = kCombineThreads * kVectorWidth * kCombineRuns;
+constexpr int kCombineMaxRuns = 4;
+constexpr int kCombineMaxHidden = kCombineThreads * kVectorWidth * kCombineMaxRuns;
+// 16-byte expert-output loads a thread has in flight at once: top_k 8 with
+// one run is a single round trip for everything the block reads.
+constexpr int kCombineLoads = 8;
 
 struct CombineArgs {
   const __nv_bfloat16* dense;        // [tokens, hidden]
@@ -306,50 +386,100 @@ __device__ __forceinline__ float2 BlockSum2(float x, float y) {
   y = WarpSum(y);
   if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = make_float2(x, y);
   __syncthreads();
+  const int warps = blockDim.x / 32;
   float2 total = make_float2(0.0f, 0.0f);
-  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) {
-    total.x += warp_sums[w].x;
-    total.y += warp_sums[w].y;
+#pragma unroll
+  for (int w = 0; w < kCombineThreads / 32; ++w) {
+    if (w < warps) {
+      total.x += warp_sums[w].x;
+      total.y += warp_sums[w].y;
+    }
   }
   return total;
 }
 
-// One block per token. Each thread keeps its runs of dense and of the
-// expert sum in registers from the loads to the store, and stores exactly
-// the elements it loaded, so out may be dense.
+// v[i] = the 8 bf16 of `raw` as float32 (as LoadBf16).
+__device__ __forceinline__ void UnpackBf16(uint4 raw, float (&v)[kVectorWidth]) {
+  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    v[2 * i] = __uint_as_float(words[i] << 16);
+    v[2 * i + 1] = __uint_as_float(words[i] & 0xFFFF0000u);
+  }
+}
+
+__device__ __forceinline__ uint4 LoadRaw(const __nv_bfloat16* p) {
+  return *reinterpret_cast<const uint4*>(p);
+}
+
+// One block per token; thread i takes the runs i, i + blockDim.x, ... (at
+// most kRuns). All the block's loads are issued before any math: dense and
+// both norm weights (kept as raw bf16 until the end), then the expert
+// outputs kSlotBatch slots at a time (all 8 of top 8 for one run). Each
+// thread stores exactly the elements it loaded, so out may be dense.
+template <int kRuns>
 __global__ void __launch_bounds__(kCombineThreads) CombineExpertsKernel(const CombineArgs a) {
   WaitForPredecessor();
   AllowDependents();
+  constexpr int kSlotBatch = kCombineLoads / kRuns;
   const int64_t token = blockIdx.x;
   const int step = blockDim.x * kVectorWidth;
-  const int first = threadIdx.x * kVectorWidth;
-  float dense[kCombineRuns][kVectorWidth], experts[kCombineRuns][kVectorWidth];
+  const __nv_bfloat16* dense_row = a.dense + token * a.hidden;
+  int column[kRuns];
+  bool in_row[kRuns];
+  uint4 dense_raw[kRuns], dense_norm[kRuns], expert_norm[kRuns];
 #pragma unroll
-  for (int run = 0; run < kCombineRuns; ++run) {
-    const int i = first + run * step;
-    if (i < a.hidden) LoadBf16<kVectorWidth>(a.dense + token * a.hidden + i, dense[run]);
+  for (int run = 0; run < kRuns; ++run) {
+    column[run] = threadIdx.x * kVectorWidth + run * step;
+    in_row[run] = column[run] < a.hidden;
+    if (in_row[run]) {
+      dense_raw[run] = LoadRaw(dense_row + column[run]);
+      dense_norm[run] = LoadRaw(a.dense_norm + column[run]);
+      expert_norm[run] = LoadRaw(a.expert_norm + column[run]);
+    }
+  }
+  // Σ_j weight_j y_j in j order (ascending expert), as cpu_model adds them.
+  float experts[kRuns][kVectorWidth];
+#pragma unroll
+  for (int run = 0; run < kRuns; ++run) {
 #pragma unroll
     for (int k = 0; k < kVectorWidth; ++k) experts[run][k] = 0.0f;
   }
-  // Σ_j weight_j y_j in j order (ascending expert), as cpu_model adds them.
-  for (int j = 0; j < a.top_k; ++j) {
-    const int64_t slot = token * a.top_k + j;
-    const float weight = a.weights[slot];
-    const __nv_bfloat16* y = a.expert_out + slot * a.hidden;
+  for (int j0 = 0; j0 < a.top_k; j0 += kSlotBatch) {
+    float weight[kSlotBatch];
+    uint4 y[kSlotBatch][kRuns];
 #pragma unroll
-    for (int run = 0; run < kCombineRuns; ++run) {
-      const int i = first + run * step;
-      if (i >= a.hidden) continue;
-      float v[kVectorWidth];
-      LoadBf16<kVectorWidth>(y + i, v);
+    for (int b = 0; b < kSlotBatch; ++b) {
+      const int64_t slot = token * a.top_k + j0 + b;
+      const bool in_slots = j0 + b < a.top_k;
+      weight[b] = in_slots ? a.weights[slot] : 0.0f;
 #pragma unroll
-      for (int k = 0; k < kVectorWidth; ++k) experts[run][k] += v[k] * weight;
+      for (int run = 0; run < kRuns; ++run) {
+        if (in_slots && in_row[run])
+          y[b][run] = LoadRaw(a.expert_out + slot * a.hidden + column[run]);
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < kSlotBatch; ++b) {
+      if (j0 + b >= a.top_k) break;
+#pragma unroll
+      for (int run = 0; run < kRuns; ++run) {
+        if (!in_row[run]) continue;
+        float v[kVectorWidth];
+        UnpackBf16(y[b][run], v);
+#pragma unroll
+        for (int k = 0; k < kVectorWidth; ++k) {
+          experts[run][k] = fmaf(v[k], weight[b], experts[run][k]);
+        }
+      }
     }
   }
+  float dense[kRuns][kVectorWidth];
   float dense_squares = 0.0f, expert_squares = 0.0f;
 #pragma unroll
-  for (int run = 0; run < kCombineRuns; ++run) {
-    if (first + run * step >= a.hidden) continue;
+  for (int run = 0; run < kRuns; ++run) {
+    if (!in_row[run]) continue;
+    UnpackBf16(dense_raw[run], dense[run]);
     dense_squares += SumOfSquares<kVectorWidth>(dense[run]);
     expert_squares += SumOfSquares<kVectorWidth>(experts[run]);
   }
@@ -357,14 +487,18 @@ __global__ void __launch_bounds__(kCombineThreads) CombineExpertsKernel(const Co
   const float dense_scale = InverseRms(sums.x, a.hidden, a.eps);
   const float expert_scale = InverseRms(sums.y, a.hidden, a.eps);
 #pragma unroll
-  for (int run = 0; run < kCombineRuns; ++run) {
-    const int i = first + run * step;
-    if (i >= a.hidden) continue;
-    ScaleRun<kVectorWidth>(dense[run], dense_scale, a.dense_norm + i);
-    ScaleRun<kVectorWidth>(experts[run], expert_scale, a.expert_norm + i);
+  for (int run = 0; run < kRuns; ++run) {
+    if (!in_row[run]) continue;
+    // x * inv_rms * weight, rounded in that order as cpu::RmsNorm (ScaleRun).
+    float dense_weight[kVectorWidth], expert_weight[kVectorWidth], sum[kVectorWidth];
+    UnpackBf16(dense_norm[run], dense_weight);
+    UnpackBf16(expert_norm[run], expert_weight);
 #pragma unroll
-    for (int k = 0; k < kVectorWidth; ++k) dense[run][k] += experts[run][k];
-    StoreBf16<kVectorWidth>(a.out + token * a.hidden + i, dense[run]);
+    for (int k = 0; k < kVectorWidth; ++k) {
+      sum[k] = dense[run][k] * dense_scale * dense_weight[k] +
+               experts[run][k] * expert_scale * expert_weight[k];
+    }
+    StoreBf16<kVectorWidth>(a.out + token * a.hidden + column[run], sum);
   }
 }
 
@@ -380,7 +514,7 @@ absl::Status RouterLogits(const float* r, int64_t tokens, int hidden, const floa
         "r %p, scale %p, proj %p, logits %p",
         r, scale, proj, logits));
   }
-  constexpr int kMaxRouterExperts = 65535 * kRouterWarps;  // gridDim.y
+  constexpr int kMaxRouterExperts = 65535;  // gridDim.y of the decode variant
   if (tokens < 0 || tokens > INT_MAX || hidden <= 0 || hidden % 4 != 0 || experts <= 0 ||
       experts > kMaxRouterExperts) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -393,10 +527,16 @@ absl::Status RouterLogits(const float* r, int64_t tokens, int hidden, const floa
         absl::StrFormat("RouterLogits: eps must be >= 0, got %g", eps));
   }
   if (tokens == 0) return absl::OkStatus();
-  const dim3 grid(static_cast<unsigned>(tokens),
-                  static_cast<unsigned>((experts + kRouterWarps - 1) / kRouterWarps));
-  return LaunchKernel(RouterLogitsKernel, grid, kRouterWarps * 32, 0, stream, /*overlap=*/true,
-                      RouterArgs{r, scale, proj, logits, hidden, experts, root, eps});
+  const RouterArgs args{r, scale, proj, logits, tokens, hidden, experts, root, eps};
+  if (tokens < kRouterTileMinTokens) {
+    const dim3 grid(static_cast<unsigned>(tokens), static_cast<unsigned>(experts));
+    return LaunchKernel(RouterLogitsKernel<1, 1, kRouterSteps>, grid, kRouterThreads, 0, stream,
+                        /*overlap=*/true, args);
+  }
+  const dim3 grid(static_cast<unsigned>((tokens + kRouterTileTokens - 1) / kRouterTileTokens),
+                  static_cast<unsigned>((experts + kRouterTileExperts - 1) / kRouterTileExperts));
+  return LaunchKernel(RouterLogitsKernel<kRouterTileTokens, kRouterTileExperts, 1>, grid,
+                      kRouterThreads, 0, stream, /*overlap=*/true, args);
 }
 
 absl::Status RouteTopK(const float* logits, int64_t tokens, int experts,
@@ -422,7 +562,9 @@ absl::Status RouteTopK(const float* logits, int64_t tokens, int experts,
     return absl::InvalidArgumentError(
         absl::StrFormat("RouteTopK: %d tokens is more than one launch covers", tokens));
   }
-  return LaunchKernel(RouteTopKKernel, static_cast<int>(blocks), kTopKWarps * 32, 0, stream,
+  // Experts per lane: 4 covers up to 128 (26B-A4B), 8 up to kMaxExperts.
+  const auto kernel = experts <= 128 ? RouteTopKKernel<4> : RouteTopKKernel<kMaxExperts / 32>;
+  return LaunchKernel(kernel, static_cast<int>(blocks), kTopKWarps * 32, 0, stream,
                       /*overlap=*/true,
                       TopKArgs{logits, per_expert_scale, ids, weights, tokens, experts, top_k});
 }
@@ -464,8 +606,12 @@ absl::Status CombineExperts(const __nv_bfloat16* dense, const __nv_bfloat16* exp
   if (tokens == 0) return absl::OkStatus();
   const int runs = hidden / kVectorWidth;
   const int threads = std::min(kCombineThreads, (runs + 31) / 32 * 32);
+  const int runs_per_thread = (runs + kCombineThreads - 1) / kCombineThreads;
+  const auto kernel = runs_per_thread == 1   ? CombineExpertsKernel<1>
+                      : runs_per_thread == 2 ? CombineExpertsKernel<2>
+                                             : CombineExpertsKernel<kCombineMaxRuns>;
   return LaunchKernel(
-      CombineExpertsKernel, static_cast<int>(tokens), threads, 0, stream, /*overlap=*/true,
+      kernel, static_cast<int>(tokens), threads, 0, stream, /*overlap=*/true,
       CombineArgs{dense, expert_out, weights, dense_norm, expert_norm, out, top_k, hidden, eps});
 }
 

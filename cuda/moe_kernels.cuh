@@ -41,10 +41,14 @@ inline constexpr int kMaxExperts = 256;
 
 // logits[t, e] = Σ_i (r[t, i] * inv_rms(r[t]) * scale[i] * root) * proj[e, i]
 // in float32, inv_rms = (mean(r[t]^2) + eps)^-0.5 (RmsNorm without weight),
-// root = hidden^-0.5 as the caller computes it (a float32 PowF, as the CPU).
-// proj float32 [experts, hidden], scale float32 [hidden]. Many blocks per
-// token (a warp per expert), so the projection streams at memory speed in
-// decode. hidden % 4 == 0 and 16-byte aligned r, scale, proj.
+// root = hidden^-0.5 as the caller computes it (a float32 PowF, as the CPU),
+// computed as (Σ_i (r[t, i] * scale[i]) * proj[e, i]) * (inv_rms * root) in
+// a fixed order: deterministic, and a row's logits are the same floats
+// whatever `tokens` is (not bit-equal to the CPU's). proj float32 [experts,
+// hidden], scale float32 [hidden]. Decode: a block per (token, expert), so
+// the projection streams over every SM; 16 tokens and more: a block per 8
+// tokens x 8 experts, reading the projection once per 8 tokens. hidden %
+// 4 == 0, experts <= 65535, 16-byte aligned r, scale, proj.
 absl::Status RouterLogits(const float* r, int64_t tokens, int hidden, const float* scale,
                           float root, float eps, const float* proj, int experts, float* logits,
                           cudaStream_t stream);

@@ -598,6 +598,88 @@ void RequireInvalidNaming(const absl::Status& status, std::string_view name) {
   CHECK(std::string(status.message()).find(name) != std::string::npos);
 }
 
+// RunSorted on random row counts per expert (some experts empty), with a
+// scratch of `batch` experts: every row against its expert's reference, the
+// rows after the last one untouched.
+void CheckSorted(const DeviceExperts& experts, int batch, const std::function<RowFn(int)>& row,
+                 bool rounded, LinearContext& context, std::mt19937_64& rng, ThreadPool& pool) {
+  INFO("batch " << batch);
+  const int64_t n = experts.n(), k = experts.k();
+  std::vector<int64_t> begin = {0};
+  std::uniform_int_distribution<int> rows_of(0, 40);
+  for (int e = 0; e < experts.count(); ++e) {
+    const int rows = e % 3 == 1 ? 0 : rows_of(rng);  // every third expert empty
+    begin.push_back(begin.back() + rows);
+  }
+  const int64_t total = begin.back();
+  REQUIRE(total > 0);
+  const testing::Bf16Values x = testing::RandomBf16(total * k, 0.05f, 2.0f, rng);
+  const auto x_device = testing::Upload(x.bits);
+  auto y = testing::PoisonedBf16((total + 1) * n);
+  absl::StatusOr<SortedRunScratch> scratch = SortedRunScratch::Create(n * k, batch);
+  REQUIRE_OK(scratch);
+  REQUIRE_OK(experts.RunSorted(AsBf16(x_device), begin, AsBf16(y), *scratch, context, nullptr));
+  const std::vector<float> got = Download(y);
+  for (int e = 0; e < experts.count(); ++e) {
+    const int64_t rows = begin[e + 1] - begin[e];
+    if (rows == 0) continue;
+    INFO("expert " << e << ", rows " << rows);
+    CheckRows(
+        std::span(got).subspan(begin[e] * n, rows * n),
+        References(n, k, row(e), std::span(x.values).subspan(begin[e] * k, rows * k), rows, pool),
+        rounded ? kRoundedWeightNorm : kExactWeightNorm);
+  }
+  const std::span<const float> guard = std::span(got).subspan(total * n);
+  CHECK(std::all_of(guard.begin(), guard.end(), [](float v) { return std::isnan(v); }));
+}
+
+TEST_CASE("DeviceExperts::RunSorted runs rows sorted by expert as grouped GEMMs",
+          "[cuda][device_experts]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  auto rng = testing::MakeRng();
+  ThreadPool pool(0);
+  LinearContext context = MakeContext();
+  // Int4 (dequantized to bf16 first: weights rounded, as the prefill GEMM),
+  // in batches that divide the experts and that do not.
+  for (const ExpertShape& shape : {kSmall, WithCount(kDown26b, 6)}) {
+    const Int4Spec spec{32, false, false};
+    INFO(Describe(shape, spec));
+    const HostExperts host = MakeExperts(shape, spec, rng, pool);
+    const DeviceExperts experts = Upload(host, shape.name);
+    for (const int batch : {1, 4, shape.count}) {
+      CheckSorted(
+          experts, batch, [&](int e) { return Int4Row(host.unpacked[e]); }, true, context, rng,
+          pool);
+    }
+  }
+  // Bf16 experts run from their own storage.
+  constexpr int kCount = 5;
+  constexpr int64_t kN = 48, kK = 72;
+  std::normal_distribution<float> value(0.0f, 0.05f);
+  std::vector<float> values(kCount * kN * kK);
+  for (float& v : values) v = value(rng);
+  absl::StatusOr<DeviceExperts> dense = DeviceExperts::FromFloat(values, kCount, kN, kK, "dense");
+  REQUIRE_OK(dense);
+  CheckSorted(
+      *dense, 2,
+      [&](int e) { return Bf16Row(std::span(values).subspan(e * kN * kK, kN * kK), kK); }, false,
+      context, rng, pool);
+
+  // Bad offsets and a scratch too small for an expert are refused.
+  auto x = testing::Upload(testing::RandomBf16(kK, 0.05f, 2.0f, rng).bits);
+  auto y = testing::PoisonedBf16(kN);
+  absl::StatusOr<SortedRunScratch> scratch = SortedRunScratch::Create(16, 2);
+  REQUIRE_OK(scratch);
+  const std::vector<int64_t> unsorted = {0, 2, 1, 3, 3, 3};
+  RequireInvalidNaming(dense->RunSorted(AsBf16(x), unsorted, AsBf16(y), *scratch, context, nullptr),
+                       "dense");
+  const HostExperts small = MakeExperts(kSmall, {32, false, false}, rng, pool);
+  const DeviceExperts int4 = Upload(small, "small_experts");
+  std::vector<int64_t> begin(kSmall.count + 1, 0);
+  RequireInvalidNaming(int4.RunSorted(AsBf16(x), begin, AsBf16(y), *scratch, context, nullptr),
+                       "small_experts");
+}
+
 TEST_CASE("DeviceExperts and Int4MmaGemvSelected reject bad arguments", "[cuda][device_experts]") {
   GQ_SKIP_WITHOUT_CUDA();
   auto rng = testing::MakeRng();

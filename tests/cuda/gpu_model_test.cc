@@ -353,7 +353,7 @@ double FractionWithin(const std::vector<double>& errors, double bound) {
 // from the CPU's by bf16 rounding, so a token whose 4th and 5th router logits
 // nearly tie may take the other expert, and its logits then differ
 // wholesale. The test compares, row by row, (1) the GPU's two MoE paths:
-// prefill (tokens sorted by expert on the host) against one-token steps
+// prefill (tokens sorted by expert on the host, grouped GEMMs) against one-token steps
 // (int4: experts chosen on the GPU), and (2) the prefill against the CPU.
 // A wrong expert order, weight or gather would spoil most rows; a flip, one.
 TEST_CASE("GPU forward: sparse MoE routing matches the CPU on all but near-tied rows",
@@ -365,7 +365,9 @@ TEST_CASE("GPU forward: sparse MoE routing matches the CPU on all but near-tied 
   absl::StatusOr<Config> config = gemma4::ParseConfigJson(k26bSparseStyle, "26b-sparse");
   REQUIRE_OK(config);
   const int64_t vocab = config->text.vocab_size;
-  constexpr int kChunk = 16, kPrompt = 48;
+  // One chunk of 96: 384 (token, expert) pairs over 16 experts, enough rows
+  // per expert that the prefill takes the grouped-GEMM path (RunSorted).
+  constexpr int kChunk = 96, kPrompt = 96;
   const std::vector<int> prompt = RandomTokens(rng, kPrompt, static_cast<int>(vocab));
   for (const bool quantized : {true, false}) {
     CAPTURE(quantized);
@@ -403,8 +405,8 @@ TEST_CASE("GPU forward: sparse MoE routing matches the CPU on all but near-tied 
                        << " (median " << paths[kPrompt / 2] << ", worst " << paths.back()
                        << "); prefill vs CPU " << reference_within * 100 << "% (median "
                        << reference[kPrompt / 2] << ", worst " << reference.back() << ")");
-    // Measured on the H100 over six seeds: 0-3 of 48 rows flipped, medians
-    // 0.005-0.007 (as the dense variants' errors).
+    // Measured on the H100 over six seeds (48-token prompts in chunks of 16):
+    // 0-3 of 48 rows flipped, medians 0.005-0.007 (as the dense variants').
     CHECK(paths_within >= 0.85);
     CHECK(reference_within >= 0.85);
     CHECK(paths[kPrompt / 2] <= kLogitsRelativeL2 / 2);

@@ -5,23 +5,27 @@
 // 8) and small odd ones.
 //
 // Error bounds (worst case, float32 unit roundoff u = 2^-24 ~ 6e-8):
-//  - RouterLogits: a lane sums n = hidden / 128 float4s (<= 42 here), so
-//    every square and every product passes <= n + 8 roundings (the lane's
-//    running sum, the float4's own sum, the shuffle tree): inv_rms is within
-//    (n + 8) u / 2 + 2 ulp (rsqrtf), a routed value r * inv * scale * root
-//    within 3 u more, and the logit within ~(1.5 n + 17) u Σ|terms| <= 5e-6
-//    Σ|terms|. Hence |got - want| <= 1e-5 Σ_i |v_i proj_i| (2x slack), v
-//    the exact routed input. The CPU's float32 logits (Eigen: up to ~350
-//    sequential terms per SIMD lane) are within ~3e-5 Σ|terms| in the worst
-//    case, so against them: 4e-5 Σ|terms|.
+//  - RouterLogits: per logit, dot = Σ (r * scale) * proj and Σ r², each
+//    summed by a thread over its <= 4 ceil(hidden / 1024) elements (<= 24
+//    here), a 5-level shuffle tree and 8 warp sums in order: depth D <= 37,
+//    so |dot error| <= (D + 1) u Σ|terms| and inv_rms is within D u / 2 +
+//    2 u (divide, eps) + 2 ulp (rsqrtf); logit = dot * (inv_rms * root)
+//    adds 2 u: ~(1.5 D + 7) u <= 4e-6 Σ|terms|, Σ|terms| = Σ_i |v_i
+//    proj_i|, v the exact routed input. Hence |got - want| <= 1e-5 Σ|terms|
+//    (2.5x slack). The CPU's float32 logits (Eigen: up to ~350 sequential
+//    terms per SIMD lane) are within ~3e-5 Σ|terms| in the worst case, so
+//    against them: 4e-5 Σ|terms|. The decode (< 16 tokens) and tiled
+//    variants add in the same order, so a row's logits are the same floats
+//    whatever the token count: checked bit for bit.
 //  - RouteTopK: the same float32 softmax as the CPU up to expf (2 ulp) and
 //    the order of the softmax sum, which scales every probability alike and
 //    cancels in p / Σ_top p. So ids are identical whenever no two
 //    probabilities at the top-k boundary are within ~1e-6 relative (random
 //    rows closer than 1e-5 are redrawn), and weights are within a few ulp:
 //    |got - cpu| <= 1e-5 |cpu|.
-//  - CombineExperts: the expert sum Σ_j w_j y_j rounds <= 8 times (<= 8 u
-//    Σ_j |w_j y_j|), the norms' sums of squares <= ~60 times (inv_rms within
+//  - CombineExperts: the expert sum Σ_j w_j y_j rounds <= top_k <= 10
+//    times (<= 10 u Σ_j |w_j y_j|), the norms' sums of squares <= ~60
+//    times (hidden 12288: 24 + 5 + 16; inv_rms within
 //    ~3e-6), plus a few products and one sum, then one bf16 rounding (2^-8).
 //    With the two normalized terms a (dense) and b (experts), which may
 //    cancel, and E = |inv_rms(e) expert_norm| Σ_j |w_j y_j| >= |b|:
@@ -107,11 +111,14 @@ TEST_CASE("RouterLogits matches float64 and the CPU router", "[cuda][moe]") {
   GQ_SKIP_WITHOUT_CUDA();
   auto rng = testing::MakeRng();
   std::uniform_real_distribution<float> exponent(-2.0f, 2.0f);
-  // 26B-A4B decode, small odd shapes, and the 31B hidden size (two chunks
-  // of the projection row per lane).
+  // 26B-A4B decode and prefill, small odd shapes, the 31B hidden size (two
+  // steps of the decode variant), and >= 16 tokens (the tiled variant of 8
+  // tokens x 8 experts) with tokens and experts not multiples of 8.
   for (const RouterShape& s :
        {RouterShape{1, 2816, 128}, RouterShape{3, 64, 8}, RouterShape{17, 256, 256},
-        RouterShape{2, 2816, 100}, RouterShape{5, 100, 7}, RouterShape{2, 5376, 16}}) {
+        RouterShape{2, 2816, 100}, RouterShape{5, 100, 7}, RouterShape{2, 5376, 16},
+        RouterShape{21, 2816, 128}, RouterShape{16, 64, 8}, RouterShape{37, 100, 13},
+        RouterShape{19, 5376, 20}}) {
     INFO("tokens " << s.tokens << " hidden " << s.hidden << " experts " << s.experts);
     // Residual rows of magnitudes 1e-2 .. 1e2 (the residual grows over layers).
     std::vector<float> r = Normal(s.tokens * s.hidden, 1.0f, rng);
@@ -160,6 +167,18 @@ TEST_CASE("RouterLogits matches float64 and the CPU router", "[cuda][moe]") {
     gemma4::cpu::Linear(routed, s.tokens, s.hidden, proj, s.experts, cpu, nullptr);
     RequireClose(
         got, testing::ToDouble(cpu), [&](size_t i) { return 4e-5 * terms[i]; }, "vs CPU");
+
+    // Each row alone (the decode variant) gives the same floats.
+    for (int64_t t : {int64_t{0}, s.tokens / 2, s.tokens - 1}) {
+      INFO("token " << t << " alone");
+      auto one_d = Poisoned<float>(s.experts);
+      REQUIRE_OK(RouterLogits(r_d.data() + t * s.hidden, 1, s.hidden, scale_d.data(), root, kEps,
+                              proj_d.data(), s.experts, one_d.data(), nullptr));
+      RequireEqual(
+          Download(one_d),
+          std::vector<float>(got.begin() + t * s.experts, got.begin() + (t + 1) * s.experts),
+          "one token vs the batch");
+    }
   }
 }
 
@@ -239,9 +258,11 @@ struct TopKShape {
 TEST_CASE("RouteTopK matches cpu::RouteTopK", "[cuda][moe]") {
   GQ_SKIP_WITHOUT_CUDA();
   auto rng = testing::MakeRng();
-  for (const TopKShape& s : {TopKShape{128, 8}, TopKShape{4, 1}, TopKShape{8, 2}, TopKShape{16, 4},
-                             TopKShape{100, 8}, TopKShape{256, 8}, TopKShape{256, 1},
-                             TopKShape{128, 128}, TopKShape{256, 256}, TopKShape{33, 32}}) {
+  // Up to 128 experts take 4 per lane, more take 8 (129: one in the fifth).
+  for (const TopKShape& s :
+       {TopKShape{128, 8}, TopKShape{4, 1}, TopKShape{8, 2}, TopKShape{16, 4}, TopKShape{100, 8},
+        TopKShape{256, 8}, TopKShape{256, 1}, TopKShape{128, 128}, TopKShape{256, 256},
+        TopKShape{33, 32}, TopKShape{129, 8}, TopKShape{129, 129}}) {
     for (int64_t tokens : {1, 3, 17, 300}) {
       INFO("experts " << s.experts << " top_k " << s.top_k << " tokens " << tokens);
       const std::vector<float> logits = RandomLogits(tokens, s.experts, s.top_k, rng);
@@ -258,8 +279,8 @@ TEST_CASE("RouteTopK breaks ties to the lower expert", "[cuda][moe]") {
   GQ_SKIP_WITHOUT_CUDA();
   auto rng = testing::MakeRng();
   SECTION("all logits equal") {
-    for (const TopKShape& s :
-         {TopKShape{128, 8}, TopKShape{100, 8}, TopKShape{256, 1}, TopKShape{7, 7}}) {
+    for (const TopKShape& s : {TopKShape{128, 8}, TopKShape{100, 8}, TopKShape{256, 1},
+                               TopKShape{7, 7}, TopKShape{200, 16}}) {
       INFO("experts " << s.experts << " top_k " << s.top_k);
       const std::vector<float> logits(2 * s.experts, 0.7f);
       const std::vector<float> per_expert_scale = Uniform(s.experts, 0.5f, 1.5f, rng);
@@ -377,10 +398,12 @@ TEST_CASE("GatherRows and ScatterRows copy rows by index", "[cuda][moe]") {
 TEST_CASE("CombineExperts matches float64", "[cuda][moe]") {
   GQ_SKIP_WITHOUT_CUDA();
   auto rng = testing::MakeRng();
-  // 26B-A4B, a small one, and the 31B hidden size (two runs per thread).
-  for (int hidden : {2816, 64, 5376}) {
+  // 26B-A4B, a small one, the 31B hidden size (two runs per thread) and
+  // three runs per thread (the 4-run kernel); top_k not a multiple of a
+  // thread's batch of slots (8, 4 and 2 for 1, 2 and 4 runs) and above 8.
+  for (int hidden : {2816, 64, 5376, 12288}) {
     for (int64_t tokens : {1, 5}) {
-      for (int top_k : {1, 8}) {
+      for (int top_k : {1, 3, 8, 10}) {
         for (bool in_place : {false, true}) {
           INFO("hidden " << hidden << " tokens " << tokens << " top_k " << top_k << " in place "
                          << in_place);
@@ -460,6 +483,7 @@ TEST_CASE("MoE kernels reject bad arguments", "[cuda][moe]") {
   // RouterLogits: hidden % 4, experts, null, misaligned, eps.
   REQUIRE_STATUS_IS(RouterLogits(fp, 1, 6, fp, 1.0f, kEps, fp, 4, fp, nullptr), kInvalid);
   REQUIRE_STATUS_IS(RouterLogits(fp, 1, 8, fp, 1.0f, kEps, fp, 0, fp, nullptr), kInvalid);
+  REQUIRE_STATUS_IS(RouterLogits(fp, 1, 8, fp, 1.0f, kEps, fp, 65536, fp, nullptr), kInvalid);
   REQUIRE_STATUS_IS(RouterLogits(nullptr, 1, 8, fp, 1.0f, kEps, fp, 4, fp, nullptr), kInvalid);
   REQUIRE_STATUS_IS(RouterLogits(fp + 1, 1, 8, fp, 1.0f, kEps, fp, 4, fp, nullptr), kInvalid);
   REQUIRE_STATUS_IS(RouterLogits(fp, 1, 8, fp, 1.0f, -1.0f, fp, 4, fp, nullptr), kInvalid);
