@@ -153,8 +153,11 @@ struct GpuModel::State {
   }
 
   void Count(const DeviceLinear& linear, int matrices) {
-    report.weight_bytes += linear.num_bytes();
-    switch (linear.form()) {
+    Count(linear.form(), linear.num_bytes(), matrices);
+  }
+  void Count(LinearForm form, int64_t bytes, int matrices) {
+    report.weight_bytes += bytes;
+    switch (form) {
       case LinearForm::kInt4:
         report.int4_matrices += matrices;
         break;
@@ -263,20 +266,8 @@ struct GpuModel::State {
                             ? DeviceExperts::FromPacked(weight.packed, name)
                             : DeviceExperts::FromFloat(weight.values, count, weight.shape[1],
                                                        weight.shape[2], name));
-    report.weight_bytes += experts.num_bytes();
+    Count(experts.form(), experts.num_bytes(), experts.count());
     report.expert_bytes += experts.num_bytes();
-    const int counted = experts.count();
-    switch (experts.form()) {
-      case LinearForm::kInt4:
-        report.int4_matrices += counted;
-        break;
-      case LinearForm::kInt8:
-        report.int8_matrices += counted;
-        break;
-      case LinearForm::kBf16:
-        report.bf16_matrices += counted;
-        break;
-    }
     if (!experts.selectable() && !moe_host_routing) {
       moe_host_routing = true;
       report.notes.push_back(absl::StrCat(
