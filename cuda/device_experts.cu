@@ -9,6 +9,7 @@
 #include "int4_dequantize.cuh"
 #include "int4_mma_gemv.cuh"
 #include "int8_dequantize.cuh"
+#include "int8_gemv.cuh"
 
 namespace gquant::cuda {
 namespace {
@@ -43,26 +44,37 @@ absl::StatusOr<DeviceExperts> DeviceExperts::FromPacked(std::span<const PackedMa
     GQ_ASSIGN_OR_RETURN(
         DeviceLinear linear,
         DeviceLinear::FromPacked(experts[e], absl::StrCat(std::string(name), " expert ", e)));
+    // The selected kernels take expert 0's shape, group size and form for all.
+    const DeviceLinear& first = e > 0 ? out.experts_[0] : linear;
+    const bool same_int4 = linear.form() != LinearForm::kInt4 ||
+                           (linear.int4().group_size == first.int4().group_size &&
+                            linear.int4().min_form == first.int4().min_form);
+    const bool same_int8 = linear.form() != LinearForm::kInt8 ||
+                           (linear.int8().group_size == first.int8().group_size &&
+                            linear.int8().min_form == first.int8().min_form);
     if (e > 0 && (linear.form() != out.form() || linear.n() != out.n() || linear.k() != out.k() ||
-                  (linear.form() == LinearForm::kInt4 &&
-                   (linear.int4().group_size != out.experts_[0].int4().group_size ||
-                    linear.int4().min_form != out.experts_[0].int4().min_form)))) {
+                  !same_int4 || !same_int8)) {
       return Invalid(name, absl::StrFormat("expert %d differs from expert 0 in form or shape", e));
     }
     out.experts_.push_back(std::move(linear));
   }
-  if (out.selectable()) {
-    std::vector<const uint4*> qweights;
-    std::vector<const __nv_bfloat162*> params;
-    for (const DeviceLinear& linear : out.experts_) {
-      qweights.push_back(linear.int4().qweight);
-      params.push_back(linear.int4().params);
-    }
-    GQ_ASSIGN_OR_RETURN(out.qweight_table_, DeviceBuffer<const uint4*>::Allocate(qweights.size()));
-    GQ_RETURN_IF_ERROR(out.qweight_table_.CopyFromHost(qweights));
-    GQ_ASSIGN_OR_RETURN(out.params_table_,
-                        DeviceBuffer<const __nv_bfloat162*>::Allocate(params.size()));
-    GQ_RETURN_IF_ERROR(out.params_table_.CopyFromHost(params));
+  // The per-expert pointer tables of RunSelected.
+  const auto table = [&]<typename T>(DeviceBuffer<T>& buffer, auto pointer) -> absl::Status {
+    std::vector<T> pointers;
+    for (const DeviceLinear& linear : out.experts_) pointers.push_back(pointer(linear));
+    GQ_ASSIGN_OR_RETURN(buffer, DeviceBuffer<T>::Allocate(pointers.size()));
+    return buffer.CopyFromHost(pointers);
+  };
+  if (out.form() == LinearForm::kInt4) {
+    GQ_RETURN_IF_ERROR(
+        table(out.qweight_table_, [](const DeviceLinear& l) { return l.int4().qweight; }));
+    GQ_RETURN_IF_ERROR(
+        table(out.params_table_, [](const DeviceLinear& l) { return l.int4().params; }));
+  } else if (out.form() == LinearForm::kInt8) {
+    GQ_RETURN_IF_ERROR(
+        table(out.codes_table_, [](const DeviceLinear& l) { return l.int8().codes; }));
+    GQ_RETURN_IF_ERROR(
+        table(out.int8_params_table_, [](const DeviceLinear& l) { return l.int8().params; }));
   }
   return out;
 }
@@ -163,7 +175,13 @@ absl::Status DeviceExperts::RunSelected(const __nv_bfloat16* x, int64_t x_slot_s
   if (!selectable()) {
     return absl::FailedPreconditionError(
         absl::StrCat("experts '", name_, "': ", std::string(LinearFormName(form())),
-                     " experts cannot be selected on the device (int4 only)"));
+                     " experts cannot be selected on the device (int4 and int8 only)"));
+  }
+  if (form() == LinearForm::kInt8) {
+    const Int8RowsExpertTables tables{codes_table_.data(), int8_params_table_.data(), count()};
+    return Annotate(
+        Int8GemvSelected(experts_[0].int8(), tables, ids, slots, x, x_slot_stride, y, stream),
+        "experts '", name_, "'");
   }
   const Int4MmaExpertTables tables{qweight_table_.data(), params_table_.data(), count()};
   return Annotate(

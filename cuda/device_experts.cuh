@@ -9,9 +9,10 @@
 //     experts instead of a dequantize-and-GEMM per expert);
 //   - RunSelected: one row per slot through the expert whose id an earlier
 //     kernel wrote on the device (the decode path, RouteTopK's ids), one
-//     launch for all slots, so the decode step stays a CUDA graph. Int4
-//     experts only (Int4MmaGemvSelected reads the per-expert pointer tables
-//     kept here); selectable() says whether this object can.
+//     launch for all slots, so the decode step stays a CUDA graph. Int4 and
+//     int8 experts (Int4MmaGemvSelected / Int8GemvSelected read the
+//     per-expert pointer tables kept here; GGUF Q4_K_M files carry both);
+//     selectable() says whether this object can.
 #ifndef GQUANT_CUDA_DEVICE_EXPERTS_CUH_
 #define GQUANT_CUDA_DEVICE_EXPERTS_CUH_
 
@@ -60,7 +61,7 @@ class DeviceExperts {
   int64_t k() const { return experts_.empty() ? 0 : experts_[0].k(); }
   LinearForm form() const { return experts_.empty() ? LinearForm::kBf16 : experts_[0].form(); }
   int64_t num_bytes() const;  // all experts' weights
-  bool selectable() const { return form() == LinearForm::kInt4; }
+  bool selectable() const { return form() != LinearForm::kBf16; }
 
   // y[m, N] = x[m, K] · W_eᵀ (DeviceLinear::Run). InvalidArgument for e
   // outside [0, count).
@@ -78,17 +79,20 @@ class DeviceExperts {
                          cudaStream_t stream) const;
 
   // y[s, :] = x[s * x_slot_stride, :K] · W_{ids[s]}ᵀ for s < slots, ids
-  // int32 on the device (Int4MmaGemvSelected). FailedPrecondition when not
-  // selectable().
+  // int32 on the device (Int4MmaGemvSelected, Int8GemvSelected).
+  // FailedPrecondition when not selectable().
   absl::Status RunSelected(const __nv_bfloat16* x, int64_t x_slot_stride, const int32_t* ids,
                            int slots, __nv_bfloat16* y, cudaStream_t stream) const;
 
  private:
   std::string name_;
   std::vector<DeviceLinear> experts_;
-  // Int4: each expert's qweight and params pointers, for RunSelected.
+  // Each expert's pointers, for RunSelected: int4 qweight and params, or
+  // int8 codes and params.
   DeviceBuffer<const uint4*> qweight_table_;
   DeviceBuffer<const __nv_bfloat162*> params_table_;
+  DeviceBuffer<const int8_t*> codes_table_;
+  DeviceBuffer<const float2*> int8_params_table_;
 };
 
 }  // namespace gquant::cuda

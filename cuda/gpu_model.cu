@@ -124,7 +124,7 @@ struct GpuModel::State {
   std::vector<LayerWeights> layers;
   // The widest activations any layer needs, to size a sequence's buffers.
   int64_t max_q_width = 0, max_kv_width = 0, max_mlp_width = 0, max_group_width = 0;
-  // Some MoE layer's experts are not int4 (DeviceExperts::selectable): its
+  // Some MoE layer's experts are bf16 (not DeviceExperts::selectable): its
   // decode routes on the host, so the decode step is not captured.
   bool moe_host_routing = false;
   int64_t weights_done = 0, weights_total = 0;
@@ -272,7 +272,8 @@ struct GpuModel::State {
       moe_host_routing = true;
       report.notes.push_back(absl::StrCat(
           name, ": ", std::string(LinearFormName(experts.form())),
-          " experts; decode routes tokens on the host (int4 experts are chosen on the GPU), "
+          " experts; decode routes tokens on the host (int4 and int8 experts are chosen on "
+          "the GPU), "
           "without a CUDA graph"));
     }
     return experts;

@@ -30,9 +30,10 @@
 // Mixture of experts (26B-A4B, moe_kernels.cuh, device_experts.cuh): the
 // router runs in float32 on the GPU; decode multiplies the chosen experts
 // with one grouped GEMV per matrix that reads the ids on the device (int4
-// experts; a model with other expert forms routes on the host and decodes
+// and int8 experts; a model with bf16 experts routes on the host and decodes
 // without a graph); prefill sorts the chunk's (token, expert) pairs on the
-// host and runs each used expert once on its rows.
+// host and runs the used experts as grouped GEMMs (or, with few rows each,
+// one GEMV each).
 //
 // Header without device code: plain C++ files may include it.
 #ifndef GQUANT_CUDA_GPU_MODEL_CUH_

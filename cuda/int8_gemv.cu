@@ -73,7 +73,17 @@ __device__ __forceinline__ void CodesToBf16(uint32_t word, uint32_t& lo, uint32_
 // and g + 8, columns 4t..4t+3 (k slots 2t, 2t+1, 2t+8, 2t+9), and B token
 // g (+ 8 per token tile), the same columns; it accumulates rows g, g + 8 x
 // tokens 2t, 2t + 1.
-template <int kTokenTiles, int kRowTiles, int kGroupBlocks>
+// Int8GemvSelected: blockIdx.y is a slot, whose expert's codes and params
+// replace the kernel's, with x and y offset to the slot's rows.
+struct Selection {
+  const int32_t* expert_ids;
+  const int8_t* const* codes;
+  const float2* const* params;
+  int num_experts;
+  int64_t x_slot_stride;
+};
+
+template <int kTokenTiles, int kRowTiles, int kGroupBlocks, bool kSelected = false>
 __global__ void __launch_bounds__(kMaxWarps * 32 / kRowTiles)
     Int8GemvKernel(const int8_t* __restrict__ codes,     // [N, K]
                    const float2* __restrict__ params,    // [N][groups]
@@ -81,7 +91,17 @@ __global__ void __launch_bounds__(kMaxWarps * 32 / kRowTiles)
                    __nv_bfloat16* __restrict__ y,        // [m, N]
                    int m, int n, int k,
                    int group_blocks,  // 16-column blocks per group (run-time value)
-                   bool min_form) {
+                   bool min_form, const Selection selection) {
+  if constexpr (kSelected) {
+    // The slot's expert comes from an earlier kernel (the router).
+    WaitForPredecessor();
+    const int slot = blockIdx.y;
+    const int expert = min(max(selection.expert_ids[slot], 0), selection.num_experts - 1);
+    codes = selection.codes[expert];
+    params = selection.params[expert];
+    x += slot * selection.x_slot_stride;
+    y += int64_t{slot} * n;
+  }
   using S = Stage<kRowTiles, kGroupBlocks>;
   constexpr int kBlockRows = kRowTiles * kRows;
   constexpr int kOutputs = kRowTiles * kTokenTiles * 128;  // per block
@@ -330,11 +350,14 @@ int DefaultWarps(int64_t row_blocks, int64_t k_tiles, int max_warps, int multipr
   return best;
 }
 
-template <int kTokenTiles, int kRowTiles, int kGroupBlocks>
+// `selection` with slots > 0: Int8GemvSelected's kernel over a (row blocks,
+// slots) grid.
+template <int kTokenTiles, int kRowTiles, int kGroupBlocks, bool kSelected = false>
 absl::Status Launch(const Int8RowsWeight& w, const __nv_bfloat16* x, int m, __nv_bfloat16* y,
-                    cudaStream_t stream, int warps, const Int8GemvTuning& tuning) {
+                    cudaStream_t stream, int warps, const Int8GemvTuning& tuning,
+                    const Selection& selection = {}, int slots = 1) {
   constexpr int kStageBytes = Stage<kRowTiles, kGroupBlocks>::kBytes;
-  const auto kernel = Int8GemvKernel<kTokenTiles, kRowTiles, kGroupBlocks>;
+  const auto kernel = Int8GemvKernel<kTokenTiles, kRowTiles, kGroupBlocks, kSelected>;
   // The shared-memory limit is raised once, to what the largest block of this
   // instantiation uses (192 KB at most, under the H100's 227 KB).
   static const cudaError_t raised =
@@ -353,14 +376,14 @@ absl::Status Launch(const Int8RowsWeight& w, const __nv_bfloat16* x, int m, __nv
       if (!blocks.ok()) return blocks.status();
       blocks_per_sm[size] = *blocks;
     }
-    warps = DefaultWarps(row_blocks, (w.k + kTileK - 1) / kTileK, kMaxWarps / kRowTiles,
+    warps = DefaultWarps(row_blocks * slots, (w.k + kTileK - 1) / kTileK, kMaxWarps / kRowTiles,
                          device->multiprocessors, blocks_per_sm);
   }
   const int smem = warps * kStages * kStageBytes;
-  const dim3 grid(static_cast<unsigned>(row_blocks));
+  const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(slots));
   return LaunchKernel(kernel, grid, dim3(warps * 32), smem, stream, !tuning.serial_launch, w.codes,
                       w.params, x, y, m, static_cast<int>(w.n), static_cast<int>(w.k),
-                      static_cast<int>(w.group_size / 16), w.min_form);
+                      static_cast<int>(w.group_size / 16), w.min_form, selection);
 }
 
 template <int kTokenTiles, int kRowTiles>
@@ -374,7 +397,45 @@ absl::Status LaunchForGroup(const Int8RowsWeight& w, const __nv_bfloat16* x, int
   return Launch<kTokenTiles, kRowTiles, kAnyGroup>(w, x, m, y, stream, warps, t);
 }
 
+// The group specialization of Int8GemvSelected (M = 1, one row tile).
+absl::Status LaunchSelected(const Int8RowsWeight& w, const __nv_bfloat16* x, __nv_bfloat16* y,
+                            cudaStream_t stream, const Selection& s, int slots) {
+  const Int8GemvTuning t;
+  if (w.group_size == w.k) return Launch<1, 1, kPerRow, true>(w, x, 1, y, stream, 0, t, s, slots);
+  if (w.group_size == 16) return Launch<1, 1, 1, true>(w, x, 1, y, stream, 0, t, s, slots);
+  if (w.group_size == 32) return Launch<1, 1, 2, true>(w, x, 1, y, stream, 0, t, s, slots);
+  return Launch<1, 1, kAnyGroup, true>(w, x, 1, y, stream, 0, t, s, slots);
+}
+
 }  // namespace
+
+absl::Status Int8GemvSelected(const Int8RowsWeight& shape, const Int8RowsExpertTables& experts,
+                              const int32_t* expert_ids, int slots, const __nv_bfloat16* x,
+                              int64_t x_slot_stride, __nv_bfloat16* y, cudaStream_t stream) {
+  if (experts.codes == nullptr || experts.params == nullptr || experts.num_experts < 1 ||
+      expert_ids == nullptr || x == nullptr || y == nullptr || !Aligned(x, 8)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "Int8GemvSelected: null expert tables, ids, x or y, x not 8-byte aligned, or %d experts",
+        experts.num_experts));
+  }
+  if (absl::Status s = CheckInt8RowsShape(shape.n, shape.k, shape.group_size); !s.ok()) return s;
+  if (shape.n > (int64_t{1} << 30)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("Int8GemvSelected: N must be at most 2^30, but got %d", shape.n));
+  }
+  if (slots < 1 || slots > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("Int8GemvSelected: slots must be 1..65535, not %d", slots));
+  }
+  if (x_slot_stride < 0 || x_slot_stride % 4 != 0 || x_slot_stride > (int64_t{1} << 31) / slots) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "Int8GemvSelected: x_slot_stride %d must be a non-negative multiple of 4 (8-byte rows)",
+        x_slot_stride));
+  }
+  const Selection selection{expert_ids, experts.codes, experts.params, experts.num_experts,
+                            x_slot_stride};
+  return LaunchSelected(shape, x, y, stream, selection, slots);
+}
 
 absl::Status Int8Gemv(const Int8RowsWeight& w, const __nv_bfloat16* x, int m, __nv_bfloat16* y,
                       cudaStream_t stream, const Int8GemvTuning& tuning) {

@@ -78,6 +78,25 @@ struct Int8GemvTuning {
 absl::Status Int8Gemv(const Int8RowsWeight& weight, const __nv_bfloat16* x, int m, __nv_bfloat16* y,
                       cudaStream_t stream, const Int8GemvTuning& tuning = {});
 
+// The experts of one mixture-of-experts matrix (device_experts.cuh), as
+// Int4MmaExpertTables: every expert has `shape`'s form, its pointers in
+// device tables indexed by the expert id.
+struct Int8RowsExpertTables {
+  const int8_t* const* codes = nullptr;   // [num_experts], on the device
+  const float2* const* params = nullptr;  // [num_experts], on the device
+  int num_experts = 0;
+};
+
+// Decode through experts chosen on the device, as Int4MmaGemvSelected: for
+// slot s < slots, y[s, :] = x[s * x_slot_stride, :K] · W_eᵀ with e =
+// expert_ids[s] clamped into [0, num_experts), y [slots, N]; each block
+// reads its slot's id after the predecessor wait. `shape` gives N, K, the
+// group size and form. InvalidArgument as Int8Gemv's, plus slots < 1, null
+// tables or ids, an x_slot_stride negative or not a multiple of 4.
+absl::Status Int8GemvSelected(const Int8RowsWeight& shape, const Int8RowsExpertTables& experts,
+                              const int32_t* expert_ids, int slots, const __nv_bfloat16* x,
+                              int64_t x_slot_stride, __nv_bfloat16* y, cudaStream_t stream);
+
 }  // namespace gquant::cuda
 
 #endif  // GQUANT_CUDA_INT8_GEMV_CUH_

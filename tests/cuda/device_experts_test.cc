@@ -78,6 +78,7 @@ struct Int4Spec {
   // Symmetric only: zero point 8 stored as the min 8 s (the min form, which
   // GGUF Q4_K unpacks into): the same weights, the kernels' other zero form.
   bool min_form;
+  int bits = 4;  // 8: int8 experts (cuda_int8_rows, Int8GemvSelected), no min form
 };
 
 // Group 32 asymmetric, and the largest of 128 / 64 dividing K symmetric in
@@ -108,11 +109,15 @@ absl::Status QuantizeAndPack(int64_t n, int64_t k, const Int4Spec& spec, uint64_
   std::normal_distribution<float> value(0.0f, 0.05f);
   for (float& w : weights) w = value(rng);
   const int64_t params = n * (k / spec.group);
-  u.info = {spec.min_form ? Kind::kMin : Kind::kInt4, 4, n, k, spec.group};
+  u.info = {spec.min_form    ? Kind::kMin
+            : spec.bits == 8 ? Kind::kIntx
+                             : Kind::kInt4,
+            spec.bits, n, k, spec.group};
   u.codes.resize(n * k);
   u.scale.resize(params);
   u.zero.resize(params);
-  const QuantConfig config{.bits = 4, .group_size = spec.group, .symmetric = spec.symmetric};
+  const QuantConfig config{
+      .bits = spec.bits, .group_size = spec.group, .symmetric = spec.symmetric};
   GQ_RETURN_IF_ERROR(Quantize(config, DType::kF32, std::as_bytes(std::span<const float>(weights)),
                               n, k, {u.codes, u.scale, u.zero}));
   if (spec.min_form) {
@@ -359,6 +364,37 @@ TEST_CASE("DeviceExperts::RunSelected runs the experts whose ids are on the devi
                         RunSelectedOf(experts), rng, pool);
         }
       }
+    }
+  }
+}
+
+TEST_CASE("DeviceExperts::RunSelected runs int8 experts whose ids are on the device",
+          "[cuda][device_experts]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  auto rng = testing::MakeRng();
+  ThreadPool pool(0);
+  // Group 32 asymmetric and per-row symmetric (GGUF Q6_K / Q8_0 experts
+  // unpack to int8 with groups of 16 / 32).
+  for (const ExpertShape& shape : {kSmall, WithCount(kDown26b, 8), WithCount(kGateUp26b, 8)}) {
+    for (const Int4Spec& spec :
+         {Int4Spec{32, false, false, 8}, Int4Spec{static_cast<int>(shape.k), true, false, 8}}) {
+      INFO(Describe(shape, spec) << ", int8");
+      const HostExperts host = MakeExperts(shape, spec, rng, pool);
+      const DeviceExperts experts = Upload(host, shape.name);
+      CHECK(experts.form() == LinearForm::kInt8);
+      CHECK(experts.selectable());
+      for (const int slots : {1, 3, 8}) {
+        for (const int64_t stride : {int64_t{0}, shape.k}) {
+          const std::vector<int32_t> ids = RandomIds(slots, shape.count, rng);
+          CAPTURE(ids);
+          CheckSelected(host, ids, std::vector<int>(ids.begin(), ids.end()), stride,
+                        RunSelectedOf(experts), rng, pool);
+        }
+      }
+      // Ids outside [0, E) are clamped into it.
+      const std::vector<int32_t> outside = {-3, shape.count + 5};
+      CheckSelected(host, outside, {0, shape.count - 1}, shape.k, RunSelectedOf(experts), rng,
+                    pool);
     }
   }
 }
