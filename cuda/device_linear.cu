@@ -175,13 +175,18 @@ struct LinearContext::Resources {
     return &*prefill;
   }
 
+  // Points the handle at `stream` with the fixed workspace, before each call.
+  absl::Status Bind(cudaStream_t stream) {
+    // cublasSetStream resets the workspace to cuBLAS's pool: set it after.
+    GQ_RETURN_IF_ERROR(CublasStatus(cublasSetStream(handle, stream), "cublasSetStream"));
+    return CublasStatus(cublasSetWorkspace(handle, workspace.data(), workspace.size()),
+                        "cublasSetWorkspace");
+  }
+
   // y[m, n] = x[m, k] · Wᵀ for W [n, k] row-major bf16 (all within int).
   absl::Status GemmBf16(const __nv_bfloat16* w, int n, int k, const __nv_bfloat16* x, int m,
                         __nv_bfloat16* y, cudaStream_t stream) {
-    // cublasSetStream resets the workspace to cuBLAS's pool: set it after.
-    GQ_RETURN_IF_ERROR(CublasStatus(cublasSetStream(handle, stream), "cublasSetStream"));
-    GQ_RETURN_IF_ERROR(CublasStatus(cublasSetWorkspace(handle, workspace.data(), workspace.size()),
-                                    "cublasSetWorkspace"));
+    GQ_RETURN_IF_ERROR(Bind(stream));
     // Column-major view: y is C [n, m] (ldc n), W is A = Wᵀ stored as K x N
     // (lda k), x is B [k, m] (ldb k).
     const float alpha = 1, beta = 0;
@@ -241,15 +246,11 @@ absl::Status LinearContext::GroupedGemmBf16(std::span<const __nv_bfloat16* const
   const std::vector<cublasOperation_t> transa(count, CUBLAS_OP_T), transb(count, CUBLAS_OP_N);
   const std::vector<int> ns(count, n), ks(count, k), ones(count, 1);
   const std::vector<float> alpha(count, 1.0f), beta(count, 0.0f);
-  cublasHandle_t handle = resources_->handle;
-  GQ_RETURN_IF_ERROR(CublasStatus(cublasSetStream(handle, stream), "cublasSetStream"));
-  GQ_RETURN_IF_ERROR(CublasStatus(
-      cublasSetWorkspace(handle, resources_->workspace.data(), resources_->workspace.size()),
-      "cublasSetWorkspace"));
+  GQ_RETURN_IF_ERROR(resources_->Bind(stream));
   return CublasStatus(
-      cublasGemmGroupedBatchedEx(handle, transa.data(), transb.data(), ns.data(), m.data(),
-                                 ks.data(), alpha.data(), pointers, CUDA_R_16BF, ks.data(),
-                                 pointers + count, CUDA_R_16BF, ks.data(), beta.data(),
+      cublasGemmGroupedBatchedEx(resources_->handle, transa.data(), transb.data(), ns.data(),
+                                 m.data(), ks.data(), alpha.data(), pointers, CUDA_R_16BF,
+                                 ks.data(), pointers + count, CUDA_R_16BF, ks.data(), beta.data(),
                                  const_cast<void* const*>(pointers + 2 * count), CUDA_R_16BF,
                                  ns.data(), groups, ones.data(), CUBLAS_COMPUTE_32F),
       "cublasGemmGroupedBatchedEx");

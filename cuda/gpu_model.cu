@@ -144,12 +144,15 @@ struct GpuModel::State {
         gemma4::LoadBackendWeight(*source, name, PackBackend::kCuda, LoadOptions(/*match_as=*/"")));
     if (!weight.note.empty()) report.notes.push_back(absl::StrCat(name, ": ", weight.note));
     if (weight.quantized_on_load) ++report.quantized_on_load;
+    Loaded(name);
+    return weight;
+  }
+  void Loaded(const std::string& name) {
     ++weights_done;
     if (options.progress) {
       options.progress(
           {.tensors_done = weights_done, .tensors_total = weights_total, .current = name});
     }
-    return weight;
   }
 
   void Count(const DeviceLinear& linear, int matrices) {
@@ -233,20 +236,21 @@ struct GpuModel::State {
     return UploadCountedLinear(weight, name);
   }
 
-  // A 1-D weight (norm, layer_scalar) as bf16 or float32 on the device.
+  // The float32 values of a weight no packed kernel reads (norms,
+  // layer_scalar, the MoE router), dequantized if stored quantized: straight
+  // from the source, so a recipe rule matching the router's projection
+  // neither quantizes it on load nor counts it as quantized.
   absl::StatusOr<std::vector<float>> LoadVector(const std::string& name) {
-    GQ_ASSIGN_OR_RETURN(gemma4::BackendWeight weight, LoadWeight(name));
-    if (!weight.packed.empty()) {
-      GQ_ASSIGN_OR_RETURN(weight.values, source->Load(name));
-    }
-    return std::move(weight.values);
+    GQ_ASSIGN_OR_RETURN(std::vector<float> values, source->Load(name));
+    Loaded(name);
+    return values;
   }
   absl::StatusOr<DeviceBuffer<bf16>> LoadNorm(const std::string& name) {
     GQ_ASSIGN_OR_RETURN(std::vector<float> values, LoadVector(name));
     report.weight_bytes += static_cast<int64_t>(values.size() * sizeof(bf16));
     return UploadBf16(values);
   }
-  // A weight as float32 on the device (dequantized if stored quantized).
+  // LoadVector's values as float32 on the device.
   absl::StatusOr<DeviceBuffer<float>> LoadFloat(const std::string& name) {
     GQ_ASSIGN_OR_RETURN(std::vector<float> values, LoadVector(name));
     report.weight_bytes += static_cast<int64_t>(values.size() * sizeof(float));
