@@ -378,8 +378,23 @@ absl::Status DeviceLinear::CheckNotEmpty(std::string_view what) const {
 
 absl::Status DeviceLinear::Run(const __nv_bfloat16* x, int64_t m, __nv_bfloat16* y,
                                LinearContext& context, cudaStream_t stream) const {
+  return RunRows(x, m, 0, n_, y, context, stream);
+}
+
+absl::Status DeviceLinear::RunRows(const __nv_bfloat16* x, int64_t m, int64_t row_begin,
+                                   int64_t rows, __nv_bfloat16* y, LinearContext& context,
+                                   cudaStream_t stream) const {
   if (m < 0) return Invalid(name_, absl::StrFormat("Run: expected M >= 0, but got %d", m));
   GQ_RETURN_IF_ERROR(CheckNotEmpty("Run"));
+  // Both packed layouts store 16-row blocks contiguously (int4_mma_layout.h,
+  // int8_layout.h), so a block-aligned range is a view at an offset.
+  const int64_t align = form_ == LinearForm::kInt4 ? kInt4MmaRows : 1;
+  if (row_begin < 0 || rows < 1 || row_begin > n_ - rows || row_begin % align != 0 ||
+      rows % align != 0) {
+    return Invalid(
+        name_, absl::StrFormat("Run: rows [%d, %d) are not a range of N=%d%s", row_begin,
+                               row_begin + rows, n_, align > 1 ? " in whole 16-row blocks" : ""));
+  }
   if (m == 0) return absl::OkStatus();
   if (x == nullptr || y == nullptr || !Aligned(x, 16) || !Aligned(y, 16) ||
       context.resources_ == nullptr) {
@@ -387,33 +402,48 @@ absl::Status DeviceLinear::Run(const __nv_bfloat16* x, int64_t m, __nv_bfloat16*
                                           "a live LinearContext, but got x %p, y %p, context %s",
                                           x, y, context.resources_ ? "live" : "moved from"));
   }
-  if (form_ == LinearForm::kBf16 && (n_ > INT_MAX || k_ > INT_MAX || m > INT_MAX)) {
+  if (form_ == LinearForm::kBf16 && (rows > INT_MAX || k_ > INT_MAX || m > INT_MAX)) {
     return Invalid(name_, absl::StrFormat("Run: cuBLAS needs N, K and M within int, but got N=%d "
                                           "K=%d M=%d",
-                                          n_, k_, m));
+                                          rows, k_, m));
   }
   LinearContext::Resources& r = *context.resources_;
   const absl::Status status = [&]() -> absl::Status {
     if (form_ == LinearForm::kBf16) {
-      return r.GemmBf16(bf16_.data(), static_cast<int>(n_), static_cast<int>(k_), x,
-                        static_cast<int>(m), y, stream);
+      return r.GemmBf16(bf16_.data() + row_begin * k_, static_cast<int>(rows), static_cast<int>(k_),
+                        x, static_cast<int>(m), y, stream);
+    }
+    Int4MmaWeight int4 = int4_;
+    Int8RowsWeight int8 = int8_;
+    if (form_ == LinearForm::kInt4) {
+      const int64_t blocks = row_begin / kInt4MmaRows;
+      int4.qweight += blocks * (k_ / kInt4MmaTileK) * 32;
+      int4.params += blocks * (k_ / int4.group_size) * kInt4MmaRows;
+      int4.n = rows;
+    } else {
+      int8.codes += row_begin * k_;
+      int8.params += row_begin * (k_ / int8.group_size);
+      int8.n = rows;
     }
     if (m <= kGemvMaxM) {
-      return form_ == LinearForm::kInt4 ? Int4MmaGemv(int4_, x, static_cast<int>(m), y, stream)
-                                        : Int8Gemv(int8_, x, static_cast<int>(m), y, stream);
+      return form_ == LinearForm::kInt4 ? Int4MmaGemv(int4, x, static_cast<int>(m), y, stream)
+                                        : Int8Gemv(int8, x, static_cast<int>(m), y, stream);
     }
     GQ_ASSIGN_OR_RETURN(WeightOnlyGemm * gemm, r.Prefill());
-    if (form_ == LinearForm::kInt4) return gemm->Run(int4_, x, m, y, stream);
-    const Int8RowsWeight& w = int8_;
+    if (form_ == LinearForm::kInt4) return gemm->Run(int4, x, m, y, stream);
     return gemm->Run(
-        [&w](int64_t row_begin, int64_t rows, __nv_bfloat16* out, cudaStream_t s,
-             int multiprocessors) {
-          return DequantizeInt8Rows(w, row_begin, rows, out, s,
+        [&int8](int64_t begin, int64_t count, __nv_bfloat16* out, cudaStream_t s,
+                int multiprocessors) {
+          return DequantizeInt8Rows(int8, begin, count, out, s,
                                     multiprocessors * kInt8DequantizeBlocksPerSm);
         },
-        n_, k_, x, m, y, stream);
+        rows, k_, x, m, y, stream);
   }();
-  return Annotate(status, Describe(), absl::StrFormat(", M=%d", m));
+  if (row_begin == 0 && rows == n_) {
+    return Annotate(status, Describe(), absl::StrFormat(", M=%d", m));
+  }
+  return Annotate(status, Describe(),
+                  absl::StrFormat(", rows [%d, %d), M=%d", row_begin, row_begin + rows, m));
 }
 
 absl::Status DeviceLinear::Gather(const int32_t* ids, int count, float multiplier,

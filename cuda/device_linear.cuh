@@ -13,7 +13,7 @@
 //
 // Several matrices with the same K and form can be stacked along N into one
 // (FromPackedRows): gate and up become one GEMV whose output row is
-// [gate | up], one launch instead of two.
+// [gate | up], one launch instead of two; RunRows runs one member alone.
 //
 // Graph capture: Run with M <= 16 launches kernels (and, for bf16, one cuBLAS
 // call on a handle with a fixed workspace), so a decode step that calls it
@@ -107,6 +107,12 @@ class DeviceLinear {
   // empty object or bad pointers; the kernels' errors otherwise.
   absl::Status Run(const __nv_bfloat16* x, int64_t m, __nv_bfloat16* y, LinearContext& context,
                    cudaStream_t stream) const;
+  // y[m, rows] = x[m, K] · W[row_begin : row_begin + rows]ᵀ: one member of a
+  // stack (FromPackedRows) into its own matrix, no copy of the others. The
+  // int4 form needs a range of whole 16-row blocks. InvalidArgument for a
+  // range outside [0, N), else as Run.
+  absl::Status RunRows(const __nv_bfloat16* x, int64_t m, int64_t row_begin, int64_t rows,
+                       __nv_bfloat16* y, LinearContext& context, cudaStream_t stream) const;
 
   // out[t, :] = bf16(row ids[t] of W, dequantized, * multiplier) for t < count,
   // ids int32 on the device (an id outside [0, N) gives a row of NaNs, as the

@@ -1,6 +1,6 @@
 // DeviceLinear (device_linear.cuh): Run for every form and M against a
 // float64 host reference over the exact weights, stacking (FromPackedRows,
-// FromFloatRows) against the matrices run one by one, Gather bit for bit
+// FromFloatRows) and RunRows against the matrices run one by one, Gather bit for bit
 // against a host dequantization, and Run(M = 1) replayed from a CUDA graph;
 // all on fresh random weights with outputs poisoned first. The argument
 // checks that run before any CUDA call are tested without a GPU.
@@ -392,6 +392,12 @@ TEST_CASE("DeviceLinear stacks matrices along N", "[cuda][device_linear]") {
                     0x1p-7 * std::max(std::abs(a), std::abs(b)) + 0x1p-13 * terms[at]);
           }
         }
+        // RunRows over the member's range is that matrix's own computation
+        // (the same bytes at the same N): bit for bit the one alone.
+        auto rows_out = Poisoned(m * parts[i].n);
+        REQUIRE_OK(
+            stacked->RunRows(Bf16(x), m, offset, parts[i].n, Bf16(rows_out), context, nullptr));
+        CHECK(Download(rows_out) == alone);
         offset += parts[i].n;
       }
       CAPTURE(differing);
@@ -517,6 +523,34 @@ TEST_CASE("DeviceLinear::Run rejects bad arguments", "[cuda][device_linear]") {
   REQUIRE_STATUS_IS(stale, kInvalid);
   CHECK(std::string(stale.message()).find("q_proj") != std::string::npos);
   REQUIRE_OK(linear.Run(Bf16(x), 2, Bf16(y), moved, nullptr));
+}
+
+TEST_CASE("DeviceLinear::RunRows rejects a range that is not whole rows of N",
+          "[cuda][device_linear]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  auto rng = testing::MakeRng();
+  LinearContext context = MakeContext();
+  const HostWeight int4 = MakeQuantized({Kind::kInt4, 4, 32}, 48, 64, rng);
+  const HostWeight bf16 = MakeBf16(5, 64, rng);
+  const DeviceLinear a = Upload(int4, "gate_up"), b = Upload(bf16, "qkv");
+  const std::vector<uint16_t> x_host = RandomActivations(2 * 64, rng);
+  auto x = testing::Upload(x_host);
+  auto y = Poisoned(2 * 48);
+  constexpr auto kInvalid = absl::StatusCode::kInvalidArgument;
+  for (const auto& [begin, rows] : {std::pair{0, 0}, {-16, 32}, {32, 32}, {8, 16}, {16, 24}}) {
+    INFO("int4 rows " << begin << " + " << rows);
+    const absl::Status status = a.RunRows(Bf16(x), 2, begin, rows, Bf16(y), context, nullptr);
+    REQUIRE_STATUS_IS(status, kInvalid);
+    CHECK(std::string(status.message()).find("gate_up") != std::string::npos);
+  }
+  REQUIRE_STATUS_IS(b.RunRows(Bf16(x), 2, 3, 3, Bf16(y), context, nullptr), kInvalid);
+  // The bf16 form takes any row range: rows 3 and 4 against the reference.
+  HostWeight rows_3_4 = bf16;
+  rows_3_4.n = 2;
+  rows_3_4.values.assign(bf16.values.begin() + 3 * 64, bf16.values.begin() + 5 * 64);
+  auto part = Poisoned(2 * 2);
+  REQUIRE_OK(b.RunRows(Bf16(x), 2, 3, 2, Bf16(part), context, nullptr));
+  CheckProducts(Download(part), rows_3_4, x_host, 2, kExactWeightNorm, rng);
 }
 
 // ---- argument checks that run before any CUDA call (no GPU needed) ----
