@@ -772,6 +772,7 @@ GpuModel::~GpuModel() = default;
 
 const gemma4::ModelPlan& GpuModel::plan() const { return state_->plan; }
 const gemma4::Config& GpuModel::config() const { return state_->source->config(); }
+const gemma4::WeightSource& GpuModel::source() const { return *state_->source; }
 const GpuLoadReport& GpuModel::load_report() const { return state_->report; }
 
 absl::StatusOr<std::unique_ptr<GpuModel>> GpuModel::Load(const std::string& path,

@@ -148,6 +148,8 @@ class GpuModel {
   const gemma4::ModelPlan& plan() const;
   const gemma4::Config& config() const;
   const GpuLoadReport& load_report() const;
+  // The weights' source, kept open (e.g. for GpuVisionModel::Load).
+  const gemma4::WeightSource& source() const;
 
   // A sequence of up to max_positions tokens, fed at most max_chunk tokens
   // per Forward call. InvalidArgument for values < 1; ResourceExhausted when

@@ -73,7 +73,7 @@ ABSL_FLAG(float, temperature, 0.0f, "Sampling temperature (0: greedy)");
 ABSL_FLAG(int, top_k, 0, "Keep the K most likely tokens (0: all)");
 ABSL_FLAG(float, top_p, 1.0f, "Keep the smallest set of tokens with this much probability");
 ABSL_FLAG(uint64_t, seed, 0, "Sampler seed");
-ABSL_FLAG(int, chunk, 512, "Prefill chunk size in tokens");
+ABSL_FLAG(int, chunk, 0, "Prefill chunk size in tokens (0: 512 on the CPU, 2048 on the GPU)");
 ABSL_FLAG(int, threads, 0, "Worker threads (0: all hardware threads)");
 ABSL_FLAG(std::vector<std::string>, image, {},
           "Image files (PNG/JPEG) for the prompt's image placeholders, comma-separated, in order");
@@ -85,6 +85,15 @@ ABSL_FLAG(bool, graph, true, "cuda: replay the decode step as a CUDA graph (--no
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// --chunk, or the backend's default: on the H100 the GPU's int4 prefill GEMM
+// reaches 0.86-0.90 of cuBLAS bf16 at 2048 rows but 0.57-0.66 at 512 (each
+// chunk dequantizes every weight once; bench/RESULTS.md); the CPU gains
+// nothing from chunks that large.
+int PrefillChunk(bool cuda) {
+  const int chunk = absl::GetFlag(FLAGS_chunk);
+  return chunk > 0 ? chunk : (cuda ? 2048 : 512);
+}
 
 double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
@@ -248,7 +257,7 @@ absl::Status RunOnCpu(const std::string& path, const std::vector<std::vector<int
                         ExpandImages(prompt, model->source().config(), images));
     GQ_ASSIGN_OR_RETURN(const Generation g, GenerateOnCpu(*model, sampler, ids, images.rows,
                                                           absl::GetFlag(FLAGS_max_new_tokens),
-                                                          absl::GetFlag(FLAGS_chunk)));
+                                                          PrefillChunk(/*cuda=*/false)));
     Report(g, ids.size(), ImagesNote(images));
   }
   return absl::OkStatus();
@@ -273,7 +282,6 @@ absl::Status RunOnCuda(const std::string& path, const std::vector<std::vector<in
   for (const std::string& note : report.notes) std::fprintf(stderr, "  note: %s\n", note.c_str());
 
   const int max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
-  const int chunk = absl::GetFlag(FLAGS_chunk);
   size_t longest = 0;
   const std::vector<std::string> files = absl::GetFlag(FLAGS_image);
   EncodedImages images;
@@ -283,11 +291,9 @@ absl::Status RunOnCuda(const std::string& path, const std::vector<std::vector<in
     if (calibrated.has_value()) {
       std::fprintf(stderr, "  note: the GPU vision embedder runs with bf16 activations\n");
     }
-    GQ_ASSIGN_OR_RETURN(const std::unique_ptr<gquant::gemma4::WeightSource> source,
-                        gquant::gemma4::OpenWeightSource(path));
-    GQ_ASSIGN_OR_RETURN(
-        const std::unique_ptr<gquant::cuda::GpuVisionModel> vision,
-        gquant::cuda::GpuVisionModel::Load(*source, {.recipe = absl::GetFlag(FLAGS_recipe)}));
+    GQ_ASSIGN_OR_RETURN(const std::unique_ptr<gquant::cuda::GpuVisionModel> vision,
+                        gquant::cuda::GpuVisionModel::Load(
+                            model->source(), {.recipe = absl::GetFlag(FLAGS_recipe)}));
     GQ_ASSIGN_OR_RETURN(images, EncodeImages(model->config(), files, [&](const auto& input) {
                           return vision->EncodeImage(input);
                         }));
@@ -297,6 +303,8 @@ absl::Status RunOnCuda(const std::string& path, const std::vector<std::vector<in
     GQ_ASSIGN_OR_RETURN(expanded.emplace_back(), ExpandImages(prompt, model->config(), images));
     longest = std::max(longest, expanded.back().size());
   }
+  // Activations for no more rows than the longest prompt needs.
+  const int chunk = std::min<int64_t>(PrefillChunk(/*cuda=*/true), longest);
   GQ_ASSIGN_OR_RETURN(gquant::cuda::GpuSequence seq,
                       model->NewSequence(static_cast<int64_t>(longest) + max_new_tokens, chunk));
   for (const std::vector<int>& ids : expanded) {
@@ -363,9 +371,9 @@ absl::Status Run(const std::string& path) {
     return absl::InvalidArgumentError(absl::StrFormat("--max-new-tokens: expected >= 1, but got %d",
                                                       absl::GetFlag(FLAGS_max_new_tokens)));
   }
-  if (absl::GetFlag(FLAGS_chunk) < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("--chunk: expected >= 1, but got %d", absl::GetFlag(FLAGS_chunk)));
+  if (absl::GetFlag(FLAGS_chunk) < 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--chunk: expected >= 1 (or 0 for the default), but got %d", absl::GetFlag(FLAGS_chunk)));
   }
   const gquant::SamplerConfig sampler_config{absl::GetFlag(FLAGS_temperature),
                                              absl::GetFlag(FLAGS_top_k), absl::GetFlag(FLAGS_top_p),
