@@ -8,6 +8,8 @@
 #include "device_primitives.cuh"
 #include "int4_mma_gemv.cuh"
 #include "launch.cuh"
+#include "one_wave_grid.cuh"
+#include "split_runs.cuh"
 
 namespace gquant::cuda {
 namespace {
@@ -17,9 +19,6 @@ constexpr int kTileK = kInt4MmaTileK;
 constexpr int kTileBytes = kInt4MmaTileBytes;
 constexpr int kParamBytes = 128;  // a tile's params: two 32-groups x 16 rows x 4 bytes
 constexpr int kMaxWarpsPerBlock = 16;
-// Shared memory the runtime keeps per thread block on sm_90 (1 KB), with room
-// to spare.
-constexpr int kReservedSharedBytes = 2048;
 
 // The kernel streams "units": kRowTiles (1 or 2) row blocks' tiles at the
 // same 64 columns, which share one copy of x and one Σx mma. A ring stage
@@ -55,32 +54,6 @@ struct Args {
   int num_experts, slots;
   int64_t x_slot_stride;
 };
-
-// Within a thread block of `warps` warps and `tiles` tiles, warp w's run is
-// [RunBegin(w), RunBegin(w + 1)).
-__device__ __forceinline__ int RunBegin(int tiles, int warps, int warp) {
-  return tiles * warp / warps;
-}
-
-// x[0, k) -> shared by every thread of the block, four 16-byte loads in
-// flight per thread (k a multiple of 64, x 16-byte aligned), then a barrier.
-__device__ __forceinline__ void CopyRowToShared(const __nv_bfloat16* x, int k,
-                                                __nv_bfloat16* shared_x) {
-  constexpr int kBatch = 4, kWidth = 8;  // bf16 per load
-  const int step = blockDim.x * kWidth;
-  for (int base = threadIdx.x * kWidth; base < k; base += kBatch * step) {
-    uint4 v[kBatch];
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      if (base + b * step < k) v[b] = *reinterpret_cast<const uint4*>(x + base + b * step);
-    }
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      if (base + b * step < k) *reinterpret_cast<uint4*>(shared_x + base + b * step) = v[b];
-    }
-  }
-  __syncthreads();
-}
 
 // The two nibbles at bits 0-3 and 16-19 of `word` as bf16 128 + q: the bits
 // 0x4300 | q are 128 + q exactly (bf16 has 7 mantissa bits). One LOP3 with
@@ -220,7 +193,7 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
   // With one token only accumulators 0 and 2 (token column 0) are ever used.
   constexpr int kAccStep = kTokens == 1 ? 2 : 1;
 
-  using Sums = float[kRowTiles][kTokenTiles][4];
+  using Sums = float[kRowTiles * kTokenTiles][4];  // [row tile * kTokenTiles + token tile]
   // Writes a finished unit's sums (per row tile: rows g, g, g+8, g+8; tokens
   // 2t, 2t+1, 2t, 2t+1, + 8 per token tile) to y.
   const auto store = [&](int unit, const Sums& sum) {
@@ -234,7 +207,8 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
           const int token = 8 * n8 + 2 * t + i % 2;
           const int64_t row =
               (int64_t{first_unit + unit} * kRowTiles + r) * kRows + g + 8 * (i / 2);
-          if (token < a.m) y_out[int64_t{token} * a.n + row] = __float2bfloat16(sum[r][n8][i]);
+          if (token < a.m)
+            y_out[int64_t{token} * a.n + row] = __float2bfloat16(sum[r * kTokenTiles + n8][i]);
         }
       }
     }
@@ -252,7 +226,7 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
   }
   WaitForPredecessor();
   AllowDependents();
-  if constexpr (kSharedX) CopyRowToShared(x_row, a.k, shared_x);
+  if constexpr (kSharedX) CopyRowToShared<uint4>(x_row, a.k, shared_x);
   for (int s = early; s < kStages - 1; ++s) issue();
   int unit = run_begin / a.k_tiles;  // within the thread block
   int kt = first_kt, stage_index = 0;
@@ -340,7 +314,7 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
             for (int n8 = 0; n8 < kTokenTiles; ++n8) {
 #pragma unroll
               for (int i = 2 * h; i < 2 * h + 2; i += kAccStep) {
-                float& sum = acc[r][n8][i];
+                float& sum = acc[r * kTokenTiles + n8][i];
                 sum = fmaf(scale, fmaf(-offset, ds[n8][i], dq[r][n8][i]), sum);
                 if constexpr (kMinForm) sum = fmaf(-zero, ds[n8][i], sum);
               }
@@ -363,7 +337,8 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
 #pragma unroll
           for (int n8 = 0; n8 < kTokenTiles; ++n8) {
 #pragma unroll
-            for (int i = 0; i < 4; ++i) first_partial[r][n8][i] = acc[r][n8][i];
+            for (int i = 0; i < 4; ++i)
+              first_partial[r * kTokenTiles + n8][i] = acc[r * kTokenTiles + n8][i];
           }
         }
       } else {  // began in this run, continues in the next
@@ -375,7 +350,7 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
 #pragma unroll
           for (int n8 = 0; n8 < kTokenTiles; ++n8) {
 #pragma unroll
-            for (int i = 0; i < 4; ++i) acc[r][n8][i] = 0;
+            for (int i = 0; i < 4; ++i) acc[r * kTokenTiles + n8][i] = 0;
           }
         }
       }
@@ -385,48 +360,9 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
   WaitCopies<0>();  // the ring is idle: it now holds this warp's partial sums
   __syncwarp();
 
-  // Partial slots in the ring: 0 for the run's first unit, 1 for its last.
-  const auto slot_of = [&](int w, int which) {
-    return reinterpret_cast<float*>(rings + w * kStages * kStage) + which * kPartialFloats;
-  };
-  const auto put = [&](int which, const Sums& sum) {
-#pragma unroll
-    for (int r = 0; r < kRowTiles; ++r) {
-#pragma unroll
-      for (int n8 = 0; n8 < kTokenTiles; ++n8) {
-        reinterpret_cast<float4*>(slot_of(warp, which))[(r * kTokenTiles + n8) * 32 + lane] =
-            make_float4(sum[r][n8][0], sum[r][n8][1], sum[r][n8][2], sum[r][n8][3]);
-      }
-    }
-  };
-  // An empty run (a block with fewer steps than warps: the grid's last,
-  // short block) writes zeros where a later run's part would be, for the
-  // warp that sums across it. (A per-warp emptiness test in the summing loop
-  // instead made the M = 1 kernel up to 37% slower: bench/int4_gemv_notes.md.)
-  if (first_partial_unit >= 0 || count == 0) put(0, first_partial);
-  if (last_partial_unit >= 0) put(1, acc);
-  __syncthreads();
-  if (last_partial_unit < 0) return;
-  // This warp holds the first step of last_partial_unit: add every run's
-  // part in warp order. A later warp's part is in its slot 0.
-  const int unit_first = last_partial_unit * a.k_tiles;
-  const int last_warp = ((unit_first + a.k_tiles) * warps - 1) / steps;
-  Sums sum = {};
-  for (int w = warp; w <= last_warp; ++w) {
-    const float* part = slot_of(w, w == warp ? 1 : 0);
-#pragma unroll
-    for (int r = 0; r < kRowTiles; ++r) {
-#pragma unroll
-      for (int n8 = 0; n8 < kTokenTiles; ++n8) {
-        const float4 v = reinterpret_cast<const float4*>(part)[(r * kTokenTiles + n8) * 32 + lane];
-        sum[r][n8][0] += v.x;
-        sum[r][n8][1] += v.y;
-        sum[r][n8][2] += v.z;
-        sum[r][n8][3] += v.w;
-      }
-    }
-  }
-  store(last_partial_unit, sum);
+  FinishSplitUnits<kRowTiles * kTokenTiles>(rings, kStages * kStage, count, first_partial_unit,
+                                            first_partial, last_partial_unit, acc, steps, a.k_tiles,
+                                            store);
 }
 
 // Shapes the grid for `base` on this device and launches: thread blocks of
@@ -437,56 +373,27 @@ template <int kTokens, int kGroupsPerTile, bool kMinForm, int kStages, int kRowT
           bool kSelected>
 absl::Status Launch(const Args& base, const DeviceLimits& device, int warps_per_sm, bool overlap,
                     cudaStream_t stream) {
-  const auto kernel =
+  constexpr auto kKernel =
       Int4MmaGemvKernel<kTokens, kGroupsPerTile, kMinForm, kStages, kRowTiles, kSelected>;
-  constexpr int kWarpBytes = kStages * StageBytes(kTokens == 1 ? 0 : kTokens, kRowTiles);
-  // The most dynamic shared memory a block may ask for: the device's opt-in
-  // limit less the kernel's static shared memory (none today).
-  static int max_dynamic = 0;
-  static const cudaError_t raised = [&] {
-    cudaFuncAttributes attributes{};
-    const cudaError_t e = cudaFuncGetAttributes(&attributes, kernel);
-    if (e != cudaSuccess) return e;
-    max_dynamic = device.shared_per_block - static_cast<int>(attributes.sharedSizeBytes);
-    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_dynamic);
-  }();
-  GQ_RETURN_IF_CUDA_ERROR(raised);
+  absl::StatusOr<int> max_dynamic = RaiseDynamicSharedLimit<kKernel>(device);
+  if (!max_dynamic.ok()) return max_dynamic.status();
   static OccupancyTable<kMaxWarpsPerBlock> occupancy;
   Args a = base;
   a.units = a.n / (kRows * kRowTiles);
-  // M = 1: x sits before the rings (the occupancy table counts only the
-  // rings, so shared memory per multiprocessor is checked below).
-  a.x_bytes = kTokens == 1 ? (a.k * 2 + 15) / 16 * 16 : 0;
-  int warps = std::min(kMaxWarpsPerBlock, warps_per_sm), blocks_per_sm = 0;
-  for (; warps > 0; --warps) {  // the largest block that fits
-    if (warps * kWarpBytes + a.x_bytes > max_dynamic) continue;
-    absl::StatusOr<int> blocks =
-        occupancy.BlocksPerMultiprocessor(reinterpret_cast<const void*>(kernel), warps, kWarpBytes);
-    if (!blocks.ok()) return blocks.status();
-    blocks_per_sm = std::min(*blocks, device.shared_per_multiprocessor /
-                                          (warps * kWarpBytes + a.x_bytes + kReservedSharedBytes));
-    if (blocks_per_sm > 0) break;
-  }
-  if (blocks_per_sm == 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "Int4MmaGemv: K=%d leaves no room on a multiprocessor for the activation row", a.k));
-  }
-  blocks_per_sm = std::max(1, std::min(blocks_per_sm, warps_per_sm / warps));
-  const int resident = device.multiprocessors * blocks_per_sm;
-  const int slots = kSelected ? a.slots : 1;  // the grid's y
-  a.block_units = (a.units * slots + resident - 1) / resident;
-  const int blocks = (a.units + a.block_units - 1) / a.block_units;
-  warps = std::min(warps, a.block_units * a.k_tiles);  // every full block's runs hold a step
-  // The grid is one wave of blocks_per_sm blocks per multiprocessor only if
-  // no multiprocessor can take more: launched early (programmatic launch)
-  // behind another GEMV, blocks go wherever there is room, and two on one
-  // multiprocessor beside one with none made the 31B's GEMVs up to 2x slower
-  // end to end (bench/int4_gemv_notes.md). Shared memory enforces it.
-  const int needed = warps * kWarpBytes + a.x_bytes;
-  const int one_too_many = device.shared_per_multiprocessor / (blocks_per_sm + 1) + 1;
-  const int dynamic = std::max(needed, std::min(one_too_many, max_dynamic));
-  return LaunchKernel(kernel, dim3(blocks, slots), dim3(warps * 32), static_cast<size_t>(dynamic),
-                      stream, overlap, a);
+  a.x_bytes = kTokens == 1 ? (a.k * 2 + 15) / 16 * 16 : 0;  // M = 1: x before the rings
+  const int slots = kSelected ? a.slots : 1;                // the grid's y
+  absl::StatusOr<OneWaveGrid> grid = PlanOneWaveGrid(
+      reinterpret_cast<const void*>(kKernel), occupancy, device, *max_dynamic, warps_per_sm,
+      {.units = a.units,
+       .slots = slots,
+       .steps_per_unit = a.k_tiles,
+       .warp_bytes = kStages * StageBytes(kTokens == 1 ? 0 : kTokens, kRowTiles),
+       .x_bytes = a.x_bytes,
+       .k = a.k});
+  if (!grid.ok()) return grid.status();
+  a.block_units = grid->block_units;
+  return LaunchKernel(kKernel, dim3(grid->blocks, slots), dim3(grid->warps * 32),
+                      static_cast<size_t>(grid->shared_bytes), stream, overlap, a);
 }
 
 // The launch settings past the weight and activations.

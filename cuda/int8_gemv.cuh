@@ -19,12 +19,11 @@
 //   s · (Σ c x − z Σ x), or s Σ c x − min Σ x in the min form; Σ x comes
 //   from a second mma with an A of ones (row independent), so the scale and
 //   zero are applied once per group and row, not per weight.
-// - Memory-level parallelism without registers: each warp streams its own
-//   16-row (or 32-row) tiles of 128 columns through a private ring of
-//   kStages shared-memory stages with cp.async (16-byte, coalesced: 8 lanes
-//   read one row's 128-byte segment), so 3 tiles (~7.5 KB) per warp and
-//   60-150 KB per SM are in flight while one is used. Warp-private rings need
-//   only __syncwarp, no block barrier, in the main loop.
+// - Memory-level parallelism without registers: each warp streams its
+//   16-row x 128-column tiles through a private ring of shared-memory stages
+//   with cp.async (16-byte, coalesced: 8 lanes read one row's 128-byte
+//   segment), so 3 tiles (~7 KB) per warp are in flight while one is used.
+//   Warp-private rings need only __syncwarp in the main loop.
 // - The mma wants, per lane, 4 columns of a 16-column block for rows g and
 //   g + 8 (g = lane / 4), which a 16-byte row load cannot give without a
 //   transpose; ldmatrix (treating byte pairs as b16) does that transpose
@@ -32,13 +31,17 @@
 //   bank conflicts). The mma's k order is free as long as A and B agree:
 //   lane t's k slots 2t, 2t+1, 2t+8, 2t+9 hold columns 4t..4t+3 of the
 //   block, so its B is one 8-byte load of x.
-// - Filling the machine: a block owns 16 (or 32) rows and its W warps split
-//   K (warp w takes tiles w, w + W, ...), adding their partial sums through
-//   shared memory at the end. W (4..16) is picked per shape so the grid has
-//   ~1024+ warps streaming (7.5 MB in flight), the 128-column tiles split
-//   evenly (K = 5376 is 42 tiles, which 6, 7 or 14 warps share without idle
-//   warps; 8 would leave 12.5% idle) and the grid's blocks are resident in as
-//   few rounds as possible (each round pays the rings' fill and drain).
+// - One wave, as the int4 kernel (one_wave_grid.cuh): each thread block
+//   owns whole 16-row blocks, its warps take equal contiguous runs of their
+//   (row block, tile) steps, and a row block split between runs is finished
+//   in the block. The rings fill and drain once per launch, not once per
+//   row block (version 1 gave each block one row block and its warps
+//   strided K tiles: several rounds of blocks, 0.39-0.75 of the copy
+//   ceiling on the 31B layer shapes). At M = 1 the block copies x to shared
+//   memory once and requests its first weights before the predecessor wait.
+//   Very tall weights at M = 1 (an LM head: 32+ row blocks per one-wave
+//   block) run one row block per block in rounds instead, its warps side by
+//   side in the same 16 rows, which measured faster there.
 #ifndef GQUANT_CUDA_INT8_GEMV_CUH_
 #define GQUANT_CUDA_INT8_GEMV_CUH_
 
@@ -65,11 +68,17 @@ struct Int8RowsWeight {
   bool min_form = false;    // w = c * scale - min instead of (c - zero) * scale
 };
 
-// Benchmark knobs; the defaults (0) are the measured best.
+// Benchmark knobs; the defaults are the measured best.
 struct Int8GemvTuning {
-  int warps_per_block = 0;     // 1..16: K split over that many warps
-  int row_tiles = 0;           // 1 or 2 16-row tiles per block (2: at most 8 warps)
+  int warps_per_sm = 0;        // resident warps per multiprocessor (0: 16)
   bool serial_launch = false;  // no programmatic dependent launch
+  bool late_weights = false;   // M = 1: first weights only after the predecessor wait
+  int stages = 0;              // ring stages per warp: 3 or 4 (0: 3)
+  // The grid: one wave (one_wave_grid.cuh), or one row block per thread
+  // block in rounds (warps_per_sm then unused); by default rounds only for
+  // very tall weights such as an LM head at M = 1.
+  enum Schedule { kByShape = 0, kOneWave = 1, kRounds = 2 };
+  int schedule = kByShape;
 };
 
 // y = x · Wᵀ for m in 1..kInt8GemvMaxM rows of x ([m, K] bf16, 8-byte

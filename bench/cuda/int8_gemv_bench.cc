@@ -71,17 +71,23 @@ std::string GroupLabel(int64_t group) {
   return group == 0 ? "int8 per-row" : "int8 g" + std::to_string(group) + " sym";
 }
 
-// Args: shape index, M, group size (0 = per-row), variant = 100 * row tiles
-// + warps per block (0 = defaults); 1000: the defaults without L2 prefetch
-// and programmatic dependent launch; 2000: the defaults replayed from a
-// CUDA graph.
+// Args: shape index, M, group size (0 = per-row), variant = 100 * ring
+// stages + warps per multiprocessor (0 = defaults); 1000: the defaults without programmatic
+// dependent launch; 2000: the defaults replayed from a CUDA graph; 3000: the
+// first weights requested after the predecessor wait (M = 1), from a graph;
+// 4000 / 5000: the rounds / one-wave grid whatever the shape.
 void BM_Int8Gemv(benchmark::State& state) {
   if (NoGpu(state)) return;
   const LinearShape& s = kShapes[state.range(0)];
   const int m = static_cast<int>(state.range(1));
   const int variant = static_cast<int>(state.range(3));
-  Int8GemvTuning tuning{.warps_per_block = variant % 100, .row_tiles = variant % 1000 / 100};
-  tuning.serial_launch = variant == 1000;
+  const Int8GemvTuning tuning{.warps_per_sm = variant % 100,
+                              .serial_launch = variant == 1000,
+                              .late_weights = variant == 3000,
+                              .stages = variant < 1000 ? variant / 100 : 0,
+                              .schedule = variant == 4000   ? Int8GemvTuning::kRounds
+                                          : variant == 5000 ? Int8GemvTuning::kOneWave
+                                                            : Int8GemvTuning::kByShape};
   const Int8Weights& w = CachedWeights(s.n, s.k, state.range(2));
   auto x = Upload(RandomHost<uint16_t>(m * s.k, 99));
   auto y = DeviceBuffer<uint16_t>::Allocate(m * s.n);
@@ -93,7 +99,7 @@ void BM_Int8Gemv(benchmark::State& state) {
       std::abort();
     }
   };
-  if (variant == 2000) {
+  if (variant == 2000 || variant == 3000) {
     TimeGraphLaunches(state, launch);
   } else {
     TimeLaunches(state, [&](int64_t i) { launch(i, nullptr); });
@@ -102,6 +108,9 @@ void BM_Int8Gemv(benchmark::State& state) {
   state.SetLabel(std::string(s.name) + " " + GroupLabel(state.range(2)) +
                  (variant == 1000   ? ", serial launch"
                   : variant == 2000 ? ", graph"
+                  : variant == 3000 ? ", graph, late weights"
+                  : variant == 4000 ? ", rounds"
+                  : variant == 5000 ? ", one wave"
                                     : ""));
 }
 
@@ -160,14 +169,19 @@ void BM_GatherInt8Rows(benchmark::State& state) {
   state.SetLabel("embedding 262144x5376 int8 per-row, " + std::to_string(count) + " ids");
 }
 
-// Every shape at M = 1, 4, 8, 16 for g32 and per-row; `variants` adds the
-// knob values (100 * row tiles + warps) for g32 at M = 1 and 16. Shape and
+// Every shape at M = 1, 4, 8, 16 for g32 and per-row, M = 1 for g16; `variants` adds the
+// knob values for g32 at M = 1 and 16. Shape and
 // group outermost, so CachedWeights hits.
 void Shapes(benchmark::internal::Benchmark* b, std::initializer_list<int> variants) {
   for (int shape = 0; shape < static_cast<int>(kShapes.size()); ++shape) {
-    for (int group : {32, 0}) {
+    for (int group : {32, 16, 0}) {
       for (int m : {1, 4, 8, 16}) {
+        if (group == 16 && m != 1) continue;  // GGUF Q6_K's group, at M = 1 only
         b->Args({shape, m, group, 0});
+        if (group != 32 && m == 1) {
+          b->Args({shape, m, group, 4000});
+          b->Args({shape, m, group, 5000});
+        }
         if (group == 32 && (m == 1 || m == 16)) {
           for (int v : variants) b->Args({shape, m, group, v});
         }
@@ -179,7 +193,7 @@ void Shapes(benchmark::internal::Benchmark* b, std::initializer_list<int> varian
 BENCHMARK(BM_Int8Gemv)
     ->ArgNames({"shape", "m", "group", "variant"})
     ->Apply([](benchmark::internal::Benchmark* b) {
-      Shapes(b, {1000, 2000, 104, 108, 116, 204, 208});
+      Shapes(b, {1000, 2000, 3000, 4000, 5000, 400, 8, 12, 24});
     })
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond)

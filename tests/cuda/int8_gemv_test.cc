@@ -171,10 +171,20 @@ void CheckOutputs(const std::vector<uint16_t>& got, const Reference& ref, int m,
   REQUIRE(std::sqrt(err2 / ref2) <= kBf16Rounding);
 }
 
-// (warps per block, row tiles) knob settings, the default first: the
-// extremes and uneven K splits.
-constexpr std::array<std::array<int, 2>, 6> kKnobs = {
-    {{0, 0}, {1, 1}, {6, 1}, {16, 1}, {3, 2}, {8, 2}}};
+// Knob settings, the defaults first: one warp per block (every row block
+// split), odd splits, several blocks per multiprocessor, four ring stages,
+// the first weights requested only after the predecessor wait with ordinary
+// launches, and the rounds grid (the LM head's).
+constexpr std::array<Int8GemvTuning, 9> kKnobs = {
+    {{},
+     {.warps_per_sm = 1},
+     {.warps_per_sm = 3},
+     {.warps_per_sm = 7},
+     {.warps_per_sm = 32},
+     {.warps_per_sm = 5, .stages = 4},
+     {.serial_launch = true, .late_weights = true},
+     {.schedule = Int8GemvTuning::kRounds},
+     {.stages = 4, .schedule = Int8GemvTuning::kRounds}}};
 
 void CheckGemv(const Spec& spec, std::mt19937_64& rng, bool all_knobs) {
   INFO("N=" << spec.n << " K=" << spec.k << " group " << spec.group << " min form " << spec.min_form
@@ -186,15 +196,16 @@ void CheckGemv(const Spec& spec, std::mt19937_64& rng, bool all_knobs) {
   DeviceWeight dw = UploadWeight(w);
   auto x_d = testing::Upload(x);  // M = 16 rows; smaller M use the first rows
   for (int m : {1, 3, 16}) {
-    for (const auto& [warps, tiles] : kKnobs) {
-      if (!all_knobs && warps != 0) break;
-      INFO("M=" << m << " warps " << warps << " row tiles " << tiles);
+    for (const Int8GemvTuning& tuning : kKnobs) {
+      if (!all_knobs && &tuning != &kKnobs[0]) break;
+      INFO("M=" << m << " warps per multiprocessor " << tuning.warps_per_sm << " stages "
+                << tuning.stages << " late weights " << tuning.late_weights << " schedule "
+                << tuning.schedule);
       auto y = DeviceBuffer<uint16_t>::Allocate(m * spec.n);
       REQUIRE_OK(y);
       REQUIRE_OK(y->FillBytes(0xFF));  // bf16 NaN: an unwritten output fails
       REQUIRE_OK(Int8Gemv(dw.view, reinterpret_cast<const __nv_bfloat16*>(x_d.data()), m,
-                          reinterpret_cast<__nv_bfloat16*>(y->data()), nullptr,
-                          {.warps_per_block = warps, .row_tiles = tiles}));
+                          reinterpret_cast<__nv_bfloat16*>(y->data()), nullptr, tuning));
       std::vector<uint16_t> got(m * spec.n);
       REQUIRE_OK(y->CopyToHost(got));
       CheckOutputs(got, ref, m, spec.n);
@@ -279,11 +290,10 @@ TEST_CASE("int8 GEMV rejects bad arguments", "[cuda][int8_gemv]") {
   REQUIRE_STATUS_IS(Int8Gemv(good, x, 1, nullptr, nullptr), invalid);
   // codes not 16-byte aligned
   REQUIRE_STATUS_IS(Int8Gemv({codes + 8, params, 64, 64, 32, false}, x, 1, y, nullptr), invalid);
-  REQUIRE_STATUS_IS(Int8Gemv(good, x, 1, y, nullptr, {.warps_per_block = 17}), invalid);
-  REQUIRE_STATUS_IS(Int8Gemv(good, x, 1, y, nullptr, {.warps_per_block = -1}), invalid);
-  REQUIRE_STATUS_IS(Int8Gemv(good, x, 1, y, nullptr, {.row_tiles = 3}), invalid);
-  REQUIRE_STATUS_IS(Int8Gemv(good, x, 1, y, nullptr, {.warps_per_block = 9, .row_tiles = 2}),
-                    invalid);
+  REQUIRE_STATUS_IS(Int8Gemv(good, x, 1, y, nullptr, {.warps_per_sm = 65}), invalid);
+  REQUIRE_STATUS_IS(Int8Gemv(good, x, 1, y, nullptr, {.stages = 2}), invalid);
+  REQUIRE_STATUS_IS(Int8Gemv(good, x, 1, y, nullptr, {.schedule = 3}), invalid);
+  REQUIRE_STATUS_IS(Int8Gemv(good, x, 1, y, nullptr, {.warps_per_sm = -1}), invalid);
 }
 
 // The dequantizer's contract, computed on the host: float32 operations
