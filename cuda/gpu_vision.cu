@@ -69,43 +69,26 @@ struct Activations {
 
 float PowF(double base, double exponent) { return static_cast<float>(std::pow(base, exponent)); }
 
-// The checks the kernels rely on: sizes, coordinates inside the position
-// table, and the real patches first (the attention's keys are rows [0,
-// num_real)). Returns the number of real patches.
-absl::StatusOr<int64_t> CheckVisionInput(const VisionInput& input, const VisionConfig& c) {
-  auto error = [](const auto&... parts) {
-    return absl::InvalidArgumentError(absl::StrCat("VisionInput: ", parts...));
-  };
-  if (input.patch_size != c.patch_size || input.pooling_kernel_size != c.pooling_kernel_size) {
-    return error("patch size ", input.patch_size, " and pooling ", input.pooling_kernel_size,
-                 ", but the vision tower takes ", c.patch_size, " and ", c.pooling_kernel_size);
+// gemma4::CheckVisionInput, and what the kernels assume beyond it: the real
+// patches first (the attention's keys are rows [0, num_real)), in whole
+// pooling windows, as HF's processor writes them. Returns the number of real
+// patches.
+absl::StatusOr<int64_t> CheckGpuVisionInput(const VisionInput& input, const VisionConfig& c) {
+  GQ_ASSIGN_OR_RETURN(const std::vector<int64_t> real, gemma4::CheckVisionInput(input, c));
+  const int64_t count = static_cast<int64_t>(real.size());
+  for (int64_t i = 0; i < count; ++i) {
+    if (real[i] != i) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("VisionInput: patch ", i, " is padding but real patch ", real[i],
+                       " follows it; the GPU vision tower takes the real patches first"));
+    }
   }
   const int64_t k2 = int64_t{c.pooling_kernel_size} * c.pooling_kernel_size;
-  const int64_t p = input.max_patches, row = 3 * int64_t{c.patch_size} * c.patch_size;
-  if (p <= 0 || p % k2 != 0) {
-    return error("max_patches ", p, ": expected a positive multiple of ", k2);
+  if (count % k2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "VisionInput: ", count, " real patches: expected a multiple of pooling^2 = ", k2));
   }
-  if (input.pixel_values.size() / row != static_cast<size_t>(p) ||
-      input.pixel_values.size() % row != 0 ||
-      input.positions.size() != static_cast<size_t>(2 * p)) {
-    return error("expected ", p, " x ", row, " pixel values and ", p, " x 2 positions, but got ",
-                 input.pixel_values.size(), " and ", input.positions.size());
-  }
-  int64_t real = 0;
-  for (int64_t i = 0; i < p; ++i) {
-    const int32_t x = input.positions[2 * i], y = input.positions[2 * i + 1];
-    if (x == -1 && y == -1) continue;
-    if (real != i) return error("patch ", i, " is real but follows a padding patch");
-    if (x < 0 || y < 0 || x >= c.position_embedding_size || y >= c.position_embedding_size) {
-      return error("patch ", i, " at (", x, ", ", y, ") outside the position table of ",
-                   c.position_embedding_size);
-    }
-    ++real;
-  }
-  if (real == 0 || real % k2 != 0) {
-    return error(real, " real patches: expected a positive multiple of ", k2);
-  }
-  return real;
+  return count;
 }
 
 }  // namespace
@@ -274,7 +257,7 @@ struct GpuVisionModel::State {
   // soft tokens (act.soft, [N, Hv] bf16). Returns N.
   absl::StatusOr<int64_t> EnqueueTower(const VisionInput& input) {
     const VisionConfig& c = config;
-    GQ_ASSIGN_OR_RETURN(const int64_t real, CheckVisionInput(input, c));
+    GQ_ASSIGN_OR_RETURN(const int64_t real, CheckGpuVisionInput(input, c));
     const int64_t p = input.max_patches, h = c.hidden_size;
     const int64_t k2 = int64_t{c.pooling_kernel_size} * c.pooling_kernel_size;
     GQ_RETURN_IF_ERROR(Reserve(p));

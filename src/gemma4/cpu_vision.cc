@@ -162,62 +162,6 @@ struct CpuVisionModel::State {
     return w;
   }
 
-  // The input must be what HF's processor could produce for this config, so
-  // that nothing below indexes out of range. Returns the real patches.
-  absl::StatusOr<std::vector<int64_t>> CheckInput(const VisionInput& input) const {
-    const VisionConfig& c = config;
-    auto error = [](auto&&... parts) {
-      return absl::InvalidArgumentError(absl::StrCat("VisionInput: ", parts...));
-    };
-    if (input.patch_size != c.patch_size) {
-      return error("patch_size ", input.patch_size, ", but the vision tower takes ", c.patch_size);
-    }
-    if (input.pooling_kernel_size != c.pooling_kernel_size) {
-      return error("pooling_kernel_size ", input.pooling_kernel_size,
-                   ", but the vision tower pools ", c.pooling_kernel_size);
-    }
-    const int64_t k2 = int64_t{c.pooling_kernel_size} * c.pooling_kernel_size;
-    const int64_t p = input.max_patches;
-    if (p <= 0 || p % k2 != 0) {
-      return error("max_patches ", p, ": expected a positive multiple of pooling^2 = ", k2);
-    }
-    // Divisions, not products: a huge max_patches must not overflow.
-    const int64_t row = 3 * int64_t{c.patch_size} * c.patch_size;
-    if (input.pixel_values.size() % row != 0 ||
-        static_cast<int64_t>(input.pixel_values.size() / row) != p) {
-      return error("pixel_values: expected [max_patches = ", p, ", 3 * patch^2 = ", row,
-                   "], but got ", input.pixel_values.size(), " values");
-    }
-    if (input.positions.size() % 2 != 0 || static_cast<int64_t>(input.positions.size() / 2) != p) {
-      return error("positions: expected [max_patches = ", p, ", 2], but got ",
-                   input.positions.size(), " values");
-    }
-    std::vector<int64_t> real;
-    for (int64_t i = 0; i < p; ++i) {
-      const int32_t x = input.positions[2 * i], y = input.positions[2 * i + 1];
-      if (IsPadding(input.positions, i)) continue;
-      // HF would clamp a lone -1 to 0 and treat the patch as real; no
-      // processor writes one, so it is refused here.
-      if (x < 0 || y < 0 || x >= c.position_embedding_size || y >= c.position_embedding_size) {
-        return error("patch ", i, " at position (", x, ", ", y,
-                     "): expected (-1, -1) or coordinates in [0, position_embedding_size = ",
-                     c.position_embedding_size, ")");
-      }
-      real.push_back(i);
-    }
-    if (real.empty()) return error("no real patches (every position is (-1, -1))");
-    const int64_t length = p / k2;
-    const std::vector<int64_t> windows = cpu::PoolWindows(input.positions, c.pooling_kernel_size);
-    for (int64_t i = 0; i < p; ++i) {
-      if (windows[i] >= length) {
-        return error("patch ", i, " at (", input.positions[2 * i], ", ", input.positions[2 * i + 1],
-                     ") falls in pooling window ", windows[i], ", beyond the ", length,
-                     " soft tokens of ", p, " patches");
-      }
-    }
-    return real;
-  }
-
   // Gemma4VisionPatchEmbedder: [max_patches, hidden].
   absl::StatusOr<std::vector<float>> EmbedPatches(const VisionInput& input) const {
     const int64_t p = input.max_patches, h = config.hidden_size;
@@ -293,7 +237,7 @@ struct CpuVisionModel::State {
   // layer's output, appending every state to `states` when not null.
   absl::StatusOr<std::vector<float>> Encode(const VisionInput& input,
                                             std::vector<float>* states) const {
-    GQ_ASSIGN_OR_RETURN(const std::vector<int64_t> keys, CheckInput(input));
+    GQ_ASSIGN_OR_RETURN(const std::vector<int64_t> keys, CheckVisionInput(input, config));
     GQ_ASSIGN_OR_RETURN(std::vector<float> x, EmbedPatches(input));
     if (states != nullptr) states->insert(states->end(), x.begin(), x.end());
     for (int layer = 0; layer < config.num_hidden_layers; ++layer) {

@@ -3,6 +3,7 @@
 // (one downscale, one upscale), the patch layout, and VisionInputFromPatches.
 #include "gquant/gemma4/vision_input.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -325,6 +326,39 @@ TEST_CASE("VisionInputFromPatches rejects malformed patch lists", "[vision_input
     auto input = VisionInputFromPatches(golden.pixel_values, golden.positions, bad);
     REQUIRE_STATUS_IS(input, absl::StatusCode::kInvalidArgument);
   }
+}
+
+TEST_CASE("CheckVisionInput returns the real patches and refuses what a tower cannot index",
+          "[vision_input]") {
+  const VisionConfig config = FixtureVision("tiny-e2b-vision");  // position table 64
+  const GoldenPatches golden = ReadGoldenPatches("tiny-e2b-vision");
+  auto input = VisionInputFromPatches(golden.pixel_values, golden.positions, config);
+  REQUIRE_OK(input);
+  auto real = CheckVisionInput(*input, config);
+  REQUIRE_OK(real);
+  REQUIRE(real->size() == 540);  // of 630 rows: HF's 18 x 30 grid, then padding
+  for (int64_t i = 0; i < 540; ++i) REQUIRE((*real)[i] == i);
+
+  auto expect_error = [&](const VisionInput& bad, const std::string& substring) {
+    auto checked = CheckVisionInput(bad, config);
+    REQUIRE_STATUS_IS(checked, absl::StatusCode::kInvalidArgument);
+    CHECK_THAT(std::string(checked.status().message()), Catch::Matchers::Contains(substring));
+  };
+  VisionInput bad = *input;
+  bad.patch_size = 14;
+  expect_error(bad, "patch_size");
+  bad = *input;
+  bad.pixel_values.pop_back();
+  expect_error(bad, "pixel_values");
+  bad = *input;
+  bad.positions[2 * 7] = 64;  // x outside the position table
+  expect_error(bad, "position_embedding_size");
+  bad = *input;
+  bad.positions[2 * 7 + 1] = 63;  // inside the table, but pooling window 7 / 3 + 10 * 21 >= 70
+  expect_error(bad, "pooling window");
+  bad = *input;
+  std::fill(bad.positions.begin(), bad.positions.end(), -1);
+  expect_error(bad, "no real patches");
 }
 
 }  // namespace

@@ -61,6 +61,17 @@ absl::StatusOr<VisionInput> VisionInputFromPatches(std::vector<float> pixel_valu
                                                    std::vector<int32_t> positions,
                                                    const VisionConfig& config);
 
+// Whether `input` is what HF's processor could produce for `config`, so that
+// a vision tower indexes nothing out of range: patch size and pooling as
+// configured, max_patches a positive multiple of pooling^2, pixel values
+// [max_patches, 3 * patch^2] and positions [max_patches, 2], each position
+// (-1, -1) (padding) or inside the position table, at least one real patch,
+// and every real patch in a pooling window below max_patches / pooling^2.
+// Returns the real patches' indices; InvalidArgument naming the first
+// problem.
+absl::StatusOr<std::vector<int64_t>> CheckVisionInput(const VisionInput& input,
+                                                      const VisionConfig& config);
+
 }  // namespace gquant::gemma4
 
 #endif  // GQUANT_GEMMA4_VISION_INPUT_H_
