@@ -22,13 +22,15 @@ absl::Status Invalid(std::string_view name, std::string_view what) {
 }  // namespace
 
 absl::StatusOr<SortedRunScratch> SortedRunScratch::Create(int64_t expert_elements, int batch) {
-  if (expert_elements < 1 || batch < 1 || expert_elements > INT64_MAX / batch) {
+  if (expert_elements < 0 || batch < 1 || expert_elements > INT64_MAX / batch) {
     return absl::InvalidArgumentError(
         absl::StrFormat("SortedRunScratch: %d experts of %d weights", batch, expert_elements));
   }
   SortedRunScratch scratch;
-  GQ_ASSIGN_OR_RETURN(scratch.weights,
-                      DeviceBuffer<__nv_bfloat16>::Allocate(expert_elements * batch));
+  if (expert_elements > 0) {
+    GQ_ASSIGN_OR_RETURN(scratch.weights,
+                        DeviceBuffer<__nv_bfloat16>::Allocate(expert_elements * batch));
+  }
   GQ_ASSIGN_OR_RETURN(scratch.pointers, DeviceBuffer<const void*>::Allocate(3 * batch));
   scratch.expert_elements = expert_elements;
   scratch.batch = batch;

@@ -34,7 +34,8 @@
 namespace gquant::cuda {
 
 // Device scratch of DeviceExperts::RunSorted: bf16 room for `batch` experts
-// of up to `expert_elements` weights, and the grouped GEMM's pointers.
+// of up to `expert_elements` weights (0 for bf16 experts, read in place),
+// and the grouped GEMM's pointers.
 struct SortedRunScratch {
   static absl::StatusOr<SortedRunScratch> Create(int64_t expert_elements, int batch);
   DeviceBuffer<__nv_bfloat16> weights;  // [batch, expert_elements]

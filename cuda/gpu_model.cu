@@ -121,6 +121,9 @@ struct GpuModel::State {
   // Some MoE layer's experts are bf16 (not DeviceExperts::selectable): its
   // decode routes on the host, so the decode step is not captured.
   bool moe_host_routing = false;
+  // Some MoE layer's experts are int4 or int8: grouped prefill GEMMs need
+  // room to dequantize them (SortedRunScratch).
+  bool quantized_experts = false;
   int64_t weights_done = 0, weights_total = 0;
 
   const TextConfig& config() const { return plan.config; }
@@ -265,6 +268,7 @@ struct GpuModel::State {
                                                        weight.shape[2], name));
     Count(experts.form(), experts.num_bytes(), experts.count());
     report.expert_bytes += experts.num_bytes();
+    quantized_experts |= experts.form() != LinearForm::kBf16;
     if (!experts.selectable() && !moe_host_routing) {
       moe_host_routing = true;
       report.notes.push_back(absl::StrCat(
@@ -892,9 +896,11 @@ absl::StatusOr<GpuSequence> GpuModel::NewSequence(int64_t max_positions, int max
     GQ_RETURN_IF_CUDA_ERROR(cudaMallocHost(&s->host_route_ids, pairs * sizeof(int32_t)));
     if (max_chunk > 16) {
       // 32 experts at a time: 254 MB for the 26B-A4B's gate_up, a quarter
-      // of dequantizing all 128 at once, and already 32 GEMMs per launch.
+      // of dequantizing all 128 at once, and already 32 GEMMs per launch;
+      // bf16 experts are read in place (no room to dequantize into).
       GQ_ASSIGN_OR_RETURN(s->expert_scratch,
-                          SortedRunScratch::Create(2 * width * h, std::min<int>(experts, 32)));
+                          SortedRunScratch::Create(m.quantized_experts ? 2 * width * h : 0,
+                                                   std::min<int>(experts, 32)));
     }
   }
   GQ_ASSIGN_OR_RETURN(s->linear_context, LinearContext::Create());

@@ -652,7 +652,9 @@ void CheckSorted(const DeviceExperts& experts, int batch, const std::function<Ro
   const testing::Bf16Values x = testing::RandomBf16(total * k, 0.05f, 2.0f, rng);
   const auto x_device = testing::Upload(x.bits);
   auto y = testing::PoisonedBf16((total + 1) * n);
-  absl::StatusOr<SortedRunScratch> scratch = SortedRunScratch::Create(n * k, batch);
+  // bf16 experts are read in place: a scratch with no room for weights.
+  const bool dense = experts.form() == LinearForm::kBf16;
+  absl::StatusOr<SortedRunScratch> scratch = SortedRunScratch::Create(dense ? 0 : n * k, batch);
   REQUIRE_OK(scratch);
   REQUIRE_OK(experts.RunSorted(AsBf16(x_device), begin, AsBf16(y), *scratch, context, nullptr));
   const std::vector<float> got = Download(y);
@@ -714,6 +716,12 @@ TEST_CASE("DeviceExperts::RunSorted runs rows sorted by expert as grouped GEMMs"
   std::vector<int64_t> begin(kSmall.count + 1, 0);
   RequireInvalidNaming(int4.RunSorted(AsBf16(x), begin, AsBf16(y), *scratch, context, nullptr),
                        "small_experts");
+  absl::StatusOr<SortedRunScratch> no_room = SortedRunScratch::Create(0, 2);
+  REQUIRE_OK(no_room);
+  RequireInvalidNaming(int4.RunSorted(AsBf16(x), begin, AsBf16(y), *no_room, context, nullptr),
+                       "small_experts");
+  REQUIRE_STATUS_IS(SortedRunScratch::Create(-1, 2), absl::StatusCode::kInvalidArgument);
+  REQUIRE_STATUS_IS(SortedRunScratch::Create(16, 0), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_CASE("DeviceExperts and Int4MmaGemvSelected reject bad arguments", "[cuda][device_experts]") {
