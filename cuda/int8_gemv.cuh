@@ -83,7 +83,9 @@ struct Int8GemvTuning {
 
 // y = x · Wᵀ for m in 1..kInt8GemvMaxM rows of x ([m, K] bf16, 8-byte
 // aligned) into y ([m, N] bf16). InvalidArgument for a bad shape, pointer,
-// M or knob; Internal for a launch error.
+// M or knob, or at M = 1 a K whose activation row does not fit in shared
+// memory beside the rings (K above ~100K on an H100); Internal for a launch
+// error.
 absl::Status Int8Gemv(const Int8RowsWeight& weight, const __nv_bfloat16* x, int m, __nv_bfloat16* y,
                       cudaStream_t stream, const Int8GemvTuning& tuning = {});
 
