@@ -390,29 +390,29 @@ template <int kTokens, int kGroupBlocks, bool kSelected, int kStages>
 absl::Status Launch(const Args& base, const DeviceLimits& device, int warps_per_sm, int schedule,
                     bool overlap, int slots, cudaStream_t stream) {
   constexpr auto kKernel = Int8GemvKernel<kTokens, kGroupBlocks, kSelected, kStages>;
+  constexpr int kWarpBytes = kStages * Stage<kGroupBlocks>::kBytes;
   absl::StatusOr<int> max_dynamic = RaiseDynamicSharedLimit<kKernel>(device);
   if (!max_dynamic.ok()) return max_dynamic.status();
   static OccupancyTable<kMaxWarpsPerBlock> occupancy;
   Args a = base;
   a.x_bytes = kTokens == 1 ? (a.k * 2 + 15) / 16 * 16 : 0;  // M = 1: x before the rings
-  absl::StatusOr<OneWaveGrid> grid = PlanOneWaveGrid(
-      reinterpret_cast<const void*>(kKernel), occupancy, device, *max_dynamic, warps_per_sm,
-      {.units = a.units,
-       .slots = slots,
-       .steps_per_unit = a.k_tiles,
-       .warp_bytes = kStages * Stage<kGroupBlocks>::kBytes,
-       .x_bytes = a.x_bytes,
-       .k = a.k});
+  absl::StatusOr<OneWaveGrid> grid = PlanOneWaveGrid(reinterpret_cast<const void*>(kKernel),
+                                                     occupancy, device, *max_dynamic, warps_per_sm,
+                                                     {.units = a.units,
+                                                      .slots = slots,
+                                                      .steps_per_unit = a.k_tiles,
+                                                      .warp_bytes = kWarpBytes,
+                                                      .x_bytes = a.x_bytes,
+                                                      .k = a.k});
   if (!grid.ok()) return grid.status();
   a.one_wave = schedule == Int8GemvTuning::kOneWave ||
                (schedule == Int8GemvTuning::kByShape &&
                 (kTokens != 1 || grid->block_units < kRoundsFromBlockUnits));
   if (!a.one_wave) {
-    const int warp_bytes = kStages * Stage<kGroupBlocks>::kBytes;
-    const int warps = RoundsWarps(a.k_tiles, warp_bytes, a.x_bytes, *max_dynamic);
+    const int warps = RoundsWarps(a.k_tiles, kWarpBytes, a.x_bytes, *max_dynamic);
     a.block_units = 1;
     return LaunchKernel(kKernel, dim3(a.units, slots), dim3(warps * 32),
-                        static_cast<size_t>(warps * warp_bytes + a.x_bytes), stream, overlap, a);
+                        static_cast<size_t>(warps * kWarpBytes + a.x_bytes), stream, overlap, a);
   }
   a.block_units = grid->block_units;
   return LaunchKernel(kKernel, dim3(grid->blocks, slots), dim3(grid->warps * 32),
