@@ -8,6 +8,7 @@
 #include "activations.cuh"
 #include "aligned.h"
 #include "device_primitives.cuh"
+#include "gelu_tanh.cuh"
 #include "launch.cuh"
 #include "row_access.cuh"
 
@@ -15,15 +16,6 @@ namespace gquant::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-// cpu::GeluTanh's float32 formula; tanhf is accurate (not the approximate
-// tanh.approx instruction).
-__device__ __forceinline__ float GeluTanh(float x) {
-  constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)
-  constexpr float kKappa = 0.044715f;
-  const float inner = kBeta * (x + kKappa * (x * x * x));
-  return 0.5f * x * (1.0f + tanhf(inner));
-}
 
 struct GeluArgs {
   const __nv_bfloat16* a;

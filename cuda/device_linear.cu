@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "activations.cuh"
 #include "aligned.h"
 #include "cublas_status.cuh"
 #include "cuda_status.cuh"
@@ -19,6 +20,7 @@
 #include "embedding_gather.cuh"
 #include "gquant/dtype.h"
 #include "gquant/status.h"
+#include "int4_mma_layout.h"
 #include "int8_dequantize.cuh"
 #include "prefill_gemm.cuh"
 
@@ -39,6 +41,9 @@ constexpr int64_t kBf16StagingElements = int64_t{1} << 24;
 // prefill GEMM (dequantize + cuBLAS).
 constexpr int64_t kGemvMaxM = kInt4MmaMaxM;
 static_assert(kInt8GemvMaxM == kGemvMaxM);
+
+// Rows of gate (then of up) in each 16-row block of a gate / up pair weight.
+constexpr int64_t kGatePairHalf = kInt4MmaRows / 2;
 
 // "linear '<name>'", the prefix of every message.
 std::string Label(std::string_view name) { return absl::StrFormat("linear '%s'", name); }
@@ -311,6 +316,59 @@ absl::StatusOr<DeviceLinear> DeviceLinear::FromPackedRows(std::span<const Packed
   return linear;
 }
 
+absl::StatusOr<DeviceLinear> DeviceLinear::FromPackedGatePairs(const PackedMatrix& gate,
+                                                               const PackedMatrix& up,
+                                                               std::string_view name) {
+  const PackedMatrix both[2] = {gate, up};
+  GQ_ASSIGN_OR_RETURN(const PackedStack stack, PlanPackedStack(both, name));
+  const int64_t rows = gate.info.rows;
+  if (!stack.int4 || up.info.rows != rows || rows % kInt4MmaRows != 0) {
+    return Invalid(name,
+                   absl::StrFormat("gate / up pairs need two cuda_int4_mma16 matrices of the "
+                                   "same [I, K] with I %% 16 == 0, but got layout '%s', "
+                                   "[%d, %d] and [%d, %d]",
+                                   gate.layout, rows, gate.info.cols, up.info.rows, up.info.cols));
+  }
+  const auto bytes = [](std::span<const std::byte> part) {
+    return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(part.data()), part.size());
+  };
+  // The params parts hold bf16x2 words (4-byte aligned: std::vector storage).
+  const auto words = [](std::span<const std::byte> part) {
+    return std::span<const uint32_t>(reinterpret_cast<const uint32_t*>(part.data()),
+                                     part.size() / 4);
+  };
+  absl::StatusOr<PackedInt4Mma> pairs = InterleaveInt4MmaRowHalves(
+      bytes(stack.codes[0]), words(stack.params[0]), bytes(stack.codes[1]), words(stack.params[1]),
+      rows, stack.k, stack.group_size);
+  if (!pairs.ok()) return Annotate(pairs.status(), Label(name));
+  const std::span<const std::byte> codes[1] = {std::as_bytes(std::span(pairs->qweight))};
+  const std::span<const std::byte> params[1] = {std::as_bytes(std::span(pairs->params))};
+  DeviceLinear linear;
+  linear.name_ = std::string(name);
+  linear.form_ = LinearForm::kInt4;
+  linear.gate_pairs_ = true;
+  linear.n_ = stack.n;
+  linear.k_ = stack.k;
+  absl::StatusOr<DeviceBuffer<std::byte>> codes_buffer =
+      UploadConcatenated(codes, stack.codes_bytes);
+  if (!codes_buffer.ok()) return Annotate(codes_buffer.status(), Label(name), ": uploading codes");
+  absl::StatusOr<DeviceBuffer<std::byte>> params_buffer =
+      UploadConcatenated(params, stack.params_bytes);
+  if (!params_buffer.ok()) {
+    return Annotate(params_buffer.status(), Label(name), ": uploading params");
+  }
+  GQ_RETURN_IF_ERROR(FinishUploads(name));
+  linear.codes_ = *std::move(codes_buffer);
+  linear.params_ = *std::move(params_buffer);
+  linear.int4_ = {reinterpret_cast<const uint4*>(linear.codes_.data()),
+                  reinterpret_cast<const __nv_bfloat162*>(linear.params_.data()),
+                  stack.n,
+                  stack.k,
+                  static_cast<int>(stack.group_size),
+                  stack.min_form};
+  return linear;
+}
+
 absl::StatusOr<DeviceLinear> DeviceLinear::FromFloat(std::span<const float> values, int64_t n,
                                                      int64_t k, std::string_view name) {
   const std::span<const float> parts[1] = {values};
@@ -444,6 +502,35 @@ absl::Status DeviceLinear::RunRows(const __nv_bfloat16* x, int64_t m, int64_t ro
   }
   return Annotate(status, Describe(),
                   absl::StrFormat(", rows [%d, %d), M=%d", row_begin, row_begin + rows, m));
+}
+
+absl::Status DeviceLinear::RunGeluGate(const __nv_bfloat16* x, int64_t m, __nv_bfloat16* scratch,
+                                       __nv_bfloat16* y, LinearContext& context,
+                                       cudaStream_t stream) const {
+  if (!gate_pairs_) {
+    return Invalid(name_, "RunGeluGate: expected a gate / up pair weight (FromPackedGatePairs)");
+  }
+  if (m <= 0) return Run(x, m, y, context, stream);  // nothing, or Run's error for M < 0
+  if (m > kGemvMaxM) {
+    if (scratch == nullptr || !Aligned(scratch, 16)) {
+      return Invalid(name_, absl::StrFormat("RunGeluGate: M=%d needs a 16-byte aligned scratch "
+                                            "[M, N], but got %p",
+                                            m, scratch));
+    }
+    GQ_RETURN_IF_ERROR(Run(x, m, scratch, context, stream));
+    // scratch rows are runs of [8 gate | 8 up]: m N / 16 rows of 8 products.
+    return Annotate(
+        GeluTanhMul(scratch, 2 * kGatePairHalf, scratch + kGatePairHalf, 2 * kGatePairHalf,
+                    m * n_ / (2 * kGatePairHalf), kGatePairHalf, y, stream),
+        Describe(), absl::StrFormat(", gated product at M=%d", m));
+  }
+  if (x == nullptr || y == nullptr || !Aligned(x, 16) || !Aligned(y, 2)) {
+    return Invalid(name_, absl::StrFormat("RunGeluGate: expected x 16-byte aligned and y non-null, "
+                                          "but got x %p, y %p",
+                                          x, y));
+  }
+  return Annotate(Int4MmaGemvGeluPairs(int4_, x, static_cast<int>(m), y, stream), Describe(),
+                  absl::StrFormat(", gated product at M=%d", m));
 }
 
 absl::Status DeviceLinear::Gather(const int32_t* ids, int count, float multiplier,

@@ -88,6 +88,13 @@ class DeviceLinear {
   // N in the given order. InvalidArgument when they differ (or none).
   static absl::StatusOr<DeviceLinear> FromPackedRows(std::span<const PackedMatrix> parts,
                                                      std::string_view name = "linear");
+  // An MLP's int4 gate and up ([I, K] each, packed alike, I % 16 == 0) as
+  // one [2I, K] weight interleaved by halves of 16-row blocks
+  // (InterleaveInt4MmaRowHalves), for RunGeluGate. InvalidArgument when they
+  // are not both cuda_int4_mma16 of one shape and form, or I % 16 != 0.
+  static absl::StatusOr<DeviceLinear> FromPackedGatePairs(const PackedMatrix& gate,
+                                                          const PackedMatrix& up,
+                                                          std::string_view name = "linear");
   // A float32 [n, k] row-major matrix, stored as bf16 (round to nearest even).
   // InvalidArgument for a size mismatch or n, k < 1.
   static absl::StatusOr<DeviceLinear> FromFloat(std::span<const float> values, int64_t n, int64_t k,
@@ -114,6 +121,15 @@ class DeviceLinear {
   absl::Status RunRows(const __nv_bfloat16* x, int64_t m, int64_t row_begin, int64_t rows,
                        __nv_bfloat16* y, LinearContext& context, cudaStream_t stream) const;
 
+  // For a FromPackedGatePairs weight: y[m, N/2] = gelu_tanh(x · Gateᵀ) *
+  // (x · Upᵀ). M <= 16: one GEMV with the product in its epilogue (no
+  // separate launch; decode); above, Run into `scratch` [m, N] (interleaved
+  // gate / up halves) and the elementwise product over it. InvalidArgument on
+  // another weight or bad pointers, else as Run.
+  absl::Status RunGeluGate(const __nv_bfloat16* x, int64_t m, __nv_bfloat16* scratch,
+                           __nv_bfloat16* y, LinearContext& context, cudaStream_t stream) const;
+  bool gate_pairs() const { return gate_pairs_; }
+
   // out[t, :] = bf16(row ids[t] of W, dequantized, * multiplier) for t < count,
   // ids int32 on the device (an id outside [0, N) gives a row of NaNs, as the
   // gathers in embedding_gather.cuh). out is [count, K], 16-byte aligned.
@@ -133,6 +149,7 @@ class DeviceLinear {
   std::string name_ = "linear";  // labels error messages
   LinearForm form_ = LinearForm::kBf16;
   int64_t n_ = 0, k_ = 0;
+  bool gate_pairs_ = false;           // FromPackedGatePairs
   DeviceBuffer<std::byte> codes_;     // int4 qweight or int8 codes
   DeviceBuffer<std::byte> params_;    // int4 bf16x2 params or int8 float2 params
   DeviceBuffer<__nv_bfloat16> bf16_;  // bf16 form

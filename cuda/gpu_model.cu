@@ -57,10 +57,8 @@ __global__ void AdvancePositionKernel(int64_t* position) { *position += 1; }
 // Linears that read the same input (q, k, v; gate, up): one stacked GEMV
 // when their forms allow, else one launch each. Either way Run leaves member
 // i's [t, widths[i]] block at y + t * (widths[0] + ... + widths[i-1]), so
-// consumers see contiguous per-member outputs; a stacked run with t > 1
-// writes [t, total] rows to `scratch` and splits them (a strided copy,
-// negligible next to a prefill GEMM; for t = 1 the row already is the
-// blocks).
+// consumers see contiguous per-member outputs. The MLP's int4 gate and up
+// may instead be one gate / up pair weight (RunGeluGate).
 struct LinearGroup {
   std::vector<DeviceLinear> linears;  // one (stacked) or one per member
   std::vector<int64_t> widths;        // N of each member
@@ -80,6 +78,21 @@ struct LinearGroup {
       offset += widths[i];
     }
     return absl::OkStatus();
+  }
+
+  // y [t, widths[0]] = gelu_tanh(member 0) * member 1 (the MLP's gate and
+  // up), through `scratch` [t, 2 widths[0]] where needed: a gate / up pair
+  // weight (DeviceLinear::FromPackedGatePairs) forms the product in its GEMV
+  // at t <= 16 (one launch less per decode layer), others run the members
+  // and the elementwise product.
+  absl::Status RunGeluGate(const bf16* x, int64_t t, bf16* scratch, bf16* y, LinearContext& context,
+                           cudaStream_t stream) const {
+    if (linears.size() == 1 && linears[0].gate_pairs()) {
+      return linears[0].RunGeluGate(x, t, scratch, y, context, stream);
+    }
+    GQ_RETURN_IF_ERROR(Run(x, t, scratch, context, stream));
+    const int64_t width = widths[0];
+    return GeluTanhMul(scratch, width, scratch + t * width, width, t, width, y, stream);
   }
 };
 
@@ -179,8 +192,10 @@ struct GpuModel::State {
   }
 
   // The matrices `names` (same K) as one stacked DeviceLinear when their
-  // forms allow (all packed alike, or all float), else one each.
-  absl::StatusOr<LinearGroup> LoadGroup(std::span<const std::string> names) {
+  // forms allow (all packed alike, or all float), else one each; with
+  // `gate_up`, two int4 matrices become a gate / up pair weight
+  // (LinearGroup::RunGeluGate) where their shapes allow.
+  absl::StatusOr<LinearGroup> LoadGroup(std::span<const std::string> names, bool gate_up = false) {
     std::vector<gemma4::BackendWeight> weights;
     LinearGroup group;
     for (const std::string& name : names) {
@@ -194,6 +209,18 @@ struct GpuModel::State {
     }
     if (names.size() > 1) {
       const std::string label = absl::StrJoin(names, " + ");
+      if (gate_up && names.size() == 2 && weights[0].packed.size() == 1 &&
+          weights[1].packed.size() == 1) {
+        absl::StatusOr<DeviceLinear> pairs =
+            DeviceLinear::FromPackedGatePairs(weights[0].packed[0], weights[1].packed[0], label);
+        if (pairs.ok()) {
+          Count(*pairs, 2);
+          group.linears.push_back(*std::move(pairs));
+          return group;
+        }
+        // Not int4, or not in whole 16-row blocks: stacked or one each.
+        if (!absl::IsInvalidArgument(pairs.status())) return pairs.status();
+      }
       auto stack = [&]() -> absl::StatusOr<DeviceLinear> {
         if (std::all_of(weights.begin(), weights.end(),
                         [](const auto& w) { return w.packed.size() == 1; })) {
@@ -299,7 +326,7 @@ struct GpuModel::State {
     GQ_ASSIGN_OR_RETURN(w.post_attention_norm, LoadNorm(p + "post_attention_layernorm.weight"));
     GQ_ASSIGN_OR_RETURN(w.pre_feedforward_norm, LoadNorm(p + "pre_feedforward_layernorm.weight"));
     const std::string gate_up[] = {p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"};
-    GQ_ASSIGN_OR_RETURN(w.gate_up, LoadGroup(gate_up));
+    GQ_ASSIGN_OR_RETURN(w.gate_up, LoadGroup(gate_up, /*gate_up=*/true));
     GQ_ASSIGN_OR_RETURN(w.down, LoadLinear(p + "mlp.down_proj.weight"));
     GQ_ASSIGN_OR_RETURN(w.post_feedforward_norm, LoadNorm(p + "post_feedforward_layernorm.weight"));
     if (layer.has_moe) {
@@ -637,10 +664,8 @@ absl::Status EnqueueLayers(const GpuModel::State& m, GpuSequence::State& s, int6
         eps, nullptr, w.pre_feedforward_norm.data(), s.normed.data(), stream));
 
     // MLP: down(gelu_tanh(gate(x)) * up(x)), gate and up as one GEMV.
-    const int64_t width = layer.mlp_width;
-    GQ_RETURN_IF_ERROR(w.gate_up.Run(s.normed.data(), t, s.gate_up.data(), linear, stream));
-    GQ_RETURN_IF_ERROR(GeluTanhMul(s.gate_up.data(), width, s.gate_up.data() + t * width, width, t,
-                                   width, s.mlp.data(), stream));
+    GQ_RETURN_IF_ERROR(
+        w.gate_up.RunGeluGate(s.normed.data(), t, s.gate_up.data(), s.mlp.data(), linear, stream));
     GQ_RETURN_IF_ERROR(w.down.Run(s.mlp.data(), t, s.delta.data(), linear, stream));
     if (layer.has_moe) GQ_RETURN_IF_ERROR(EnqueueExperts(m, s, w, t));
 

@@ -6,6 +6,7 @@
 #include "cuda_status.cuh"
 #include "device.cuh"
 #include "device_primitives.cuh"
+#include "gelu_tanh.cuh"
 #include "int4_mma_gemv.cuh"
 #include "launch.cuh"
 #include "one_wave_grid.cuh"
@@ -53,6 +54,8 @@ struct Args {
   const uint8_t* const* params_table;
   int num_experts, slots;
   int64_t x_slot_stride;
+  // Int4MmaGemvGeluPairs: launch the kGeluPairs kernel (y is [m, n / 2]).
+  bool gelu_pairs;
 };
 
 // The two nibbles at bits 0-3 and 16-19 of `word` as bf16 128 + q: the bits
@@ -78,10 +81,17 @@ __device__ __forceinline__ uint32_t NibblesAsBf16(uint32_t word) {
 // loop), and after one barrier the warp holding the unit's first step adds
 // them in warp order, so results do not depend on timing and nothing crosses
 // thread blocks.
+//
+// kGeluPairs (Int4MmaGemvGeluPairs): rows g and g + 8 of each row block are
+// a gate and an up row, and the store writes gelu_tanh(gate) * up. A
+// template flag, not a run-time one, so the plain kernels keep their
+// registers (the run-time branch spilled in several of them and cost M = 16
+// ~4%).
 template <int kTokens, int kGroupsPerTile, bool kMinForm, int kStages, int kRowTiles,
-          bool kSelected>
+          bool kSelected, bool kGeluPairs>
 __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
     Int4MmaGemvKernel(const Args a) {
+  static_assert(!(kSelected && kGeluPairs), "experts have no gate / up pairs");
   constexpr int kTokenTiles = (kTokens + 7) / 8;
   constexpr bool kSharedX = kTokens == 1;
   constexpr int kSlotTokens = kSharedX ? 0 : kTokens;
@@ -195,20 +205,32 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
 
   using Sums = float[kRowTiles * kTokenTiles][4];  // [row tile * kTokenTiles + token tile]
   // Writes a finished unit's sums (per row tile: rows g, g, g+8, g+8; tokens
-  // 2t, 2t+1, 2t, 2t+1, + 8 per token tile) to y.
+  // 2t, 2t+1, 2t, 2t+1, + 8 per token tile) to y; with gelu_pairs, the
+  // product of each lane's row g (gate) and row g + 8 (up) sums instead.
   const auto store = [&](int unit, const Sums& sum) {
     __nv_bfloat16* const y_out = kSelected ? a.y + int64_t{blockIdx.y} * a.n : a.y;
 #pragma unroll
     for (int r = 0; r < kRowTiles; ++r) {
+      const int64_t block = int64_t{first_unit + unit} * kRowTiles + r;
 #pragma unroll
       for (int n8 = 0; n8 < kTokenTiles; ++n8) {
+        const float* s = sum[r * kTokenTiles + n8];
+        if constexpr (kGeluPairs) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int token = 8 * n8 + 2 * t + i % 2;
-          const int64_t row =
-              (int64_t{first_unit + unit} * kRowTiles + r) * kRows + g + 8 * (i / 2);
-          if (token < a.m)
-            y_out[int64_t{token} * a.n + row] = __float2bfloat16(sum[r * kTokenTiles + n8][i]);
+          for (int i = 0; i < 2; ++i) {
+            const int token = 8 * n8 + 2 * t + i;
+            if (token < a.m) {
+              y_out[int64_t{token} * (a.n / 2) + block * 8 + g] =
+                  __float2bfloat16(GeluTanh(s[i]) * s[i + 2]);
+            }
+          }
+        } else {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int token = 8 * n8 + 2 * t + i % 2;
+            const int64_t row = block * kRows + g + 8 * (i / 2);
+            if (token < a.m) y_out[int64_t{token} * a.n + row] = __float2bfloat16(s[i]);
+          }
         }
       }
     }
@@ -370,11 +392,11 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
 // `warps_per_sm` allows, each owning enough whole units that the grid is a
 // single wave.
 template <int kTokens, int kGroupsPerTile, bool kMinForm, int kStages, int kRowTiles,
-          bool kSelected>
+          bool kSelected, bool kGeluPairs>
 absl::Status Launch(const Args& base, const DeviceLimits& device, int warps_per_sm, bool overlap,
                     cudaStream_t stream) {
-  constexpr auto kKernel =
-      Int4MmaGemvKernel<kTokens, kGroupsPerTile, kMinForm, kStages, kRowTiles, kSelected>;
+  constexpr auto kKernel = Int4MmaGemvKernel<kTokens, kGroupsPerTile, kMinForm, kStages, kRowTiles,
+                                             kSelected, kGeluPairs>;
   absl::StatusOr<int> max_dynamic = RaiseDynamicSharedLimit<kKernel>(device);
   if (!max_dynamic.ok()) return max_dynamic.status();
   static OccupancyTable<kMaxWarpsPerBlock> occupancy;
@@ -405,11 +427,11 @@ struct Plan {
 };
 
 // kSelected: Int4MmaGemvSelected's kernel (its own instantiation, so the
-// plain one carries no expert lookup).
-template <int kTokens, int kStages, int kRowTiles, bool kSelected = false>
+// plain one carries no expert lookup); kGeluPairs: Int4MmaGemvGeluPairs's.
+template <int kTokens, int kStages, int kRowTiles, bool kSelected = false, bool kGeluPairs = false>
 absl::Status ForGroups(const Args& a, bool g32, bool min_form, const Plan& p) {
   const auto launch = [&]<int kGroupsPerTile, bool kMinForm>() {
-    return Launch<kTokens, kGroupsPerTile, kMinForm, kStages, kRowTiles, kSelected>(
+    return Launch<kTokens, kGroupsPerTile, kMinForm, kStages, kRowTiles, kSelected, kGeluPairs>(
         a, p.device, p.warps_per_sm, p.overlap, p.stream);
   };
   if (g32) {
@@ -422,6 +444,15 @@ absl::Status ForGroups(const Args& a, bool g32, bool min_form, const Plan& p) {
 template <int kStages, int kRowTiles>
 absl::Status ForTokens(const Args& a, bool g32, bool min_form, const Plan& p) {
   if (a.expert_ids != nullptr) return ForGroups<1, kStages, kRowTiles, true>(a, g32, min_form, p);
+  if (a.gelu_pairs) {
+    // Gate / up pairs come in the default ring depth only (CheckAndLaunch).
+    if constexpr (kStages == 3) {
+      if (a.m == 1) return ForGroups<1, 3, kRowTiles, false, true>(a, g32, min_form, p);
+      if (a.m <= 8) return ForGroups<8, 3, kRowTiles, false, true>(a, g32, min_form, p);
+      return ForGroups<16, 3, kRowTiles, false, true>(a, g32, min_form, p);
+    }
+    return absl::InternalError("Int4MmaGemvGeluPairs: no kernel for this ring depth");
+  }
   if (a.m == 1) return ForGroups<1, kStages, kRowTiles>(a, g32, min_form, p);
   if (a.m <= 8) return ForGroups<8, kStages, kRowTiles>(a, g32, min_form, p);
   return ForGroups<16, kStages, kRowTiles>(a, g32, min_form, p);
@@ -476,6 +507,9 @@ absl::Status CheckAndLaunch(const Int4MmaWeight& w, Args a, cudaStream_t stream,
     return absl::InvalidArgumentError(
         absl::StrFormat("Int4MmaGemv: stages must be 3 or 4, not %d", tuning.stages));
   }
+  if (a.gelu_pairs && tuning.stages == 4) {
+    return absl::InvalidArgumentError("Int4MmaGemvGeluPairs: only the default 3 stages");
+  }
   if (tuning.row_tiles < 0 || tuning.row_tiles > 2 || (tuning.row_tiles == 2 && w.n % 32 != 0)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "Int4MmaGemv: row_tiles must be 0, 1 or 2 (2 needs N %% 32 == 0), not %d for N=%d",
@@ -505,6 +539,22 @@ absl::Status Int4MmaGemv(const Int4MmaWeight& w, const __nv_bfloat16* x, int m, 
   a.x = x;
   a.y = y;
   a.m = m;
+  return CheckAndLaunch(w, a, stream, tuning);
+}
+
+absl::Status Int4MmaGemvGeluPairs(const Int4MmaWeight& w, const __nv_bfloat16* x, int m,
+                                  __nv_bfloat16* y, cudaStream_t stream,
+                                  const Int4MmaTuning& tuning) {
+  if (w.qweight == nullptr || w.params == nullptr) {
+    return absl::InvalidArgumentError("Int4MmaGemvGeluPairs: null pointer");
+  }
+  Args a{};
+  a.qweight = reinterpret_cast<const uint8_t*>(w.qweight);
+  a.params = reinterpret_cast<const uint8_t*>(w.params);
+  a.x = x;
+  a.y = y;
+  a.m = m;
+  a.gelu_pairs = true;
   return CheckAndLaunch(w, a, stream, tuning);
 }
 

@@ -75,6 +75,17 @@ struct Int4MmaTuning {
 absl::Status Int4MmaGemv(const Int4MmaWeight& weight, const __nv_bfloat16* x, int m,
                          __nv_bfloat16* y, cudaStream_t stream, const Int4MmaTuning& tuning = {});
 
+// The MLP's gated product in one launch: for a weight whose 16-row blocks
+// pair a gate and an up matrix [N/2, K] by halves (row 16 i + j is gate row
+// 8 i + j, row 16 i + 8 + j is up row 8 i + j; InterleaveInt4MmaRowHalves
+// packs it), y[m, N/2] = gelu_tanh(x · Gateᵀ) * (x · Upᵀ), each product from
+// its fp32 sums (no bf16 rounding between them). Saves the decode step the
+// separate elementwise launch; errors as Int4MmaGemv's, and InvalidArgument
+// for tuning.stages 4 (only the default ring depth is built).
+absl::Status Int4MmaGemvGeluPairs(const Int4MmaWeight& weight, const __nv_bfloat16* x, int m,
+                                  __nv_bfloat16* y, cudaStream_t stream,
+                                  const Int4MmaTuning& tuning = {});
+
 // The experts of one mixture-of-experts matrix (device_experts.cuh): every
 // expert has the shape and form of the Int4MmaWeight passed beside it, and
 // its pointers sit in device tables indexed by the expert id.

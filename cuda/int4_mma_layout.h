@@ -73,6 +73,19 @@ absl::StatusOr<PackedInt4Mma> PackInt4Mma(std::span<const int8_t> codes,
                                           std::span<const float> scale, std::span<const float> zero,
                                           int64_t n, int64_t k, int64_t group_size);
 
+// Interleaves two packed [n, k] matrices a and b (same group size and zero
+// form) into one [2n, k] by halves of 16-row blocks: its row 16 i + j is a's
+// row 8 i + j and its row 16 i + 8 + j is b's (j < 8). A row r of a and of b
+// then share a lane and a params word pair (rows g and g + 8 of a block), so
+// Int4MmaGemvGeluPairs can combine them in its epilogue. Works on the packed
+// bytes (nibble masks), no unpacking. InvalidArgument for a bad shape or
+// mis-sized parts.
+absl::StatusOr<PackedInt4Mma> InterleaveInt4MmaRowHalves(std::span<const uint8_t> a_qweight,
+                                                         std::span<const uint32_t> a_params,
+                                                         std::span<const uint8_t> b_qweight,
+                                                         std::span<const uint32_t> b_params,
+                                                         int64_t n, int64_t k, int64_t group_size);
+
 }  // namespace gquant::cuda
 
 #endif  // GQUANT_CUDA_INT4_MMA_LAYOUT_H_

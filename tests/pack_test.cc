@@ -7,6 +7,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "gquant/dtype.h"
@@ -271,6 +272,60 @@ TEST_CASE("cuda_int4_mma16 decoder agrees with the layout header's helpers", "[p
       }
     }
   }
+}
+
+TEST_CASE("cuda_int4_mma16 row-half interleave equals packing the interleaved rows", "[pack]") {
+  // Reference computed another way: permute the unpacked rows (row 16 i + j
+  // of the result is a's 8 i + j, row 16 i + 8 + j is b's) and pack that.
+  auto rng = testing::MakeRng();
+  std::uniform_int_distribution<int> code(0, 15);
+  std::uniform_real_distribution<float> param(0.01f, 15.0f);
+  for (const auto& [n, k, group] :
+       {std::tuple<int64_t, int64_t, int64_t>{16, 64, 32}, {48, 192, 64}, {32, 256, 256}}) {
+    INFO("N=" << n << " K=" << k << " group " << group);
+    const int64_t groups = k / group;
+    std::vector<int8_t> codes[2];
+    std::vector<float> scales[2], zeros[2];
+    absl::StatusOr<cuda::PackedInt4Mma> packed[2];
+    for (int m = 0; m < 2; ++m) {
+      for (int64_t i = 0; i < n * k; ++i) codes[m].push_back(static_cast<int8_t>(code(rng)));
+      for (int64_t i = 0; i < n * groups; ++i) {
+        scales[m].push_back(Bf16(param(rng)));
+        zeros[m].push_back(Bf16(param(rng)));
+      }
+      packed[m] = cuda::PackInt4Mma(codes[m], scales[m], zeros[m], n, k, group);
+      REQUIRE_OK(packed[m]);
+    }
+    std::vector<int8_t> codes_ab;
+    std::vector<float> scales_ab, zeros_ab;
+    for (int64_t row = 0; row < 2 * n; ++row) {
+      const int m = row % 16 / 8;
+      const int64_t source = row / 16 * 8 + row % 8;
+      codes_ab.insert(codes_ab.end(), codes[m].begin() + source * k,
+                      codes[m].begin() + (source + 1) * k);
+      scales_ab.insert(scales_ab.end(), scales[m].begin() + source * groups,
+                       scales[m].begin() + (source + 1) * groups);
+      zeros_ab.insert(zeros_ab.end(), zeros[m].begin() + source * groups,
+                      zeros[m].begin() + (source + 1) * groups);
+    }
+    auto want = cuda::PackInt4Mma(codes_ab, scales_ab, zeros_ab, 2 * n, k, group);
+    REQUIRE_OK(want);
+    auto got = cuda::InterleaveInt4MmaRowHalves(packed[0]->qweight, packed[0]->params,
+                                                packed[1]->qweight, packed[1]->params, n, k, group);
+    REQUIRE_OK(got);
+    CHECK(got->qweight == want->qweight);
+    CHECK(got->params == want->params);
+  }
+  // N not a multiple of 16, and parts of the wrong size.
+  const std::vector<uint8_t> bytes(8 * 64 / 2);
+  const std::vector<uint32_t> words(8 * 2);
+  CHECK(cuda::InterleaveInt4MmaRowHalves(bytes, words, bytes, words, 8, 64, 32).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+  const std::vector<uint8_t> block(16 * 64 / 2);
+  const std::vector<uint32_t> block_params(16 * 2);
+  CHECK(cuda::InterleaveInt4MmaRowHalves(block, block_params, bytes, block_params, 16, 64, 32)
+            .status()
+            .code() == absl::StatusCode::kInvalidArgument);
 }
 
 // ---- gquant sources, through a quantized checkpoint ----

@@ -406,6 +406,68 @@ TEST_CASE("DeviceLinear stacks matrices along N", "[cuda][device_linear]") {
   }
 }
 
+double GeluTanh(double v) {
+  return 0.5 * v * (1.0 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+}
+
+TEST_CASE("DeviceLinear gate / up pairs give gelu_tanh(gate) * up at any M",
+          "[cuda][device_linear]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  auto rng = testing::MakeRng();
+  LinearContext context = MakeContext();
+  for (const QuantSpec& spec : {QuantSpec{Kind::kInt4, 4, 32}, QuantSpec{Kind::kMin, 4, 64}}) {
+    const int64_t width = 48, k = 192;
+    const HostWeight gate = MakeQuantized(spec, width, k, rng);
+    const HostWeight up = MakeQuantized(spec, width, k, rng);
+    absl::StatusOr<PackedMatrix> packed[2];
+    for (int i = 0; i < 2; ++i) {
+      packed[i] = PackMatrix((i == 0 ? gate : up).unpacked.view(), PackBackend::kCuda);
+      REQUIRE_OK(packed[i]);
+    }
+    absl::StatusOr<DeviceLinear> pairs =
+        DeviceLinear::FromPackedGatePairs(*packed[0], *packed[1], "gate + up");
+    REQUIRE_OK(pairs);
+    CHECK(pairs->gate_pairs());
+    CHECK(pairs->n() == 2 * width);
+    CHECK(pairs->num_bytes() == ExpectedBytes(gate) + ExpectedBytes(up));
+    const DeviceLinear plain = Upload(gate);
+    CHECK_FALSE(plain.gate_pairs());
+    REQUIRE_STATUS_IS(plain.RunGeluGate(nullptr, 1, nullptr, nullptr, context, nullptr),
+                      absl::StatusCode::kInvalidArgument);
+    // M <= 16: the GEMV's epilogue (one rounding); above, the prefill GEMM
+    // (weights and both products rounded to bf16) and the elementwise kernel.
+    for (int64_t m : {1, 5, 16, 17, 40}) {
+      INFO("group " << spec.group << " M=" << m);
+      const std::vector<uint16_t> x_host = RandomActivations(m * k, rng);
+      const auto x = testing::Upload(x_host);
+      auto scratch = Poisoned(m * 2 * width);
+      auto y = Poisoned(m * width);
+      REQUIRE_OK(pairs->RunGeluGate(Bf16(x), m, Bf16(scratch), Bf16(y), context, nullptr));
+      const std::vector<uint16_t> got = Download(y);
+      std::vector<double> gate_row, up_row, sizes;
+      double err2 = 0, ref2 = 0;
+      for (int64_t r = 0; r < width; ++r) {
+        gate.Row(r, gate_row, sizes);
+        up.Row(r, up_row, sizes);
+        for (int64_t mi = 0; mi < m; ++mi) {
+          double g = 0, u = 0;
+          for (int64_t c = 0; c < k; ++c) {
+            g += gate_row[c] * BFloat16ToFloat(x_host[mi * k + c]);
+            u += up_row[c] * BFloat16ToFloat(x_host[mi * k + c]);
+          }
+          const double want = GeluTanh(g) * u, value = BFloat16ToFloat(got[mi * width + r]);
+          REQUIRE(std::isfinite(value));
+          err2 += (value - want) * (value - want);
+          ref2 += want * want;
+        }
+      }
+      const double relative = std::sqrt(err2 / ref2);
+      CAPTURE(relative);
+      REQUIRE(relative < (m <= 16 ? kExactWeightNorm : 3 * kRoundedWeightNorm));
+    }
+  }
+}
+
 // float32 (q − zero) · scale, or q · scale − min, each operation rounded on
 // its own, times the multiplier (rounded), then bf16: the gathers' contract
 // (embedding_gather.cuh). Each float operation is done in double and rounded
@@ -625,6 +687,17 @@ TEST_CASE("DeviceLinear rejects what it cannot upload or stack", "[device_linear
     const absl::StatusOr<DeviceLinear> linear = DeviceLinear::FromFloatRows(parts, wrong, 8, "up");
     REQUIRE_STATUS_IS(linear, kInvalid);
     CHECK(std::string(linear.status().message()).find("'up'") != std::string::npos);
+  }
+  SECTION("gate / up pairs of other forms or shapes") {
+    constexpr auto kInvalid = absl::StatusCode::kInvalidArgument;
+    const PackedMatrix int8 = PackedOrDie({Kind::kIntx, 8, 32}, 32, 128, rng);
+    REQUIRE_STATUS_IS(DeviceLinear::FromPackedGatePairs(int8, int8), kInvalid);
+    REQUIRE_STATUS_IS(DeviceLinear::FromPackedGatePairs(a, PackedOrDie(int4, 48, 128, rng)),
+                      kInvalid);
+    const absl::StatusOr<DeviceLinear> mixed = DeviceLinear::FromPackedGatePairs(
+        a, PackedOrDie({Kind::kMin, 4, 32}, 32, 128, rng), "gate_up");
+    REQUIRE_STATUS_IS(mixed, kInvalid);
+    CHECK(std::string(mixed.status().message()).find("gate_up") != std::string::npos);
   }
   SECTION("an empty object") {
     const DeviceLinear empty;

@@ -176,6 +176,72 @@ TEST_CASE("int4 tensor-core GEMV matches a float64 reference", "[cuda][int4_gemv
   }
 }
 
+double GeluTanh(double v) {
+  return 0.5 * v * (1.0 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+}
+
+TEST_CASE("int4 GEMV gate / up pairs give gelu_tanh(gate) * up", "[cuda][int4_gemv]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  auto rng = testing::MakeRng();
+  // Each problem is one of the two matrices [I, K]; the pair weight is [2I, K].
+  const Problem problems[] = {
+      {16, 64, 32, false}, {48, 4096, 64, true}, {4096, 5376, 32, false}, {1536, 1536, 128, false}};
+  for (const Problem& p : problems) {
+    const Case gate = MakeCase(p, kInt4MmaMaxM, rng);
+    Case up = MakeCase(p, kInt4MmaMaxM, rng);
+    up.x = gate.x;  // one input: recompute up's reference with it
+    up.y.assign(up.y.size(), 0.0);
+    for (int64_t r = 0; r < p.n; ++r) {
+      for (int64_t col = 0; col < p.k; ++col) {
+        const int q = (up.qweight[r * p.k / 2 + col / 2] >> (4 * (col % 2))) & 0xF;
+        const int64_t g = col / p.group;
+        const double s = BFloat16ToFloat(up.scale_gn[g * p.n + r]);
+        const double z = BFloat16ToFloat(up.zero_gn[g * p.n + r]);
+        const double w = p.min_form ? q * s - z : (q - z) * s;
+        for (int mi = 0; mi < kInt4MmaMaxM; ++mi) {
+          up.y[mi * p.n + r] += w * BFloat16ToFloat(up.x[mi * p.k + col]);
+        }
+      }
+    }
+    const PackedInt4Mma packed_gate = PackForMma(gate, p), packed_up = PackForMma(up, p);
+    absl::StatusOr<PackedInt4Mma> pairs =
+        InterleaveInt4MmaRowHalves(packed_gate.qweight, packed_gate.params, packed_up.qweight,
+                                   packed_up.params, p.n, p.k, p.group);
+    REQUIRE_OK(pairs);
+    auto qweight = testing::Upload(pairs->qweight);
+    auto params = testing::Upload(pairs->params);
+    const Int4MmaWeight w{reinterpret_cast<const uint4*>(qweight.data()),
+                          reinterpret_cast<const __nv_bfloat162*>(params.data()),
+                          2 * p.n,
+                          p.k,
+                          p.group,
+                          p.min_form};
+    auto x = testing::Upload(gate.x);
+    // Default; two row tiles; one warp per multiprocessor and more than fit
+    // (split row blocks finished in the block); an ordinary launch.
+    const Int4MmaTuning tunings[] = {
+        {}, {.row_tiles = 2}, {.warps_per_sm = 1}, {.warps_per_sm = 48}, {.serial_launch = true}};
+    for (int m : {1, 3, 9, 16}) {
+      std::vector<double> want(m * p.n);
+      for (int64_t i = 0; i < m * p.n; ++i) want[i] = GeluTanh(gate.y[i]) * up.y[i];
+      for (const Int4MmaTuning& tuning : tunings) {
+        if (tuning.row_tiles == 2 && (2 * p.n) % 32 != 0) continue;
+        INFO("I=" << p.n << " K=" << p.k << " group " << p.group << " min form " << p.min_form
+                  << " M=" << m << " row tiles " << tuning.row_tiles << " warps/SM "
+                  << tuning.warps_per_sm);
+        auto y = testing::Upload(std::vector<uint16_t>(m * p.n, 0xFFFF));  // NaN poison
+        REQUIRE_OK(Int4MmaGemvGeluPairs(w, reinterpret_cast<const __nv_bfloat16*>(x.data()), m,
+                                        reinterpret_cast<__nv_bfloat16*>(y.data()), nullptr,
+                                        tuning));
+        std::vector<uint16_t> got(m * p.n);
+        REQUIRE_OK(y.CopyToHost(got));
+        // One bf16 rounding of the product of two fp32 sums.
+        REQUIRE(RelativeError(got, want) < kOutputRoundingBound);
+      }
+    }
+  }
+}
+
 // Launches overlap their predecessor (programmatic dependent launch): a
 // chain whose second GEMV reads the first one's output (read after write)
 // and overwrites its input (write after read), queued back to back with no
@@ -237,6 +303,9 @@ TEST_CASE("int4 GEMV rejects bad shapes", "[cuda][int4_gemv]") {
                     absl::StatusCode::kInvalidArgument);  // group 96
   REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 64, 32}, x, 0, y, nullptr),
                     absl::StatusCode::kInvalidArgument);  // M
+  REQUIRE_STATUS_IS(
+      Int4MmaGemvGeluPairs({tiles, params, 32, 64, 32}, x, 1, y, nullptr, {.stages = 4}),
+      absl::StatusCode::kInvalidArgument);  // gate / up pairs: 3 stages only
   REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 64, 32}, x, 17, y, nullptr),
                     absl::StatusCode::kInvalidArgument);
   REQUIRE_STATUS_IS(Int4MmaGemv({tiles, params, 16, 64, 32}, x, 1, y, nullptr, {.stages = 5}),
