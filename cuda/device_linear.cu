@@ -319,15 +319,19 @@ absl::StatusOr<DeviceLinear> DeviceLinear::FromPackedRows(std::span<const Packed
 absl::StatusOr<DeviceLinear> DeviceLinear::FromPackedGatePairs(const PackedMatrix& gate,
                                                                const PackedMatrix& up,
                                                                std::string_view name) {
-  const PackedMatrix both[2] = {gate, up};
-  GQ_ASSIGN_OR_RETURN(const PackedStack stack, PlanPackedStack(both, name));
-  const int64_t rows = gate.info.rows;
-  if (!stack.int4 || up.info.rows != rows || rows % kInt4MmaRows != 0) {
-    return Invalid(name,
-                   absl::StrFormat("gate / up pairs need two cuda_int4_mma16 matrices of the "
-                                   "same [I, K] with I %% 16 == 0, but got layout '%s', "
-                                   "[%d, %d] and [%d, %d]",
-                                   gate.layout, rows, gate.info.cols, up.info.rows, up.info.cols));
+  // Each planned alone (a span of the two would need a copy of their parts),
+  // then compared as a stack of the two would be.
+  GQ_ASSIGN_OR_RETURN(const PackedStack g, PlanPackedStack(std::span(&gate, 1), name));
+  GQ_ASSIGN_OR_RETURN(const PackedStack u, PlanPackedStack(std::span(&up, 1), name));
+  const int64_t rows = g.n;
+  if (!g.int4 || !u.int4 || u.n != rows || u.k != g.k || u.group_size != g.group_size ||
+      u.min_form != g.min_form) {
+    return Invalid(
+        name, absl::StrFormat("gate / up pairs need two cuda_int4_mma16 matrices of one "
+                              "[I, K], group size and zero form, but got '%s' [%d, %d] "
+                              "group %d and '%s' [%d, %d] group %d%s",
+                              gate.layout, rows, g.k, g.group_size, up.layout, u.n, u.k,
+                              u.group_size, u.min_form != g.min_form ? " in different forms" : ""));
   }
   const auto bytes = [](std::span<const std::byte> part) {
     return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(part.data()), part.size());
@@ -337,9 +341,9 @@ absl::StatusOr<DeviceLinear> DeviceLinear::FromPackedGatePairs(const PackedMatri
     return std::span<const uint32_t>(reinterpret_cast<const uint32_t*>(part.data()),
                                      part.size() / 4);
   };
-  absl::StatusOr<PackedInt4Mma> pairs = InterleaveInt4MmaRowHalves(
-      bytes(stack.codes[0]), words(stack.params[0]), bytes(stack.codes[1]), words(stack.params[1]),
-      rows, stack.k, stack.group_size);
+  absl::StatusOr<PackedInt4Mma> pairs =
+      InterleaveInt4MmaRowHalves(bytes(g.codes[0]), words(g.params[0]), bytes(u.codes[0]),
+                                 words(u.params[0]), rows, g.k, g.group_size);
   if (!pairs.ok()) return Annotate(pairs.status(), Label(name));
   const std::span<const std::byte> codes[1] = {std::as_bytes(std::span(pairs->qweight))};
   const std::span<const std::byte> params[1] = {std::as_bytes(std::span(pairs->params))};
@@ -347,13 +351,13 @@ absl::StatusOr<DeviceLinear> DeviceLinear::FromPackedGatePairs(const PackedMatri
   linear.name_ = std::string(name);
   linear.form_ = LinearForm::kInt4;
   linear.gate_pairs_ = true;
-  linear.n_ = stack.n;
-  linear.k_ = stack.k;
+  linear.n_ = 2 * rows;
+  linear.k_ = g.k;
   absl::StatusOr<DeviceBuffer<std::byte>> codes_buffer =
-      UploadConcatenated(codes, stack.codes_bytes);
+      UploadConcatenated(codes, static_cast<int64_t>(codes[0].size()));
   if (!codes_buffer.ok()) return Annotate(codes_buffer.status(), Label(name), ": uploading codes");
   absl::StatusOr<DeviceBuffer<std::byte>> params_buffer =
-      UploadConcatenated(params, stack.params_bytes);
+      UploadConcatenated(params, static_cast<int64_t>(params[0].size()));
   if (!params_buffer.ok()) {
     return Annotate(params_buffer.status(), Label(name), ": uploading params");
   }
@@ -362,10 +366,10 @@ absl::StatusOr<DeviceLinear> DeviceLinear::FromPackedGatePairs(const PackedMatri
   linear.params_ = *std::move(params_buffer);
   linear.int4_ = {reinterpret_cast<const uint4*>(linear.codes_.data()),
                   reinterpret_cast<const __nv_bfloat162*>(linear.params_.data()),
-                  stack.n,
-                  stack.k,
-                  static_cast<int>(stack.group_size),
-                  stack.min_form};
+                  linear.n_,
+                  linear.k_,
+                  static_cast<int>(g.group_size),
+                  g.min_form};
   return linear;
 }
 

@@ -205,7 +205,7 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
 
   using Sums = float[kRowTiles * kTokenTiles][4];  // [row tile * kTokenTiles + token tile]
   // Writes a finished unit's sums (per row tile: rows g, g, g+8, g+8; tokens
-  // 2t, 2t+1, 2t, 2t+1, + 8 per token tile) to y; with gelu_pairs, the
+  // 2t, 2t+1, 2t, 2t+1, + 8 per token tile) to y; with kGeluPairs, the
   // product of each lane's row g (gate) and row g + 8 (up) sums instead.
   const auto store = [&](int unit, const Sums& sum) {
     __nv_bfloat16* const y_out = kSelected ? a.y + int64_t{blockIdx.y} * a.n : a.y;
