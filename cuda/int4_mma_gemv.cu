@@ -526,12 +526,12 @@ absl::Status CheckAndLaunch(const Int4MmaWeight& w, Args a, cudaStream_t stream,
                         : ForStages<1>(a, g32, w.min_form, tuning.stages, plan);
 }
 
-}  // namespace
-
-absl::Status Int4MmaGemv(const Int4MmaWeight& w, const __nv_bfloat16* x, int m, __nv_bfloat16* y,
-                         cudaStream_t stream, const Int4MmaTuning& tuning) {
+// One weight (Int4MmaGemv, or Int4MmaGemvGeluPairs with `gelu_pairs`).
+absl::Status LaunchOneWeight(const char* op, const Int4MmaWeight& w, const __nv_bfloat16* x, int m,
+                             __nv_bfloat16* y, bool gelu_pairs, cudaStream_t stream,
+                             const Int4MmaTuning& tuning) {
   if (w.qweight == nullptr || w.params == nullptr) {
-    return absl::InvalidArgumentError("Int4MmaGemv: null pointer");
+    return absl::InvalidArgumentError(absl::StrFormat("%s: null pointer", op));
   }
   Args a{};
   a.qweight = reinterpret_cast<const uint8_t*>(w.qweight);
@@ -539,23 +539,21 @@ absl::Status Int4MmaGemv(const Int4MmaWeight& w, const __nv_bfloat16* x, int m, 
   a.x = x;
   a.y = y;
   a.m = m;
+  a.gelu_pairs = gelu_pairs;
   return CheckAndLaunch(w, a, stream, tuning);
+}
+
+}  // namespace
+
+absl::Status Int4MmaGemv(const Int4MmaWeight& w, const __nv_bfloat16* x, int m, __nv_bfloat16* y,
+                         cudaStream_t stream, const Int4MmaTuning& tuning) {
+  return LaunchOneWeight("Int4MmaGemv", w, x, m, y, /*gelu_pairs=*/false, stream, tuning);
 }
 
 absl::Status Int4MmaGemvGeluPairs(const Int4MmaWeight& w, const __nv_bfloat16* x, int m,
                                   __nv_bfloat16* y, cudaStream_t stream,
                                   const Int4MmaTuning& tuning) {
-  if (w.qweight == nullptr || w.params == nullptr) {
-    return absl::InvalidArgumentError("Int4MmaGemvGeluPairs: null pointer");
-  }
-  Args a{};
-  a.qweight = reinterpret_cast<const uint8_t*>(w.qweight);
-  a.params = reinterpret_cast<const uint8_t*>(w.params);
-  a.x = x;
-  a.y = y;
-  a.m = m;
-  a.gelu_pairs = true;
-  return CheckAndLaunch(w, a, stream, tuning);
+  return LaunchOneWeight("Int4MmaGemvGeluPairs", w, x, m, y, /*gelu_pairs=*/true, stream, tuning);
 }
 
 absl::Status Int4MmaGemvSelected(const Int4MmaWeight& shape, const Int4MmaExpertTables& experts,

@@ -36,6 +36,21 @@ struct Case {
   std::vector<double> y;                    // [M, N]
 };
 
+// c.y = the float64 product of c's weights with its m rows of x.
+void SetReference(Case& c, const Problem& p, int m) {
+  c.y.assign(m * p.n, 0.0);
+  for (int64_t r = 0; r < p.n; ++r) {
+    for (int64_t col = 0; col < p.k; ++col) {
+      const int q = (c.qweight[r * p.k / 2 + col / 2] >> (4 * (col % 2))) & 0xF;
+      const int64_t g = col / p.group;
+      const double s = BFloat16ToFloat(c.scale_gn[g * p.n + r]);
+      const double z = BFloat16ToFloat(c.zero_gn[g * p.n + r]);
+      const double w = p.min_form ? q * s - z : (q - z) * s;
+      for (int mi = 0; mi < m; ++mi) c.y[mi * p.n + r] += w * BFloat16ToFloat(c.x[mi * p.k + col]);
+    }
+  }
+}
+
 Case MakeCase(const Problem& p, int m, std::mt19937_64& rng) {
   const int64_t groups = p.k / p.group;
   std::uniform_int_distribution<int> code(0, 15);
@@ -54,17 +69,7 @@ Case MakeCase(const Problem& p, int m, std::mt19937_64& rng) {
   }
   c.x.resize(m * p.k);
   for (uint16_t& v : c.x) v = FloatToBFloat16(act(rng));
-  c.y.assign(m * p.n, 0.0);
-  for (int64_t r = 0; r < p.n; ++r) {
-    for (int64_t col = 0; col < p.k; ++col) {
-      const int q = (c.qweight[r * p.k / 2 + col / 2] >> (4 * (col % 2))) & 0xF;
-      const int64_t g = col / p.group;
-      const double s = BFloat16ToFloat(c.scale_gn[g * p.n + r]);
-      const double z = BFloat16ToFloat(c.zero_gn[g * p.n + r]);
-      const double w = p.min_form ? q * s - z : (q - z) * s;
-      for (int mi = 0; mi < m; ++mi) c.y[mi * p.n + r] += w * BFloat16ToFloat(c.x[mi * p.k + col]);
-    }
-  }
+  SetReference(c, p, m);
   return c;
 }
 
@@ -189,20 +194,8 @@ TEST_CASE("int4 GEMV gate / up pairs give gelu_tanh(gate) * up", "[cuda][int4_ge
   for (const Problem& p : problems) {
     const Case gate = MakeCase(p, kInt4MmaMaxM, rng);
     Case up = MakeCase(p, kInt4MmaMaxM, rng);
-    up.x = gate.x;  // one input: recompute up's reference with it
-    up.y.assign(up.y.size(), 0.0);
-    for (int64_t r = 0; r < p.n; ++r) {
-      for (int64_t col = 0; col < p.k; ++col) {
-        const int q = (up.qweight[r * p.k / 2 + col / 2] >> (4 * (col % 2))) & 0xF;
-        const int64_t g = col / p.group;
-        const double s = BFloat16ToFloat(up.scale_gn[g * p.n + r]);
-        const double z = BFloat16ToFloat(up.zero_gn[g * p.n + r]);
-        const double w = p.min_form ? q * s - z : (q - z) * s;
-        for (int mi = 0; mi < kInt4MmaMaxM; ++mi) {
-          up.y[mi * p.n + r] += w * BFloat16ToFloat(up.x[mi * p.k + col]);
-        }
-      }
-    }
+    up.x = gate.x;  // one input: up's reference with it
+    SetReference(up, p, kInt4MmaMaxM);
     const PackedInt4Mma packed_gate = PackForMma(gate, p), packed_up = PackForMma(up, p);
     absl::StatusOr<PackedInt4Mma> pairs =
         InterleaveInt4MmaRowHalves(packed_gate.qweight, packed_gate.params, packed_up.qweight,
