@@ -25,6 +25,17 @@
 #include "prefill_gemm.cuh"
 
 namespace gquant::cuda {
+
+// What FromStack uploads: the stacked shape and, per matrix, the bytes of its
+// two parts, which are concatenated in order.
+struct PackedStack {
+  bool int4 = false;  // cuda_int4_mma16; else cuda_int8_rows
+  int64_t n = 0, k = 0, group_size = 0;
+  bool min_form = false;
+  int64_t codes_bytes = 0, params_bytes = 0;
+  std::vector<std::span<const std::byte>> codes, params;
+};
+
 namespace {
 
 // cuBLAS's recommended workspace on Hopper. Owning it (instead of cuBLAS's
@@ -51,16 +62,6 @@ std::string Label(std::string_view name) { return absl::StrFormat("linear '%s'",
 absl::Status Invalid(std::string_view name, std::string_view message) {
   return absl::InvalidArgumentError(absl::StrFormat("linear '%s': %s", name, message));
 }
-
-// What FromPackedRows uploads: the stacked shape and, per matrix, the bytes
-// of its two parts, which are concatenated in order.
-struct PackedStack {
-  bool int4 = false;  // cuda_int4_mma16; else cuda_int8_rows
-  int64_t n = 0, k = 0, group_size = 0;
-  bool min_form = false;
-  int64_t codes_bytes = 0, params_bytes = 0;
-  std::vector<std::span<const std::byte>> codes, params;
-};
 
 // Both layouts order their bytes by rows first: cuda_int8_rows is row-major
 // ([N, K] codes, [N][G] params), and cuda_int4_mma16 stores whole 16-row
@@ -283,9 +284,15 @@ absl::StatusOr<DeviceLinear> DeviceLinear::FromPacked(const PackedMatrix& packed
 absl::StatusOr<DeviceLinear> DeviceLinear::FromPackedRows(std::span<const PackedMatrix> parts,
                                                           std::string_view name) {
   GQ_ASSIGN_OR_RETURN(const PackedStack stack, PlanPackedStack(parts, name));
+  return FromStack(stack, name, /*gate_pairs=*/false);
+}
+
+absl::StatusOr<DeviceLinear> DeviceLinear::FromStack(const PackedStack& stack,
+                                                     std::string_view name, bool gate_pairs) {
   DeviceLinear linear;
   linear.name_ = std::string(name);
   linear.form_ = stack.int4 ? LinearForm::kInt4 : LinearForm::kInt8;
+  linear.gate_pairs_ = gate_pairs;
   linear.n_ = stack.n;
   linear.k_ = stack.k;
   absl::StatusOr<DeviceBuffer<std::byte>> codes =
@@ -345,32 +352,14 @@ absl::StatusOr<DeviceLinear> DeviceLinear::FromPackedGatePairs(const PackedMatri
       InterleaveInt4MmaRowHalves(bytes(g.codes[0]), words(g.params[0]), bytes(u.codes[0]),
                                  words(u.params[0]), rows, g.k, g.group_size);
   if (!pairs.ok()) return Annotate(pairs.status(), Label(name));
-  const std::span<const std::byte> codes[1] = {std::as_bytes(std::span(pairs->qweight))};
-  const std::span<const std::byte> params[1] = {std::as_bytes(std::span(pairs->params))};
-  DeviceLinear linear;
-  linear.name_ = std::string(name);
-  linear.form_ = LinearForm::kInt4;
-  linear.gate_pairs_ = true;
-  linear.n_ = 2 * rows;
-  linear.k_ = g.k;
-  absl::StatusOr<DeviceBuffer<std::byte>> codes_buffer =
-      UploadConcatenated(codes, static_cast<int64_t>(codes[0].size()));
-  if (!codes_buffer.ok()) return Annotate(codes_buffer.status(), Label(name), ": uploading codes");
-  absl::StatusOr<DeviceBuffer<std::byte>> params_buffer =
-      UploadConcatenated(params, static_cast<int64_t>(params[0].size()));
-  if (!params_buffer.ok()) {
-    return Annotate(params_buffer.status(), Label(name), ": uploading params");
-  }
-  GQ_RETURN_IF_ERROR(FinishUploads(name));
-  linear.codes_ = *std::move(codes_buffer);
-  linear.params_ = *std::move(params_buffer);
-  linear.int4_ = {reinterpret_cast<const uint4*>(linear.codes_.data()),
-                  reinterpret_cast<const __nv_bfloat162*>(linear.params_.data()),
-                  linear.n_,
-                  linear.k_,
-                  static_cast<int>(g.group_size),
-                  g.min_form};
-  return linear;
+  // The interleaved matrix as a stack of one: [2I, K], the pair's bytes.
+  PackedStack stack = g;
+  stack.n = 2 * rows;
+  stack.codes = {std::as_bytes(std::span(pairs->qweight))};
+  stack.params = {std::as_bytes(std::span(pairs->params))};
+  stack.codes_bytes = static_cast<int64_t>(stack.codes[0].size());
+  stack.params_bytes = static_cast<int64_t>(stack.params[0].size());
+  return FromStack(stack, name, /*gate_pairs=*/true);
 }
 
 absl::StatusOr<DeviceLinear> DeviceLinear::FromFloat(std::span<const float> values, int64_t n,

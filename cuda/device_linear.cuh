@@ -73,6 +73,8 @@ class LinearContext {
 enum class LinearForm : uint8_t { kInt4, kInt8, kBf16 };
 std::string_view LinearFormName(LinearForm form);  // "int4", "int8", "bf16"
 
+struct PackedStack;  // the upload plan of packed matrices (device_linear.cu)
+
 class DeviceLinear {
  public:
   DeviceLinear() = default;
@@ -142,6 +144,9 @@ class DeviceLinear {
   const __nv_bfloat16* bf16() const { return bf16_.data(); }
 
  private:
+  // Uploads a planned stack (device_linear.cu) and sets the kernel view.
+  static absl::StatusOr<DeviceLinear> FromStack(const PackedStack& stack, std::string_view name,
+                                                bool gate_pairs);
   // Run and Gather on an empty object (n_ == 0) fail with InvalidArgument.
   absl::Status CheckNotEmpty(std::string_view what) const;
   std::string Describe() const;  // "linear '<name>' (<form> [N, K])", for messages
