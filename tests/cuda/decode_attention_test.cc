@@ -448,6 +448,27 @@ TEST_CASE("Decode attention on a wrapped sliding ring", "[cuda]") {
   }
 }
 
+TEST_CASE("Decode attention at a negative position writes NaN", "[cuda]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  std::mt19937_64 rng = testing::MakeRng();
+  for (const Heads& heads : {k31bSliding, kE2bFull}) {
+    INFO(heads.name);
+    Problem p = RandomProblem(heads, 300, 0, 0, rng);
+    DeviceProblem d(p);
+    DecodeAttentionWorkspace workspace = MakeWorkspace(p);
+    d.SetPosition(-1);
+    REQUIRE_OK(d.out.FillBytes(0x3F));  // finite poison: an unwritten output is not NaN
+    REQUIRE_OK(DecodeAttention(As<const __nv_bfloat16>(d.q), heads.num_heads, d.Cache(p),
+                               d.position.data(), p.window, As<__nv_bfloat16>(d.out), workspace,
+                               nullptr));
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    std::vector<uint16_t> got(p.q.size());
+    REQUIRE_OK(d.out.CopyToHost(got));
+    REQUIRE(std::all_of(got.begin(), got.end(),
+                        [](uint16_t bits) { return std::isnan(Bf16Value(bits)); }));
+  }
+}
+
 TEST_CASE("Decode attention merges chunks whose maxima differ wildly", "[cuda]") {
   GQ_SKIP_WITHOUT_CUDA();
   std::mt19937_64 rng = testing::MakeRng();
