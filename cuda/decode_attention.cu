@@ -28,6 +28,12 @@ constexpr int kRowsPerCopyPass = 4;  // threads (D / 2) / 16-byte chunks per row
 // 3.35 TB/s (~1 us x 3.35 TB/s / 132 SMs).
 constexpr int kStageOptions[] = {3, 4, 6};
 constexpr int kDefaultStageOption = 1;
+// A sliding window's grid is sized for at most this many blocks per
+// multiprocessor (fewer, longer chunks than a full wave of 4-6): the 31B
+// sliding layer's full window 12.9 -> 11.7 µs in a decode graph on the H100.
+// Full layers keep the full wave: in isolation 2 blocks were faster at 4K and
+// 128K too, but the 31B decode at 128K lost 5% (bench/RESULTS.md).
+constexpr int kWindowBlocksPerSm = 2;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr uint32_t kFullMask = 0xFFFFFFFFu;
 // Merge: one block per (query head, 64 head dims); 16 float4 columns x 16
@@ -463,7 +469,11 @@ absl::Status DecodeAttention(const __nv_bfloat16* q, int num_heads, const KvLaye
 
   const int head_tiles = group > 8 ? 2 : 1;
   int blocks_per_sm = workspace.blocks_per_sm(head_tiles, stage_option);
-  if (tuning.blocks_per_sm > 0) blocks_per_sm = std::min(blocks_per_sm, tuning.blocks_per_sm);
+  if (tuning.blocks_per_sm > 0) {
+    blocks_per_sm = std::min(blocks_per_sm, tuning.blocks_per_sm);
+  } else if (window > 0) {
+    blocks_per_sm = std::min(blocks_per_sm, kWindowBlocksPerSm);
+  }
   const int chunks = DecodeChunksPerKvHead(workspace.multiprocessors(), blocks_per_sm,
                                            cache.num_kv_heads, max_span);
   if (chunks > workspace.max_chunks()) {

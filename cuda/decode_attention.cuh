@@ -98,7 +98,8 @@ constexpr int DecodeChunksPerKvHead(int multiprocessors, int blocks_per_sm, int 
 // Benchmark knobs (0: the default).
 struct DecodeAttentionTuning {
   int stages = 0;         // ring depth in 16-key stages: 3, 4 (default) or 6
-  int blocks_per_sm = 0;  // caps the blocks per multiprocessor the grid is sized for
+  int blocks_per_sm = 0;  // caps the blocks per multiprocessor the grid is sized for (0: as
+                          // many as fit, 2 on a sliding window)
 };
 
 // The chunks' partial outputs: o [chunks][num_heads][head_dim] fp32

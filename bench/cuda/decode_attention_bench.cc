@@ -14,6 +14,7 @@
 // copy_GBps = the copy ceiling.
 #include <algorithm>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda_bench_util.h"
@@ -97,12 +98,22 @@ BENCHMARK(BM_DecodeAttention)
       b->Args({2, 128, 512, 0, 1});
       for (int64_t capacity : {161, 4096, 131072}) b->Args({1, 128, capacity, 0, 1});
       b->Args({3, 128, 161, 0, 1});
-      // Ring depth x blocks per multiprocessor at 128K (4 stages, as many
-      // blocks as fit: the default above).
+      // Ring depth x blocks per multiprocessor at 128K (the default: 4
+      // stages, 2 blocks), and in a decode graph on every layer.
       for (int stages : {3, 4, 6}) {
-        for (int blocks : {0, 1, 2}) {
-          if (stages != 4 || blocks != 0) b->Args({1, 131072, 0, 100 * stages + blocks, 0});
+        for (int blocks : {0, 1, 2, 3}) {
+          if (stages != 4 && blocks == 0) continue;
+          if (blocks <= 2) b->Args({1, 131072, 0, 100 * stages + blocks, 0});
         }
+      }
+      for (int variant : {302, 303, 403, 404, 602}) {
+        for (const auto& [layer, span] :
+             {std::pair{0, 1024}, {2, 512}, {1, 4096}, {1, 32768}, {1, 131072}, {3, 32768}}) {
+          b->Args({layer, span, 0, variant, 1});
+        }
+        b->Args({0, 128, 1024, variant, 1});
+        b->Args({1, 128, 131072, variant, 1});
+        b->Args({3, 128, 161, variant, 1});
       }
     })
     ->UseManualTime()

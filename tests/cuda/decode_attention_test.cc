@@ -405,10 +405,14 @@ TEST_CASE("Decode attention matches a float64 reference", "[cuda]") {
       CheckProblem(RandomProblem(heads, 2 * span + 37, span - 1, 0, rng));
     }
   }
-  // Every kernel instance (3 ring depths x 1 and 2 head tiles), also with the
-  // grid capped at one block per multiprocessor, and D = 64, 128, 192.
-  const std::initializer_list<DecodeAttentionTuning> all = {
-      {}, {.stages = 3}, {.stages = 6}, {.stages = 4, .blocks_per_sm = 1}};
+  // Every kernel instance (3 ring depths x 1 and 2 head tiles), with grids
+  // for 1 and up to 8 blocks per multiprocessor, and D = 64, 128, 192.
+  const std::initializer_list<DecodeAttentionTuning> all = {{},
+                                                            {.stages = 3},
+                                                            {.stages = 6},
+                                                            {.stages = 4, .blocks_per_sm = 1},
+                                                            {.stages = 3, .blocks_per_sm = 8},
+                                                            {.stages = 4, .blocks_per_sm = 8}};
   for (const Heads& heads : {k31bFull, kGroup16, kGroup12, kGroup4}) {
     CheckProblem(RandomProblem(heads, 3001, 2999, 0, rng), all);
   }
