@@ -29,8 +29,9 @@ constexpr int kRowsPerCopyPass = 4;  // threads (D / 2) / 16-byte chunks per row
 constexpr int kStageOptions[] = {3, 4, 6};
 constexpr int kDefaultStageOption = 1;
 // A sliding window's grid is sized for at most this many blocks per
-// multiprocessor (fewer, longer chunks than a full wave of 4-6): the 31B
-// sliding layer's full window 12.9 -> 11.7 µs in a decode graph on the H100.
+// multiprocessor (fewer, longer chunks than the full wave of 6 at D = 256):
+// the 31B sliding layer's full window 12.9 -> 11.7 µs in a decode graph on
+// the H100.
 // Full layers keep the full wave: in isolation 2 blocks were faster at 4K and
 // 128K too, but the 31B decode at 128K lost 5% (bench/RESULTS.md).
 constexpr int kWindowBlocksPerSm = 2;
