@@ -47,6 +47,10 @@ absl::StatusOr<DeviceLimits> CurrentDeviceLimits() {
                                                  cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   GQ_RETURN_IF_CUDA_ERROR(cudaDeviceGetAttribute(
       &found.shared_per_multiprocessor, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+  GQ_RETURN_IF_CUDA_ERROR(
+      cudaDeviceGetAttribute(&found.major, cudaDevAttrComputeCapabilityMajor, device));
+  GQ_RETURN_IF_CUDA_ERROR(
+      cudaDeviceGetAttribute(&found.minor, cudaDevAttrComputeCapabilityMinor, device));
   if (device < kMaxDevices) {
     // Racing writers store the same values.
     limits[device] = found;

@@ -32,6 +32,7 @@ struct DeviceLimits {
   int multiprocessors;
   int shared_per_block;           // opt-in maximum of dynamic shared memory per block, bytes
   int shared_per_multiprocessor;  // bytes, shared by the resident blocks
+  int major, minor;               // compute capability
 };
 
 // Looked up once per device (launchers call it on every launch). Internal for

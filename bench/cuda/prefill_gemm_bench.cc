@@ -1,7 +1,8 @@
 // Prefill (large M) int4 weight-only GEMM (prefill_gemm.cuh: chunked
 // dequantization overlapped with cuBLAS) on the Gemma 4 31B linear shapes,
-// against cuBLAS bf16 at the same M, N, K in the same run; and the int4
-// dequantizer alone against the copy ceiling.
+// against cuBLAS bf16 at the same M, N, K in the same run; the wgmma GEMM
+// that dequantizes in its main loop (int4_wgmma_gemm.cuh) against the same;
+// and the int4 dequantizer alone against the copy ceiling.
 //
 // Counters: TFLOPS = 2 M N K / time; vs_cublas = cuBLAS bf16 time / our time
 // (goal: >= 0.9 at M = 2048 on every shape), with cublas_TFLOPS beside it;
@@ -25,6 +26,7 @@
 #include "cuda_bench_util.h"
 #include "int4_dequantize.cuh"
 #include "int4_problem.h"
+#include "int4_wgmma_gemm.cuh"
 #include "prefill_gemm.cuh"
 
 namespace gquant::cuda {
@@ -151,6 +153,33 @@ void BM_PrefillInt4(benchmark::State& state) {
                               chunks->size() > 1 ? absl::StrCat("/", (*chunks)[1]) : ""));
 }
 
+// The wgmma GEMM that dequantizes in its main loop (int4_wgmma_gemm.cuh).
+// Args: shape index, M.
+void BM_Int4WgmmaGemm(benchmark::State& state) {
+  if (NoGpu(state)) return;
+  if (!Int4WgmmaGemmAvailable()) {
+    state.SkipWithError("needs an sm_90a build on a compute capability 9.0 GPU");
+    return;
+  }
+  const LinearShape& s = kShapes[state.range(0)];
+  const int64_t m = state.range(1);
+  const double cublas_seconds = CublasSeconds(s, m);
+  Int4Problem p(s, m);
+  TimeLaunches(state, [&](int64_t i) {
+    if (!Int4WgmmaGemm(p.MmaWeight(i), p.X(), m, p.Y(), nullptr).ok()) std::abort();
+  });
+  Report(state, p.bytes);
+  const double flops = 2.0 * m * s.n * s.k;
+  const double iterations = static_cast<double>(state.iterations());
+  state.counters["TFLOPS"] =
+      benchmark::Counter(flops * iterations / 1e12, benchmark::Counter::kIsRate);
+  state.counters["vs_cublas"] =
+      benchmark::Counter(cublas_seconds * iterations, benchmark::Counter::kIsRate);
+  state.counters["cublas_TFLOPS"] = flops / cublas_seconds / 1e12;
+  state.SetLabel(
+      absl::StrCat(std::string(s.name), " int4 g32 wgmma, dequantized in the main loop"));
+}
+
 // cuBLAS bf16 at the same shape and M (bench::TimeCublasBf16).
 void BM_PrefillCublasBf16(benchmark::State& state) {
   if (NoGpu(state)) return;
@@ -218,6 +247,19 @@ BENCHMARK(BM_PrefillInt4)
         for (int m : {512, 8192}) {
           for (int v : {0, 1, 2, 4, 8}) b->Args({shape, m, v});
         }
+      }
+    })
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(0.1);
+BENCHMARK(BM_Int4WgmmaGemm)
+    ->ArgNames({"shape", "m"})
+    ->Apply([](benchmark::internal::Benchmark* b) {
+      for (int shape = 0; shape < static_cast<int>(std::size(kShapes)); ++shape) {
+        b->Args({shape, 2048});
+      }
+      for (int shape : {kQSliding, kGateUp, kDown}) {
+        for (int m : {512, 8192}) b->Args({shape, m});
       }
     })
     ->UseManualTime()

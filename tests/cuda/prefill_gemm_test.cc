@@ -20,6 +20,7 @@
 #include "gquant/gemma4/linear_shapes.h"
 #include "int4_dequantize.cuh"
 #include "int4_mma_layout.h"
+#include "int4_wgmma_gemm.cuh"
 
 namespace gquant::cuda {
 namespace {
@@ -448,6 +449,80 @@ TEST_CASE("weight-only GEMM rejects bad arguments", "[cuda][prefill_gemm]") {
   REQUIRE_STATUS_IS(gemm->Run({tiles, params, 16, 64, 32}, x, 0, y, nullptr), kInvalid);  // M
   REQUIRE_STATUS_IS(gemm->Run({tiles, params, 16, 64, 32}, nullptr, 1, y, nullptr), kInvalid);
   REQUIRE_STATUS_IS(gemm->Run({tiles, params, 16, 64, 32}, x, 1, nullptr, nullptr), kInvalid);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+}
+
+// The wgmma GEMM that dequantizes in its main loop: the same reference and
+// bound. Shapes cover a partial weight tile (N not a multiple of 128), one
+// and two groups per 64 columns, both zero forms, and token counts inside
+// one 256-token tile, across tiles and ragged.
+void CheckInt4WgmmaGemm(const Int4Shape& s, std::initializer_list<int64_t> ms,
+                        std::mt19937_64& rng) {
+  const HostInt4 host = MakeInt4(s, rng);
+  const DeviceInt4 device = UploadInt4(host);
+  const std::vector<float> w = ToFloat(host.dequantized);
+  for (int64_t m : ms) {
+    INFO("N=" << s.n << " K=" << s.k << " group " << s.group << " min form " << s.min_form
+              << " M=" << m);
+    const std::vector<uint16_t> x_host = RandomActivations(m * s.k, rng);
+    const auto x = testing::Upload(x_host);
+    auto y = Poisoned(m * s.n);
+    REQUIRE_OK(Int4WgmmaGemm(device.weight, Bf16(x), m, Bf16(y), nullptr));
+    CheckGemm(Download(y), w, ToFloat(x_host), m, s.n, s.k, rng);
+  }
+}
+
+TEST_CASE("int4 wgmma GEMM matches a float64 reference", "[cuda][prefill_gemm]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  if (!Int4WgmmaGemmAvailable()) {
+    WARN("skipped: needs an sm_90a build on a compute capability 9.0 GPU");
+    return;
+  }
+  auto rng = testing::MakeRng();
+  SECTION("small odd shapes") {
+    for (const Int4Shape& s : {Int4Shape{16, 64, 32, false}, Int4Shape{48, 192, 64, true},
+                               Int4Shape{272, 192, 192, false}, Int4Shape{528, 128, 32, true},
+                               Int4Shape{256, 320, 64, false}}) {
+      CheckInt4WgmmaGemm(s, {1, 3, 128, 130, 257}, rng);
+    }
+  }
+  SECTION("E2B shapes") {
+    int i = 0;
+    for (const gemma4::LinearShape& shape : gemma4::kGemma4E2bLinearShapes) {
+      if (shape.n * shape.k > (int64_t{1} << 26)) continue;  // the lm_head, as above
+      INFO(shape.name);
+      CheckInt4WgmmaGemm({shape.n, shape.k, i % 2 == 0 ? 32 : 128, i % 3 == 0}, {17, 2048}, rng);
+      ++i;
+    }
+  }
+  SECTION("31B shapes at M = 2048") {
+    for (int index : {2, 7}) {  // o_sliding, down (K = 21504)
+      const gemma4::LinearShape& shape = gemma4::kGemma4_31bLinearShapes[index];
+      INFO(shape.name);
+      CheckInt4WgmmaGemm({shape.n, shape.k, 32, false}, {2048}, rng);
+    }
+  }
+}
+
+TEST_CASE("int4 wgmma GEMM rejects bad arguments", "[cuda][prefill_gemm]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  auto buffer = DeviceBuffer<uint8_t>::Allocate(1 << 20);
+  REQUIRE_OK(buffer);
+  const auto* tiles = reinterpret_cast<const uint4*>(buffer->data());
+  const auto* params = reinterpret_cast<const __nv_bfloat162*>(buffer->data());
+  const auto* x = reinterpret_cast<const __nv_bfloat16*>(buffer->data() + (256 << 10));
+  auto* y = reinterpret_cast<__nv_bfloat16*>(buffer->data() + (512 << 10));
+  const Int4MmaWeight w{tiles, params, 64, 128, 32, false};
+  constexpr auto kInvalid = absl::StatusCode::kInvalidArgument;
+  REQUIRE_STATUS_IS(Int4WgmmaGemm({tiles, params, 24, 128, 32}, x, 1, y, nullptr), kInvalid);
+  REQUIRE_STATUS_IS(Int4WgmmaGemm({tiles, params, 64, 96, 32}, x, 1, y, nullptr), kInvalid);
+  REQUIRE_STATUS_IS(Int4WgmmaGemm(w, x, 0, y, nullptr), kInvalid);
+  REQUIRE_STATUS_IS(Int4WgmmaGemm(w, nullptr, 1, y, nullptr), kInvalid);
+  REQUIRE_STATUS_IS(Int4WgmmaGemm(w, x + 1, 1, y, nullptr), kInvalid);  // alignment
+  REQUIRE_STATUS_IS(Int4WgmmaGemm(w, x, 1, nullptr, nullptr), kInvalid);
+  if (!Int4WgmmaGemmAvailable()) {
+    REQUIRE_STATUS_IS(Int4WgmmaGemm(w, x, 1, y, nullptr), absl::StatusCode::kFailedPrecondition);
+  }
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
 }
 
