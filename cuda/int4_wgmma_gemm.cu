@@ -16,27 +16,28 @@
 namespace gquant::cuda {
 namespace {
 
-constexpr int kTokensPerTile = 256;  // wgmma N
-constexpr int kRowsPerTile = 128;    // two warp groups x wgmma M = 64
+constexpr int kTokensPerTile = 256;                             // wgmma N
+constexpr int kRowsPerTile = 128;                               // two warp groups x wgmma M = 64
 constexpr int kRowBlocksPerTile = kRowsPerTile / kInt4MmaRows;  // 8
 
 // Two warp groups, each copying, dequantizing and multiplying: warp group c
 // owns weight rows 64 c .. 64 c + 63 of the tile (warp w dequantizes row
 // block 4 c + w) and all 256 tokens (one m64n256 accumulator, 128
-// registers a thread). It dequantizes step i + 1 while the tensor cores run
-// its step i wgmmas (asynchronous), so the ALU work (~5.5 instructions per
-// weight) overlaps the matrix work, and 256 tokens per tile halve that work
-// per flop. No warp group of its own copies: at 384 threads ptxas caps a
+// registers a thread). It dequantizes step i + 2 while the tensor cores run
+// its step i and i + 1 wgmmas (asynchronous), so the ALU work (~5.5
+// instructions per weight) overlaps the matrix work, and 256 tokens per
+// tile halve that work per flop. No warp group of its own copies: at 384 threads ptxas caps a
 // thread at 168 registers and spilled the accumulators (the wgmmas then
 // serialize); measured alternatives in bench/RESULTS.md.
 constexpr int kThreads = 256;
 
-// Ring depths. x tiles and the raw packed tiles share a kCopyStages-deep
-// ring: step s's copies are issued at the end of step s - kCopyStages + 1
-// and needed during step s - 1. bf16 weight tiles rotate through 3 slots:
-// the one being written and the two the wgmmas in flight may read.
+// Ring depths. x tiles and the raw packed tiles share a 4-deep ring: step
+// s's copies are issued during step s - 3 and needed (dequantized) during
+// step s - 2, and the wgmmas of steps s - 2 and s - 1 read two more slots.
+// bf16 weight tiles rotate through 4 slots: the one being written, the two
+// the wgmmas in flight read, and the next one, written a step ahead.
 constexpr int kCopyStages = 4;
-constexpr int kWeightStages = 3;
+constexpr int kWeightStages = 4;
 
 constexpr int kXTileBytes = kTokensPerTile * kInt4MmaTileK * 2;     // 32 KiB
 constexpr int kWTileBytes = kRowsPerTile * kInt4MmaTileK * 2;       // 16 KiB
@@ -146,13 +147,13 @@ __device__ __forceinline__ void DequantizeStep(uint32_t smem, int i, int block, 
   FenceProxyAsyncShared();  // the tile is read by wgmma
 }
 
-// Step i of warp group c: issue step i's wgmmas; wait for this thread's
-// copies of step i + 1 and a block barrier (every thread's copies landed:
-// both warp groups read the whole x tile); dequantize step i + 1 while the
-// wgmmas run; wait for step i - 1's wgmmas; a block barrier (step i + 1's
-// weight tile is complete, and no wgmma reads step i - 1's copy slot or the
-// weight slot step i + 2 overwrites); then issue step i + kCopyStages - 1's
-// copies into step i - 1's copy slot.
+// Step i of warp group c: issue step i + 1's wgmmas (steps i and i + 1 in
+// flight); wait for step i - 1's wgmmas and for this thread's copies of
+// step i + 2; a block barrier (every thread's copies landed, since both
+// warp groups read the whole x tile, and no wgmma reads step i - 1's copy
+// slot any more); issue step i + 3's copies into that slot; dequantize step
+// i + 2 (into the weight slot step i - 2 used); a block barrier (its weight
+// tile is complete before step i + 1 issues its wgmmas).
 template <bool kMinForm, bool kTwoGroups>
 __global__ void __launch_bounds__(kThreads, 1) Int4WgmmaGemmKernel(const Args a) {
 #if GQUANT_SM90A_DEVICE
@@ -166,39 +167,47 @@ __global__ void __launch_bounds__(kThreads, 1) Int4WgmmaGemmKernel(const Args a)
   const int block = 4 * consumer + warp;  // the row block this warp copies and dequantizes
   const Copier copier{a, smem, token0, row0 / kInt4MmaRows, row_blocks, p, block, lane};
 
-  // Prologue: steps 0 .. kCopyStages - 2 in flight, step 0 dequantized.
+  // Prologue: steps 0 .. 2 copied, 0 and 1 dequantized, step 0's wgmmas issued.
 #pragma unroll
   for (int s = 0; s < kCopyStages - 1; ++s) {
     if (s < a.k_tiles) copier.Issue<kTwoGroups>(s);
     CommitCopies();  // one group per step, empty past the end
   }
-  WaitCopies<kCopyStages - 2>();
+  WaitCopies<kCopyStages - 3>();  // steps 0 and 1
   FenceProxyAsyncShared();
   __syncthreads();
   DequantizeStep<kMinForm, kTwoGroups>(smem, 0, block, lane, row_blocks);
+  if (a.k_tiles > 1) DequantizeStep<kMinForm, kTwoGroups>(smem, 1, block, lane, row_blocks);
   __syncthreads();
 
   float d[128];  // set by the first wgmma (accumulate = false)
-  for (int i = 0; i < a.k_tiles; ++i) {
-    const uint64_t x_desc = Swizzle128Descriptor(smem + kXOffset + (i % kCopyStages) * kXTileBytes);
+  auto multiply = [&](int step) {
+    const uint64_t x_desc =
+        Swizzle128Descriptor(smem + kXOffset + (step % kCopyStages) * kXTileBytes);
     const uint64_t w_desc = Swizzle128Descriptor(
-        smem + kWOffset + (i % kWeightStages) * kWTileBytes + consumer * (kWTileBytes / 2));
+        smem + kWOffset + (step % kWeightStages) * kWTileBytes + consumer * (kWTileBytes / 2));
     WgmmaFence();
 #pragma unroll
     for (int s = 0; s < kInt4MmaTileK / 16; ++s) {
-      WgmmaM64N256K16(d, w_desc + 2 * s, x_desc + 2 * s, i > 0 || s > 0);
+      WgmmaM64N256K16(d, w_desc + 2 * s, x_desc + 2 * s, step > 0 || s > 0);
     }
     WgmmaCommit();
-    if (i + 1 < a.k_tiles) {
-      WaitCopies<kCopyStages - 3>();  // groups up to step i + 1
-      FenceProxyAsyncShared();        // x is read by wgmma
-      __syncthreads();
-      DequantizeStep<kMinForm, kTwoGroups>(smem, i + 1, block, lane, row_blocks);
+  };
+  multiply(0);
+  for (int i = 0; i < a.k_tiles; ++i) {
+    if (i + 1 < a.k_tiles) multiply(i + 1);  // steps i and i + 1 in flight
+    WgmmaWait<2>();                          // step i - 1's are done
+    if (i + 2 < a.k_tiles) {
+      WaitCopies<0>();          // step i + 2's copies (issued last step) landed
+      FenceProxyAsyncShared();  // x is read by wgmma
     }
-    WgmmaWait<1>();
-    __syncthreads();
-    if (i + kCopyStages - 1 < a.k_tiles) copier.Issue<kTwoGroups>(i + kCopyStages - 1);
+    __syncthreads();  // every thread's copies of step i + 2, both groups past step i - 1
+    if (i + 3 < a.k_tiles) copier.Issue<kTwoGroups>(i + 3);  // into step i - 1's slot
     CommitCopies();
+    if (i + 2 < a.k_tiles) {
+      DequantizeStep<kMinForm, kTwoGroups>(smem, i + 2, block, lane, row_blocks);
+    }
+    __syncthreads();  // step i + 2's weight tile is complete
   }
   WgmmaWait<0>();
 #pragma unroll

@@ -13,15 +13,15 @@
 // A thread block computes 256 tokens x 128 weight rows of y, K in steps of
 // 64 (one packed tile column), with two warp groups: each copies its share
 // of x's 256 x 64 tile and of the packed tiles (cp.async, a 4-deep ring),
-// dequantizes its 64 rows of the next step into a 128-byte-swizzled bf16
-// tile (a 3-deep ring) while the tensor cores run this step's wgmmas
+// dequantizes its 64 rows of a step ahead into a 128-byte-swizzled bf16
+// tile (a 4-deep ring) while the tensor cores run the two steps before it
 // (m64n256k16, weights as A, x as B, both from shared memory), and block
 // barriers hand the slots over. The grid has one block per output tile,
 // token tiles fastest, so blocks that share a weight tile run together.
 //
-// Status (bench/RESULTS.md, H100): 0.53-0.63x cuBLAS bf16 at M = 2048, below
+// Status (bench/RESULTS.md, H100): 0.55-0.66x cuBLAS bf16 at M = 2048, below
 // the dequantize + cuBLAS path (0.75-0.93x), so no caller uses it yet; it is
-// the base for a faster fused kernel (the notes in bench/int4_gemv_notes.md).
+// the base for a faster fused kernel (bench/RESULTS.md lists the next steps).
 #ifndef GQUANT_CUDA_INT4_WGMMA_GEMM_CUH_
 #define GQUANT_CUDA_INT4_WGMMA_GEMM_CUH_
 
