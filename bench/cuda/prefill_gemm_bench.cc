@@ -61,6 +61,19 @@ double CublasSeconds(const LinearShape& s, int64_t m) {
   return cache[key] = ms[ms.size() / 2] / 1e3 / kBatch;
 }
 
+// The TFLOPS, vs_cublas and cublas_TFLOPS counters of a timed GEMM at
+// (shape, m), cuBLAS taking `cublas_seconds` per launch.
+void ReportAgainstCublas(benchmark::State& state, const LinearShape& s, int64_t m,
+                         double cublas_seconds) {
+  const double flops = 2.0 * m * s.n * s.k;
+  const double iterations = static_cast<double>(state.iterations());
+  state.counters["TFLOPS"] =
+      benchmark::Counter(flops * iterations / 1e12, benchmark::Counter::kIsRate);
+  state.counters["vs_cublas"] =
+      benchmark::Counter(cublas_seconds * iterations, benchmark::Counter::kIsRate);
+  state.counters["cublas_TFLOPS"] = flops / cublas_seconds / 1e12;
+}
+
 // `rows` per chunk, with scratch for them at the widest K (21504).
 WeightOnlyGemmOptions Chunked(int64_t rows) {
   WeightOnlyGemmOptions o;
@@ -138,13 +151,7 @@ void BM_PrefillInt4(benchmark::State& state) {
     if (!gemm->Run(p.MmaWeight(i), p.X(), m, p.Y(), nullptr).ok()) std::abort();
   });
   Report(state, p.bytes);
-  const double flops = 2.0 * m * s.n * s.k;
-  const double iterations = static_cast<double>(state.iterations());
-  state.counters["TFLOPS"] =
-      benchmark::Counter(flops * iterations / 1e12, benchmark::Counter::kIsRate);
-  state.counters["vs_cublas"] =
-      benchmark::Counter(cublas_seconds * iterations, benchmark::Counter::kIsRate);
-  state.counters["cublas_TFLOPS"] = flops / cublas_seconds / 1e12;
+  ReportAgainstCublas(state, s, m, cublas_seconds);
   state.counters["chunks"] = static_cast<double>(chunks->size());
   state.counters["split_SMs"] =
       PrefillDequantizeMultiprocessors(options, m, gemm->multiprocessors());
@@ -169,13 +176,7 @@ void BM_Int4WgmmaGemm(benchmark::State& state) {
     if (!Int4WgmmaGemm(p.MmaWeight(i), p.X(), m, p.Y(), nullptr).ok()) std::abort();
   });
   Report(state, p.bytes);
-  const double flops = 2.0 * m * s.n * s.k;
-  const double iterations = static_cast<double>(state.iterations());
-  state.counters["TFLOPS"] =
-      benchmark::Counter(flops * iterations / 1e12, benchmark::Counter::kIsRate);
-  state.counters["vs_cublas"] =
-      benchmark::Counter(cublas_seconds * iterations, benchmark::Counter::kIsRate);
-  state.counters["cublas_TFLOPS"] = flops / cublas_seconds / 1e12;
+  ReportAgainstCublas(state, s, m, cublas_seconds);
   state.SetLabel(
       absl::StrCat(std::string(s.name), " int4 g32 wgmma, dequantized in the main loop"));
 }
@@ -234,6 +235,16 @@ void BM_DequantizeInt4(benchmark::State& state) {
 
 constexpr int kQSliding = 0, kGateUp = 6, kDown = 7, kLmHead = 8;
 
+// (shape, M): every shape at M = 2048, three of them at 512 and 8192.
+void ShapesAndMs(benchmark::internal::Benchmark* b) {
+  for (int shape = 0; shape < static_cast<int>(std::size(kShapes)); ++shape) {
+    b->Args({shape, 2048});
+  }
+  for (int shape : {kQSliding, kGateUp, kDown}) {
+    for (int m : {512, 8192}) b->Args({shape, m});
+  }
+}
+
 BENCHMARK(BM_PrefillInt4)
     ->ArgNames({"shape", "m", "variant"})
     ->Apply([](benchmark::internal::Benchmark* b) {
@@ -254,27 +265,13 @@ BENCHMARK(BM_PrefillInt4)
     ->MinTime(0.1);
 BENCHMARK(BM_Int4WgmmaGemm)
     ->ArgNames({"shape", "m"})
-    ->Apply([](benchmark::internal::Benchmark* b) {
-      for (int shape = 0; shape < static_cast<int>(std::size(kShapes)); ++shape) {
-        b->Args({shape, 2048});
-      }
-      for (int shape : {kQSliding, kGateUp, kDown}) {
-        for (int m : {512, 8192}) b->Args({shape, m});
-      }
-    })
+    ->Apply(ShapesAndMs)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond)
     ->MinTime(0.1);
 BENCHMARK(BM_PrefillCublasBf16)
     ->ArgNames({"shape", "m"})
-    ->Apply([](benchmark::internal::Benchmark* b) {
-      for (int shape = 0; shape < static_cast<int>(std::size(kShapes)); ++shape) {
-        b->Args({shape, 2048});
-      }
-      for (int shape : {kQSliding, kGateUp, kDown}) {
-        for (int m : {512, 8192}) b->Args({shape, m});
-      }
-    })
+    ->Apply(ShapesAndMs)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond)
     ->MinTime(0.1);

@@ -121,6 +121,28 @@ __nv_bfloat16* Bf16(DeviceBuffer<uint16_t>& b) {
   return reinterpret_cast<__nv_bfloat16*>(b.data());
 }
 
+// One device buffer behind every pointer of the argument checks, in
+// distinct regions (weights at 0, x at 256 KiB, y at 512 KiB): the calls are
+// rejected before they read anything, but one weight-only GEMM call runs for
+// real (on garbage values).
+struct ArgumentScratch {
+  DeviceBuffer<uint8_t> buffer;
+  const uint4* tiles;
+  const __nv_bfloat162* params;
+  const __nv_bfloat16* x;
+  __nv_bfloat16* y;
+};
+
+ArgumentScratch MakeArgumentScratch() {
+  auto buffer = DeviceBuffer<uint8_t>::Allocate(1 << 20);
+  REQUIRE_OK(buffer);
+  uint8_t* base = buffer->data();
+  return {*std::move(buffer), reinterpret_cast<const uint4*>(base),
+          reinterpret_cast<const __nv_bfloat162*>(base),
+          reinterpret_cast<const __nv_bfloat16*>(base + (256 << 10)),
+          reinterpret_cast<__nv_bfloat16*>(base + (512 << 10))};
+}
+
 TEST_CASE("int4 dequantizer matches the host bit for bit", "[cuda][prefill_gemm]") {
   GQ_SKIP_WITHOUT_CUDA();
   auto rng = testing::MakeRng();
@@ -168,11 +190,10 @@ TEST_CASE("int4 dequantizer matches the host bit for bit", "[cuda][prefill_gemm]
 
 TEST_CASE("int4 dequantizer rejects bad arguments", "[cuda][prefill_gemm]") {
   GQ_SKIP_WITHOUT_CUDA();
-  auto buffer = DeviceBuffer<uint8_t>::Allocate(1 << 20);
-  REQUIRE_OK(buffer);
-  const auto* tiles = reinterpret_cast<const uint4*>(buffer->data());
-  const auto* params = reinterpret_cast<const __nv_bfloat162*>(buffer->data());
-  auto* out = reinterpret_cast<__nv_bfloat16*>(buffer->data());
+  const ArgumentScratch scratch = MakeArgumentScratch();
+  const uint4* tiles = scratch.tiles;
+  const __nv_bfloat162* params = scratch.params;
+  __nv_bfloat16* out = scratch.y;
   const Int4MmaWeight w{tiles, params, 64, 128, 32, false};
   constexpr auto kInvalid = absl::StatusCode::kInvalidArgument;
   REQUIRE_STATUS_IS(DequantizeInt4Mma(w, 8, 16, out, nullptr), kInvalid);   // row_begin % 16
@@ -436,13 +457,11 @@ TEST_CASE("weight-only GEMM rejects bad arguments", "[cuda][prefill_gemm]") {
   small.max_chunk_elements = 1024;  // 8 rows of K = 128: too few
   auto gemm = WeightOnlyGemm::Create(small);
   REQUIRE_OK(gemm);
-  auto buffer = DeviceBuffer<uint8_t>::Allocate(1 << 20);
-  REQUIRE_OK(buffer);
-  const auto* tiles = reinterpret_cast<const uint4*>(buffer->data());
-  const auto* params = reinterpret_cast<const __nv_bfloat162*>(buffer->data());
-  // Distinct regions: one call below runs for real (on garbage values).
-  const auto* x = reinterpret_cast<const __nv_bfloat16*>(buffer->data() + (256 << 10));
-  auto* y = reinterpret_cast<__nv_bfloat16*>(buffer->data() + (512 << 10));
+  const ArgumentScratch scratch = MakeArgumentScratch();
+  const uint4* tiles = scratch.tiles;
+  const __nv_bfloat162* params = scratch.params;
+  const __nv_bfloat16* x = scratch.x;
+  __nv_bfloat16* y = scratch.y;
   REQUIRE_STATUS_IS(gemm->Run({tiles, params, 64, 128, 32}, x, 1, y, nullptr), kInvalid);  // K
   REQUIRE_OK(gemm->Run({tiles, params, 16, 64, 32}, x, 1, y, nullptr));  // 16 rows of 64 fit
   REQUIRE_STATUS_IS(gemm->Run({tiles, params, 24, 64, 32}, x, 1, y, nullptr), kInvalid);  // N
@@ -506,12 +525,11 @@ TEST_CASE("int4 wgmma GEMM matches a float64 reference", "[cuda][prefill_gemm]")
 
 TEST_CASE("int4 wgmma GEMM rejects bad arguments", "[cuda][prefill_gemm]") {
   GQ_SKIP_WITHOUT_CUDA();
-  auto buffer = DeviceBuffer<uint8_t>::Allocate(1 << 20);
-  REQUIRE_OK(buffer);
-  const auto* tiles = reinterpret_cast<const uint4*>(buffer->data());
-  const auto* params = reinterpret_cast<const __nv_bfloat162*>(buffer->data());
-  const auto* x = reinterpret_cast<const __nv_bfloat16*>(buffer->data() + (256 << 10));
-  auto* y = reinterpret_cast<__nv_bfloat16*>(buffer->data() + (512 << 10));
+  const ArgumentScratch scratch = MakeArgumentScratch();
+  const uint4* tiles = scratch.tiles;
+  const __nv_bfloat162* params = scratch.params;
+  const __nv_bfloat16* x = scratch.x;
+  __nv_bfloat16* y = scratch.y;
   const Int4MmaWeight w{tiles, params, 64, 128, 32, false};
   constexpr auto kInvalid = absl::StatusCode::kInvalidArgument;
   REQUIRE_STATUS_IS(Int4WgmmaGemm({tiles, params, 24, 128, 32}, x, 1, y, nullptr), kInvalid);
