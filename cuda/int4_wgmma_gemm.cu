@@ -275,8 +275,8 @@ absl::Status Int4WgmmaGemm(const Int4MmaWeight& weight, const __nv_bfloat16* x, 
       !Aligned(weight.qweight, 16) || !Aligned(weight.params, 16) || !Aligned(x, 16) ||
       !Aligned(y, 16)) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "Int4WgmmaGemm: expected non-null qweight, params and x 16-byte aligned and y 4-byte "
-        "aligned, but got qweight %p, params %p, x %p, y %p",
+        "Int4WgmmaGemm: expected non-null qweight, params, x and y, 16-byte aligned, but got "
+        "qweight %p, params %p, x %p, y %p",
         weight.qweight, weight.params, x, y));
   }
   if (m < 1) {
@@ -289,7 +289,7 @@ absl::Status Int4WgmmaGemm(const Int4MmaWeight& weight, const __nv_bfloat16* x, 
   }
   const int64_t token_tiles = (m + kTokensPerTile - 1) / kTokensPerTile;
   const int64_t row_tiles = (weight.n + kRowsPerTile - 1) / kRowsPerTile;
-  if (token_tiles * row_tiles > int64_t{1} << 31) {
+  if (token_tiles * row_tiles >= int64_t{1} << 31) {  // gridDim.x < 2^31
     return absl::InvalidArgumentError(absl::StrFormat(
         "Int4WgmmaGemm: %d x %d output tiles exceed one grid", token_tiles, row_tiles));
   }
