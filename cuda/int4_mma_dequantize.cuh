@@ -1,6 +1,6 @@
 // Int4 codes of the cuda_int4_mma16 layout (int4_mma_layout.h) to bf16, as
-// the int4 dequantizer (int4_dequantize.cuh) and the int4 prefill GEMM
-// (int4_wgmma_gemm.cuh) compute them, so both give the same bits:
+// the int4 dequantizer (int4_dequantize.cuh) computes them (the fused
+// prefill GEMM, int4_wgmma_gemm.cuh, works in bf16x2 arithmetic instead):
 // w = bf16((q - zero) * scale), or bf16(q * scale - min) in the min form,
 // each float32 operation rounded on its own (no fused multiply-add), so a
 // host computation reproduces it bit for bit. Device code only.

@@ -1,14 +1,17 @@
+#include <cuda.h>          // CUtensorMap (types only)
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 #include <cuda_bf16.h>
 
 #include <algorithm>
 #include <cstdint>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/str_format.h"
 #include "aligned.h"
 #include "cuda_status.cuh"
 #include "device.cuh"
 #include "device_primitives.cuh"
-#include "int4_mma_dequantize.cuh"
+#include "gquant/status.h"
 #include "int4_mma_layout.h"
 #include "int4_wgmma_gemm.cuh"
 #include "sm90_primitives.cuh"
@@ -20,142 +23,189 @@ constexpr int kTokensPerTile = 256;                             // wgmma N
 constexpr int kRowsPerTile = 128;                               // two warp groups x wgmma M = 64
 constexpr int kRowBlocksPerTile = kRowsPerTile / kInt4MmaRows;  // 8
 
-// Two warp groups, each copying, dequantizing and multiplying: warp group c
-// owns weight rows 64 c .. 64 c + 63 of the tile (warp w dequantizes row
-// block 4 c + w) and all 256 tokens (one m64n256 accumulator, 128
-// registers a thread). It dequantizes step i + 2 while the tensor cores run
-// its step i and i + 1 wgmmas (asynchronous), so the ALU work (~5.5
-// instructions per weight) overlaps the matrix work, and 256 tokens per
-// tile halve that work per flop. No warp group of its own copies: at 384 threads ptxas caps a
-// thread at 168 registers and spilled the accumulators (the wgmmas then
-// serialize); measured alternatives in bench/RESULTS.md.
-constexpr int kThreads = 256;
+// Two warp groups multiply, each owning weight rows 64 c .. 64 c + 63 of
+// the tile and all 256 tokens (one m64n256 accumulator, 128 registers a
+// thread), and one more issues the copies. Three warps then share each of
+// the four register files, so ptxas caps a thread at 168 registers at
+// entry; the copying group gives registers back (setmaxnreg) and the
+// multiplying groups take 232, enough for the accumulators and two steps of
+// A fragments.
+constexpr int kConsumerThreads = 256;
+constexpr int kThreads = kConsumerThreads + 128;
+constexpr int kConsumerWarps = kConsumerThreads / 32;
+constexpr int kCopierRegisters = 40, kConsumerRegisters = 232;
+static_assert(kCopierRegisters * 128 + kConsumerRegisters * kConsumerThreads <= 65536);
 
-// Ring depths. x tiles and the raw packed tiles share a 4-deep ring: step
-// s's copies are issued during step s - 3 and needed (dequantized) during
-// step s - 2, and the wgmmas of steps s - 2 and s - 1 read two more slots.
-// bf16 weight tiles rotate through 4 slots: the one being written, the two
-// the wgmmas in flight read, and the next one, written a step ahead.
-constexpr int kCopyStages = 4;
-constexpr int kWeightStages = 4;
-
+// A stage holds one K step (64 columns): x's [256 tokens][64] tile, put
+// there 128-byte swizzled by the copy engine from a tensor map (rows past M
+// read as zeros), and the tile's packed codes and params (plain bulk
+// copies). Each stage has a "full" barrier (the issuing lane's arrival +
+// the bytes) and an "empty" one (one arrival per multiplying warp, after
+// its wgmmas that read the stage's x have completed), so copies run up to
+// kStages - 1 steps ahead.
+constexpr int kStages = 5;
 constexpr int kXTileBytes = kTokensPerTile * kInt4MmaTileK * 2;     // 32 KiB
-constexpr int kWTileBytes = kRowsPerTile * kInt4MmaTileK * 2;       // 16 KiB
 constexpr int kCodesBytes = kRowBlocksPerTile * kInt4MmaTileBytes;  // 4 KiB
 constexpr int kParamsBytesPerRowBlock = 128;  // up to two groups x 8 (row g, row g + 8) x 8 bytes
-constexpr int kRawBytes = kCodesBytes + kRowBlocksPerTile * kParamsBytesPerRowBlock;
+constexpr int kStageBytes = kXTileBytes + kCodesBytes + kRowBlocksPerTile * kParamsBytesPerRowBlock;
+static_assert(kStageBytes % 1024 == 0, "x tiles stay aligned to the swizzle atom");
 
-constexpr int kXOffset = 0;
-constexpr int kWOffset = kXOffset + kCopyStages * kXTileBytes;
-constexpr int kRawOffset = kWOffset + kWeightStages * kWTileBytes;
+// Each multiplying warp dequantizes its row block of a step into its own
+// [16 rows][64] bf16 tile (128-byte swizzled, so neither the stores nor
+// ldmatrix conflict), from which ldmatrix loads the A fragments in plain
+// column order: the packed tile's own fragment order pairs columns for the
+// GEMV's 16-byte x loads, not the order of x's tile.
+constexpr int kWarpTileBytes = kInt4MmaRows * kInt4MmaTileK * 2;  // 2 KiB
+constexpr int kWarpTilesOffset = kStages * kStageBytes;
+constexpr int kBarriersOffset = kWarpTilesOffset + kConsumerWarps * kWarpTileBytes;
 // + 1024: the dynamic allocation is aligned up to the 128-byte swizzle's atom.
-constexpr int kSharedBytes = kRawOffset + kCopyStages * kRawBytes + 1024;
-static_assert(kXTileBytes % 1024 == 0 && kWTileBytes % 1024 == 0 && kRawOffset % 1024 == 0);
+constexpr int kSharedBytes = kBarriersOffset + 2 * kStages * 8 + 1024;
 
-// The epilogue stages y's tile [256 tokens][128 rows] bf16 in the x ring
+// The epilogue stages y's tile [256 tokens][128 rows] bf16 in the stages
 // (free by then), rows padded by 16 bytes so the fragment stores of a warp
 // (4 tokens x 8 rows) hit distinct banks.
 constexpr int kOutRowBytes = kRowsPerTile * 2 + 16;
-static_assert(kTokensPerTile * kOutRowBytes <= kCopyStages * kXTileBytes);
+static_assert(kTokensPerTile * kOutRowBytes <= kStages * kStageBytes);
 
 struct Args {
-  const uint4* tiles;      // [N/16][K/64][32 lanes]
-  const uint4* params;     // [N/16][G][8] x 8 bytes, as 16-byte chunks
-  const __nv_bfloat16* x;  // [m, k]
-  __nv_bfloat16* y;        // [m, n]
-  int64_t m, n, k;
+  const uint8_t* tiles;   // [N/16][K/64] tiles of kInt4MmaTileBytes
+  const uint8_t* params;  // [N/16][G] x 64 bytes
+  __nv_bfloat16* y;       // [m, n]
+  int64_t m, n;
   int k_tiles;          // K / 64
   int groups;           // K / group size
   int tiles_per_group;  // group size / 64 (group sizes of 64 and more)
   int token_tiles;      // ceil(m / 256)
 };
 
-// Where a thread's copies of one step go. Thread p copies x rows p / 8 +
-// 32 r, chunk p % 8; warp w (= the row block it dequantizes) its packed
-// tile, lane l's 16 bytes, and lanes 0..7 (or 0..3 with one group per tile)
-// the row block's params.
-struct Copier {
-  const Args& a;
-  uint32_t smem;
-  int64_t token0, row_block0;
-  int row_blocks, p, block, lane;
-
-  template <bool kTwoGroups>
-  __device__ __forceinline__ void Issue(int step) const {
-    const int slot = step % kCopyStages;
-    const uint32_t x_tile = smem + kXOffset + slot * kXTileBytes;
-    const int x_chunk = p % 8;
-#pragma unroll
-    for (int r = 0; r < kTokensPerTile / (kThreads / 8); ++r) {
-      const int row = p / 8 + (kThreads / 8) * r;
-      const bool valid = token0 + row < a.m;
-      const __nv_bfloat16* src =
-          a.x + (valid ? (token0 + row) * a.k : 0) + step * kInt4MmaTileK + x_chunk * 8;
-      CopyAsync16If(x_tile + Swizzle128Offset(row, x_chunk), src, valid);
-    }
-    const uint32_t raw = smem + kRawOffset + slot * kRawBytes;
-    const bool valid = block < row_blocks;
-    const int64_t row_block = row_block0 + (valid ? block : 0);
-    CopyAsync16If(raw + (block * 32 + lane) * 16,
-                  a.tiles + (row_block * a.k_tiles + step) * 32 + lane, valid);
-    constexpr int kParamChunks = kTwoGroups ? 8 : 4;
-    const int group = kTwoGroups ? 2 * step : step / a.tiles_per_group;
-    CopyAsync16If(raw + kCodesBytes + block * kParamsBytesPerRowBlock + (lane % kParamChunks) * 16,
-                  a.params + (row_block * a.groups + group) * 4 + lane % kParamChunks,
-                  valid && lane < kParamChunks);
+// The copying warp's copies of step i into its stage, once every
+// multiplying warp has released the stage (from its second use on): x's tile (lane 0, the
+// tensor map) and each row block's packed tile and params (lanes 0..7 and
+// 8..15).
+template <bool kTwoGroups>
+__device__ __forceinline__ void CopyStep(const Args& a, const CUtensorMap& x_map, uint32_t smem,
+                                         int i, int64_t token0, int64_t row_block0, int row_blocks,
+                                         int lane) {
+  constexpr uint32_t kParamBytes = kTwoGroups ? 128 : 64;
+  const int slot = i % kStages;
+  const uint32_t stage = smem + slot * kStageBytes;
+  const uint32_t full = smem + kBarriersOffset + slot * 8;
+  if (i >= kStages) BarrierWait(full + kStages * 8, (i / kStages - 1) % 2);
+  if (lane == 0) {
+    BarrierArriveExpectingBytes(full, kXTileBytes + row_blocks * (kInt4MmaTileBytes + kParamBytes));
+    CopyTile2d(stage, &x_map, i * kInt4MmaTileK, static_cast<int>(token0), full);
   }
-};
-
-// Warp `block`'s row block of step i's raw tile into weight slot
-// i % kWeightStages: lane (g, t) its 16 bytes (rows g, g + 8; columns 8t..,
-// 32 + 8t..), stored 128-byte swizzled for wgmma.
-template <bool kMinForm, bool kTwoGroups>
-__device__ __forceinline__ void DequantizeStep(uint32_t smem, int i, int block, int lane,
-                                               int row_blocks) {
-  if (block < row_blocks) {  // warp-uniform; rows past N stay unwritten (never stored)
-    const int g = lane / 4, t = lane % 4;
-    const uint32_t raw = smem + kRawOffset + (i % kCopyStages) * kRawBytes;
-    const uint32_t w_tile = smem + kWOffset + (i % kWeightStages) * kWTileBytes;
-    uint4 codes;
-    uint2 p0, p1;
-    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(codes.x), "=r"(codes.y), "=r"(codes.z), "=r"(codes.w)
-                 : "r"(raw + (block * 32 + lane) * 16));
-    const uint32_t params = raw + kCodesBytes + block * kParamsBytesPerRowBlock + g * 8;
-    asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(p0.x), "=r"(p0.y) : "r"(params));
-    if (kTwoGroups) {
-      asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n"
-                   : "=r"(p1.x), "=r"(p1.y)
-                   : "r"(params + 64));
+  const int block = lane % 8;
+  if (lane < 16 && block < row_blocks) {
+    const int64_t row_block = row_block0 + block;
+    if (lane < 8) {
+      CopyBytes(stage + kXTileBytes + block * kInt4MmaTileBytes,
+                a.tiles + (row_block * a.k_tiles + i) * kInt4MmaTileBytes, kInt4MmaTileBytes, full);
     } else {
-      p1 = p0;
+      const int group = kTwoGroups ? 2 * i : i / a.tiles_per_group;
+      CopyBytes(stage + kXTileBytes + kCodesBytes + block * kParamsBytesPerRowBlock,
+                a.params + (row_block * a.groups + group) * 64, kParamBytes, full);
     }
-    const int row = block * kInt4MmaRows + g;
-    auto store = [](uint32_t dst, uint4 v) {
-      asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(v.x), "r"(v.y),
-                   "r"(v.z), "r"(v.w)
-                   : "memory");
-    };
-    store(w_tile + Swizzle128Offset(row, t), DequantizeRun<kMinForm>(codes.x, codes.y, 0, p0.x));
-    store(w_tile + Swizzle128Offset(row + 8, t),
-          DequantizeRun<kMinForm>(codes.x, codes.y, 1, p0.y));
-    store(w_tile + Swizzle128Offset(row, 4 + t),
-          DequantizeRun<kMinForm>(codes.z, codes.w, 0, p1.x));
-    store(w_tile + Swizzle128Offset(row + 8, 4 + t),
-          DequantizeRun<kMinForm>(codes.z, codes.w, 1, p1.y));
   }
-  FenceProxyAsyncShared();  // the tile is read by wgmma
 }
 
-// Step i of warp group c: issue step i + 1's wgmmas (steps i and i + 1 in
-// flight); wait for step i - 1's wgmmas and for this thread's copies of
-// step i + 2; a block barrier (every thread's copies landed, since both
-// warp groups read the whole x tile, and no wgmma reads step i - 1's copy
-// slot any more); issue step i + 3's copies into that slot; dequantize step
-// i + 2 (into the weight slot step i - 2 used); a block barrier (its weight
-// tile is complete before step i + 1 issues its wgmmas).
+// The weights as this kernel computes them, two per bf16x2 instruction:
+// w = bf16(q * scale + bf16(-zero * scale)), or bf16(q * scale - min) in the
+// min form, each a single rounding of an exact value (q exact from the
+// nibble's 128 + q bits, zero * scale exact in float). The zero form's
+// offset is rounded once more than the dequantizer's float formula
+// (int4_mma_dequantize.cuh), so weights may differ from it by a bf16 unit;
+// its ~5 instructions per weight held this kernel's warps at 0.5x cuBLAS.
+struct PairParams {
+  __nv_bfloat162 scale, offset;
+};
+
+template <bool kMinForm>
+__device__ __forceinline__ PairParams PairParamsOf(uint32_t param) {
+  const float scale = __uint_as_float(param << 16);
+  const float zero = __uint_as_float(param & 0xFFFF0000u);  // or min
+  const __nv_bfloat16 offset = __float2bfloat16_rn(kMinForm ? -zero : -(zero * scale));
+  return {__float2bfloat162_rn(scale), __bfloat162bfloat162(offset)};
+}
+
+// Eight consecutive columns of one row from the lane's two words of a tile
+// half (int4_mma_dequantize.cuh's DequantizeRun, other arithmetic): the
+// nibbles at 4 i and 4 i + 16 of a word are two adjacent columns, pair i =
+// row_half, then row_half + 2 of each word.
+__device__ __forceinline__ uint4 DequantizeRunPairs(uint32_t word0, uint32_t word1, int row_half,
+                                                    PairParams p) {
+  const __nv_bfloat162 bias = __float2bfloat162_rn(128.0f);
+  auto pair = [&](uint32_t word, int i) {
+    uint32_t biased;  // bf16x2 (128 + q_lo, 128 + q_hi)
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n"
+        : "=r"(biased)
+        : "r"(word >> (4 * i)), "n"(0x000F000F), "n"(0x43004300));
+    const __nv_bfloat162 q = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&biased), bias);
+    const __nv_bfloat162 w = __hfma2(q, p.scale, p.offset);
+    return *reinterpret_cast<const uint32_t*>(&w);
+  };
+  return make_uint4(pair(word0, row_half), pair(word0, row_half + 2), pair(word1, row_half),
+                    pair(word1, row_half + 2));
+}
+
+// Warp `block`'s row block of the stage into the warp's tile, then its A
+// fragments for the step's four k16 steps: lane (g, t) dequantizes rows g
+// and g + 8, columns 8t.. and 32 + 8t.. (its 16 packed bytes), and ldmatrix
+// reads them back as mma fragments. Rows past N (a warp-uniform case) are
+// zeros.
 template <bool kMinForm, bool kTwoGroups>
-__global__ void __launch_bounds__(kThreads, 1) Int4WgmmaGemmKernel(const Args a) {
+__device__ __forceinline__ void DequantizeFragments(uint32_t stage, uint32_t warp_tile, int block,
+                                                    int lane, bool valid,
+                                                    uint32_t (&a)[kInt4MmaTileK / 16][4]) {
+  const int g = lane / 4, t = lane % 4;
+  if (!valid) {
+#pragma unroll
+    for (int s = 0; s < kInt4MmaTileK / 16; ++s) a[s][0] = a[s][1] = a[s][2] = a[s][3] = 0;
+    return;
+  }
+  uint4 codes;
+  uint2 p0, p1{};
+  const uint32_t raw = stage + kXTileBytes;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(codes.x), "=r"(codes.y), "=r"(codes.z), "=r"(codes.w)
+               : "r"(raw + (block * 32 + lane) * 16));
+  const uint32_t params = raw + kCodesBytes + block * kParamsBytesPerRowBlock + g * 8;
+  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(p0.x), "=r"(p0.y) : "r"(params));
+  if (kTwoGroups) {
+    asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(p1.x), "=r"(p1.y) : "r"(params + 64));
+  }
+  auto store = [](uint32_t dst, uint4 v) {
+    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(v.x), "r"(v.y),
+                 "r"(v.z), "r"(v.w)
+                 : "memory");
+  };
+  const PairParams g0 = PairParamsOf<kMinForm>(p0.x), g8 = PairParamsOf<kMinForm>(p0.y);
+  const PairParams h0 = kTwoGroups ? PairParamsOf<kMinForm>(p1.x) : g0;
+  const PairParams h8 = kTwoGroups ? PairParamsOf<kMinForm>(p1.y) : g8;
+  store(warp_tile + Swizzle128Offset(g, t), DequantizeRunPairs(codes.x, codes.y, 0, g0));
+  store(warp_tile + Swizzle128Offset(g + 8, t), DequantizeRunPairs(codes.x, codes.y, 1, g8));
+  store(warp_tile + Swizzle128Offset(g, 4 + t), DequantizeRunPairs(codes.z, codes.w, 0, h0));
+  store(warp_tile + Swizzle128Offset(g + 8, 4 + t), DequantizeRunPairs(codes.z, codes.w, 1, h8));
+  __syncwarp();
+  // ldmatrix x4 for k16 step s: matrix q = lane / 8 is rows 8 (q % 2) ..,
+  // columns 16 s + 8 (q / 2) .., i.e. the fragment's registers in order.
+  const int q = lane / 8, row = lane % 8 + 8 * (q % 2);
+#pragma unroll
+  for (int s = 0; s < kInt4MmaTileK / 16; ++s) {
+    LoadMatrixX4(warp_tile + Swizzle128Offset(row, 2 * s + q / 2), a[s]);
+  }
+  __syncwarp();  // every lane has read the tile before the next step rewrites it
+}
+
+// Step i of a multiplying warp: wait until the stage is full, dequantize
+// the warp's A fragments (while the tensor cores still run step i - 1),
+// issue step i's four wgmmas, wait for step i - 1's and release its stage.
+// A fragments alternate between two register sets, so a set is rewritten
+// only after the wgmmas that read it have completed (a third set, keeping
+// two steps in flight, measured the same).
+template <bool kMinForm, bool kTwoGroups>
+__global__ void __launch_bounds__(kThreads, 1)
+    Int4WgmmaGemmKernel(const Args a, const __grid_constant__ CUtensorMap x_map) {
 #if GQUANT_SM90A_DEVICE
   extern __shared__ uint8_t shared_raw[];
   const uint32_t smem = (SharedAddress(shared_raw) + 1023) & ~1023u;
@@ -163,63 +213,62 @@ __global__ void __launch_bounds__(kThreads, 1) Int4WgmmaGemmKernel(const Args a)
   const int64_t token0 = token_tile * kTokensPerTile, row0 = row_tile * kRowsPerTile;
   const int64_t left = (a.n - row0) / kInt4MmaRows;
   const int row_blocks = left < kRowBlocksPerTile ? static_cast<int>(left) : kRowBlocksPerTile;
-  const int p = threadIdx.x, consumer = p / 128, warp = p % 128 / 32, lane = p % 32;
-  const int block = 4 * consumer + warp;  // the row block this warp copies and dequantizes
-  const Copier copier{a, smem, token0, row0 / kInt4MmaRows, row_blocks, p, block, lane};
-
-  // Prologue: steps 0 .. 2 copied, 0 and 1 dequantized, step 0's wgmmas issued.
-#pragma unroll
-  for (int s = 0; s < kCopyStages - 1; ++s) {
-    if (s < a.k_tiles) copier.Issue<kTwoGroups>(s);
-    CommitCopies();  // one group per step, empty past the end
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const uint32_t barriers = smem + kBarriersOffset;  // full[kStages], then empty[kStages]
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      BarrierInit(barriers + s * 8, 1);
+      BarrierInit(barriers + (kStages + s) * 8, kConsumerWarps);
+    }
+    FenceBarrierInit();
   }
-  WaitCopies<kCopyStages - 3>();  // steps 0 and 1
-  FenceProxyAsyncShared();
   __syncthreads();
-  DequantizeStep<kMinForm, kTwoGroups>(smem, 0, block, lane, row_blocks);
-  if (a.k_tiles > 1) DequantizeStep<kMinForm, kTwoGroups>(smem, 1, block, lane, row_blocks);
-  __syncthreads();
+  if (warp >= kConsumerWarps) {  // the copying warp group: one warp issues
+    SetMaxRegisters<kCopierRegisters, false>();
+    if (warp == kConsumerWarps) {
+      for (int i = 0; i < a.k_tiles; ++i) {
+        CopyStep<kTwoGroups>(a, x_map, smem, i, token0, row0 / kInt4MmaRows, row_blocks, lane);
+      }
+    }
+    return;
+  }
+  SetMaxRegisters<kConsumerRegisters, true>();
 
+  const int consumer = warp / 4;  // the warp group
+  const bool valid = warp < row_blocks;
+  const uint32_t warp_tile = smem + kWarpTilesOffset + warp * kWarpTileBytes;
   float d[128];  // set by the first wgmma (accumulate = false)
-  auto multiply = [&](int step) {
-    const uint64_t x_desc =
-        Swizzle128Descriptor(smem + kXOffset + (step % kCopyStages) * kXTileBytes);
-    const uint64_t w_desc = Swizzle128Descriptor(
-        smem + kWOffset + (step % kWeightStages) * kWTileBytes + consumer * (kWTileBytes / 2));
+  uint32_t fragments[2][kInt4MmaTileK / 16][4];
+  auto step = [&](int i, uint32_t(&f)[kInt4MmaTileK / 16][4]) {
+    const int slot = i % kStages;
+    const uint32_t stage = smem + slot * kStageBytes;
+    BarrierWait(barriers + slot * 8, (i / kStages) % 2);
+    DequantizeFragments<kMinForm, kTwoGroups>(stage, warp_tile, warp, lane, valid, f);
+    const uint64_t x_desc = Swizzle128Descriptor(stage);
     WgmmaFence();
 #pragma unroll
     for (int s = 0; s < kInt4MmaTileK / 16; ++s) {
-      WgmmaM64N256K16(d, w_desc + 2 * s, x_desc + 2 * s, step > 0 || s > 0);
+      WgmmaM64N256K16RegisterA(d, f[s], x_desc + 2 * s, i > 0 || s > 0);
     }
     WgmmaCommit();
+    WgmmaWait<1>();  // step i - 1's wgmmas are done with their stage and fragments
+    if (i > 0 && lane == 0) BarrierArrive(barriers + (kStages + (i - 1) % kStages) * 8);
   };
-  multiply(0);
-  for (int i = 0; i < a.k_tiles; ++i) {
-    if (i + 1 < a.k_tiles) multiply(i + 1);  // steps i and i + 1 in flight
-    WgmmaWait<2>();                          // step i - 1's are done
-    if (i + 2 < a.k_tiles) {
-      WaitCopies<0>();          // step i + 2's copies (issued last step) landed
-      FenceProxyAsyncShared();  // x is read by wgmma
-    }
-    __syncthreads();  // every thread's copies of step i + 2, both groups past step i - 1
-    if (i + 3 < a.k_tiles) copier.Issue<kTwoGroups>(i + 3);  // into step i - 1's slot
-    CommitCopies();
-    if (i + 2 < a.k_tiles) {
-      DequantizeStep<kMinForm, kTwoGroups>(smem, i + 2, block, lane, row_blocks);
-    }
-    __syncthreads();  // step i + 2's weight tile is complete
+  for (int i = 0; i < a.k_tiles; i += 2) {
+    step(i, fragments[0]);
+    if (i + 1 < a.k_tiles) step(i + 1, fragments[1]);
   }
   WgmmaWait<0>();
 #pragma unroll
   for (int r = 0; r < 128; ++r) PinRegister(d[r]);
 
-  // Stage the tile transposed ([token][row]) in the x ring, then write y's
+  // Stage the tile transposed ([token][row]) in the stages, then write y's
   // rows in 16-byte pieces. Both warp groups' wgmmas must be done with the
-  // ring first, and every copy has landed (the last steps issued none).
-  WaitCopies<0>();
-  __syncthreads();
-  const uint32_t out = smem + kXOffset;
-  const int row = consumer * 64 + warp * 16 + lane / 4;
+  // stages first; every copy has landed (each was waited for).
+  const auto consumers_sync = [] { asm volatile("bar.sync 1, %0;\n" ::"n"(kConsumerThreads)); };
+  consumers_sync();
+  const uint32_t out = smem;
+  const int row = consumer * 64 + warp % 4 * 16 + lane / 4;
 #pragma unroll
   for (int j = 0; j < 32; ++j) {
     const int token = 8 * j + 2 * (lane % 4);
@@ -236,10 +285,10 @@ __global__ void __launch_bounds__(kThreads, 1) Int4WgmmaGemmKernel(const Args a)
           : "memory");
     }
   }
-  __syncthreads();
+  consumers_sync();
   constexpr int kChunksPerToken = kRowsPerTile / 8;
 #pragma unroll 4
-  for (int c = p; c < kTokensPerTile * kChunksPerToken; c += kThreads) {
+  for (int c = threadIdx.x; c < kTokensPerTile * kChunksPerToken; c += kConsumerThreads) {
     const int token = c / kChunksPerToken, chunk = c % kChunksPerToken;
     const int64_t n = row0 + chunk * 8;
     if (token0 + token >= a.m || n >= a.n) continue;  // N % 16 == 0: whole chunks
@@ -252,6 +301,39 @@ __global__ void __launch_bounds__(kThreads, 1) Int4WgmmaGemmKernel(const Args a)
 #else
   __trap();
 #endif
+}
+
+// x [m, k] bf16 as a tensor map whose boxes are the kernel's x tiles
+// (64 columns x 256 rows, 128-byte swizzled); rows past m read as zeros.
+// The encoder comes from the driver through the runtime, so the library
+// does not link libcuda itself.
+absl::StatusOr<CUtensorMap> XTileMap(const __nv_bfloat16* x, int64_t m, int64_t k) {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* function = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    const cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &function,
+                                                           12000, cudaEnableDefault, &found);
+    return e == cudaSuccess && found == cudaDriverEntryPointSuccess
+               ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(function)
+               : nullptr;
+  }();
+  if (encode == nullptr) {
+    return absl::InternalError("Int4WgmmaGemm: the driver has no cuTensorMapEncodeTiled");
+  }
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(m)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(k) * 2};
+  const cuuint32_t box[2] = {kInt4MmaTileK, kTokensPerTile};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
+                            const_cast<__nv_bfloat16*>(x), dims, strides, box, element_strides,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) {
+    return absl::InternalError(absl::StrFormat(
+        "Int4WgmmaGemm: cuTensorMapEncodeTiled failed (%d) for x [%d, %d]", r, m, k));
+  }
+  return map;
 }
 
 }  // namespace
@@ -293,25 +375,25 @@ absl::Status Int4WgmmaGemm(const Int4MmaWeight& weight, const __nv_bfloat16* x, 
     return absl::InvalidArgumentError(absl::StrFormat(
         "Int4WgmmaGemm: %d x %d output tiles exceed one grid", token_tiles, row_tiles));
   }
-  const Args args{weight.qweight,
-                  reinterpret_cast<const uint4*>(weight.params),
-                  x,
+  GQ_ASSIGN_OR_RETURN(const CUtensorMap x_map, XTileMap(x, m, weight.k));
+  const Args args{reinterpret_cast<const uint8_t*>(weight.qweight),
+                  reinterpret_cast<const uint8_t*>(weight.params),
                   y,
                   m,
                   weight.n,
-                  weight.k,
                   static_cast<int>(weight.k / kInt4MmaTileK),
                   static_cast<int>(weight.k / weight.group_size),
                   std::max(weight.group_size / kInt4MmaTileK, 1),
                   static_cast<int>(token_tiles)};
   const bool two_groups = weight.group_size == 32;
-  void (*kernel)(Args) =
+  void (*kernel)(Args, CUtensorMap) =
       weight.min_form
           ? (two_groups ? Int4WgmmaGemmKernel<true, true> : Int4WgmmaGemmKernel<true, false>)
           : (two_groups ? Int4WgmmaGemmKernel<false, true> : Int4WgmmaGemmKernel<false, false>);
   GQ_RETURN_IF_CUDA_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes));
-  kernel<<<static_cast<unsigned>(token_tiles * row_tiles), kThreads, kSharedBytes, stream>>>(args);
+  kernel<<<static_cast<unsigned>(token_tiles * row_tiles), kThreads, kSharedBytes, stream>>>(args,
+                                                                                             x_map);
   GQ_RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

@@ -7,21 +7,25 @@
 // bf16 to a scratch and hands it to cuBLAS, which costs a memory-bound pass
 // over 2.6 bytes per weight (~12% of a 31B prompt) and the scratch itself.
 // Here the weight goes from DRAM to shared memory as int4 and becomes bf16
-// only on chip, by the dequantizer's formula (int4_mma_dequantize.cuh), so
-// both paths multiply the same bf16 weights.
+// only on chip: w = bf16(q * scale + bf16(-zero * scale)) (min form:
+// bf16(q * scale - min)), two weights per bf16x2 instruction, within a bf16
+// unit of the dequantizer's float formula (int4_mma_dequantize.cuh).
 //
 // A thread block computes 256 tokens x 128 weight rows of y, K in steps of
-// 64 (one packed tile column), with two warp groups: each copies its share
-// of x's 256 x 64 tile and of the packed tiles (cp.async, a 4-deep ring),
-// dequantizes its 64 rows of a step ahead into a 128-byte-swizzled bf16
-// tile (a 4-deep ring) while the tensor cores run the two steps before it
-// (m64n256k16, weights as A, x as B, both from shared memory), and block
-// barriers hand the slots over. The grid has one block per output tile,
-// token tiles fastest, so blocks that share a weight tile run together.
+// 64 (one packed tile column). One warp issues the copies: x's 256 x 64
+// tile through a tensor map (the copy engine writes it 128-byte swizzled, as
+// wgmma reads it) and the packed tiles and params as plain bulk copies, into
+// a 5-deep ring of stages with transaction barriers. Two warp groups
+// multiply: each warp dequantizes its 16 rows of a step into A fragments
+// (through a small shared tile and ldmatrix, since the packed order pairs
+// columns for the GEMV) while the tensor cores run the step before, then
+// issues m64n256k16 wgmmas with A from registers and x from shared memory.
+// The grid has one block per output tile, token tiles fastest, so blocks
+// that share a weight tile run together.
 //
-// Status (bench/RESULTS.md, H100): 0.55-0.66x cuBLAS bf16 at M = 2048, below
-// the dequantize + cuBLAS path (0.75-0.93x), so no caller uses it yet; it is
-// the base for a faster fused kernel (bench/RESULTS.md lists the next steps).
+// Status (bench/RESULTS.md, H100): 0.66-0.77x cuBLAS bf16 at M = 2048, still
+// below the dequantize + cuBLAS path (0.80-0.97x in the same run), so no
+// caller uses it yet (bench/RESULTS.md lists what to try next).
 #ifndef GQUANT_CUDA_INT4_WGMMA_GEMM_CUH_
 #define GQUANT_CUDA_INT4_WGMMA_GEMM_CUH_
 

@@ -471,15 +471,36 @@ TEST_CASE("weight-only GEMM rejects bad arguments", "[cuda][prefill_gemm]") {
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
 }
 
-// The wgmma GEMM that dequantizes in its main loop: the same reference and
-// bound. Shapes cover a partial weight tile (N not a multiple of 128), one
-// and two groups per 64 columns, both zero forms, and token counts inside
-// one 256-token tile, across tiles and ragged.
+// The wgmma GEMM's weights: bf16(q * scale + bf16(-zero * scale)), or
+// bf16(q * scale - min), as its bf16x2 FMA rounds them once. The sums are
+// exact in double and, with this test's scales and zeros, in float too.
+std::vector<float> WgmmaGemmWeights(const HostInt4& host) {
+  const Int4Shape& s = host.shape;
+  const int64_t groups = s.k / s.group;
+  std::vector<float> w(s.n * s.k);
+  for (int64_t row = 0; row < s.n; ++row) {
+    for (int64_t col = 0; col < s.k; ++col) {
+      const int64_t g = row * groups + col / s.group;
+      const double offset = s.min_form
+                                ? -static_cast<double>(host.zero[g])
+                                : BFloat16ToFloat(FloatToBFloat16(-host.zero[g] * host.scale[g]));
+      const double exact =
+          host.codes[row * s.k + col] * static_cast<double>(host.scale[g]) + offset;
+      w[row * s.k + col] = BFloat16ToFloat(FloatToBFloat16(static_cast<float>(exact)));
+    }
+  }
+  return w;
+}
+
+// The wgmma GEMM that dequantizes in its main loop: the same bound, against
+// its own weights. Shapes cover a partial weight tile (N not a multiple of
+// 128), one and two groups per 64 columns, both zero forms, and token counts
+// inside one 256-token tile, across tiles and ragged.
 void CheckInt4WgmmaGemm(const Int4Shape& s, std::initializer_list<int64_t> ms,
                         std::mt19937_64& rng) {
   const HostInt4 host = MakeInt4(s, rng);
   const DeviceInt4 device = UploadInt4(host);
-  const std::vector<float> w = ToFloat(host.dequantized);
+  const std::vector<float> w = WgmmaGemmWeights(host);
   for (int64_t m : ms) {
     INFO("N=" << s.n << " K=" << s.k << " group " << s.group << " min form " << s.min_form
               << " M=" << m);
