@@ -16,11 +16,13 @@
 #include "aligned.h"
 #include "cublas_status.cuh"
 #include "cuda_status.cuh"
+#include "device.cuh"
 #include "device_linear.cuh"
 #include "embedding_gather.cuh"
 #include "gquant/dtype.h"
 #include "gquant/status.h"
 #include "int4_mma_layout.h"
+#include "int4_wgmma_gemm.cuh"
 #include "int8_dequantize.cuh"
 #include "prefill_gemm.cuh"
 
@@ -51,6 +53,20 @@ constexpr int64_t kBf16StagingElements = int64_t{1} << 24;
 // Up to this M the int4 / int8 forms run their decode GEMV; above it the
 // prefill GEMM (dequantize + cuBLAS).
 constexpr int64_t kGemvMaxM = kInt4MmaMaxM;
+
+// Whether an int4 product of m > kGemvMaxM tokens takes the fused GEMM
+// (int4_wgmma_gemm.cuh) rather than dequantize + cuBLAS. Measured on an
+// H100 (bench/RESULTS.md): the fused kernel wins up to 512 tokens (no
+// dequantization pass to amortize; q_proj 87.5 against 108 µs, gate/up 248
+// against 290 at M = 512) as long as its tiles fill at least half the
+// multiprocessors (down_proj's 42 row tiles at M = 128: 299 against 226);
+// from 1024 tokens on, cuBLAS's speed outweighs the dequantization.
+bool PreferFusedInt4Gemm(int64_t n, int64_t m) {
+  constexpr int64_t kMaxTokens = 512;
+  if (m > kMaxTokens || !Int4WgmmaGemmAvailable()) return false;
+  absl::StatusOr<DeviceLimits> device = CurrentDeviceLimits();
+  return device.ok() && 2 * Int4WgmmaGemmTiles(n, m) >= device->multiprocessors;
+}
 static_assert(kInt8GemvMaxM == kGemvMaxM);
 
 // Rows of gate (then of up) in each 16-row block of a gate / up pair weight.
@@ -479,6 +495,9 @@ absl::Status DeviceLinear::RunRows(const __nv_bfloat16* x, int64_t m, int64_t ro
     if (m <= kGemvMaxM) {
       return form_ == LinearForm::kInt4 ? Int4MmaGemv(int4, x, static_cast<int>(m), y, stream)
                                         : Int8Gemv(int8, x, static_cast<int>(m), y, stream);
+    }
+    if (form_ == LinearForm::kInt4 && PreferFusedInt4Gemm(rows, m)) {
+      return Int4WgmmaGemm(int4, x, m, y, stream);
     }
     GQ_ASSIGN_OR_RETURN(WeightOnlyGemm * gemm, r.Prefill());
     if (form_ == LinearForm::kInt4) return gemm->Run(int4, x, m, y, stream);

@@ -3,7 +3,9 @@
 // accumulation, bf16 output):
 //
 //   form   layout (pack.h)      M <= 16                M > 16
-//   int4   cuda_int4_mma16      Int4MmaGemv            WeightOnlyGemm (dequantize + cuBLAS)
+//   int4   cuda_int4_mma16      Int4MmaGemv            WeightOnlyGemm (dequantize + cuBLAS);
+//                                                      Int4WgmmaGemm (fused) on sm_90a up to
+//                                                      512 tokens where it fills the GPU
 //   int8   cuda_int8_rows       Int8Gemv               WeightOnlyGemm (DequantizeInt8Rows)
 //   bf16   [N, K] row-major     cuBLAS GemmEx          cuBLAS GemmEx
 //

@@ -338,6 +338,10 @@ absl::StatusOr<CUtensorMap> XTileMap(const __nv_bfloat16* x, int64_t m, int64_t 
 
 }  // namespace
 
+int64_t Int4WgmmaGemmTiles(int64_t n, int64_t m) {
+  return (m + kTokensPerTile - 1) / kTokensPerTile * ((n + kRowsPerTile - 1) / kRowsPerTile);
+}
+
 bool Int4WgmmaGemmAvailable() {
 #if defined(GQUANT_CUDA_SM90A)
   absl::StatusOr<DeviceLimits> device = CurrentDeviceLimits();
@@ -370,10 +374,10 @@ absl::Status Int4WgmmaGemm(const Int4MmaWeight& weight, const __nv_bfloat16* x, 
         "Int4WgmmaGemm: needs a build for sm_90a and a compute capability 9.0 device");
   }
   const int64_t token_tiles = (m + kTokensPerTile - 1) / kTokensPerTile;
-  const int64_t row_tiles = (weight.n + kRowsPerTile - 1) / kRowsPerTile;
-  if (token_tiles * row_tiles >= int64_t{1} << 31) {  // gridDim.x < 2^31
+  const int64_t tiles = Int4WgmmaGemmTiles(weight.n, m);
+  if (tiles >= int64_t{1} << 31) {  // gridDim.x < 2^31
     return absl::InvalidArgumentError(absl::StrFormat(
-        "Int4WgmmaGemm: %d x %d output tiles exceed one grid", token_tiles, row_tiles));
+        "Int4WgmmaGemm: %d x %d output tiles exceed one grid", token_tiles, tiles / token_tiles));
   }
   GQ_ASSIGN_OR_RETURN(const CUtensorMap x_map, XTileMap(x, m, weight.k));
   const Args args{reinterpret_cast<const uint8_t*>(weight.qweight),
@@ -392,8 +396,7 @@ absl::Status Int4WgmmaGemm(const Int4MmaWeight& weight, const __nv_bfloat16* x, 
           : (two_groups ? Int4WgmmaGemmKernel<false, true> : Int4WgmmaGemmKernel<false, false>);
   GQ_RETURN_IF_CUDA_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes));
-  kernel<<<static_cast<unsigned>(token_tiles * row_tiles), kThreads, kSharedBytes, stream>>>(args,
-                                                                                             x_map);
+  kernel<<<static_cast<unsigned>(tiles), kThreads, kSharedBytes, stream>>>(args, x_map);
   GQ_RETURN_IF_CUDA_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

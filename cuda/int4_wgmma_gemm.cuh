@@ -23,9 +23,10 @@
 // The grid has one block per output tile, token tiles fastest, so blocks
 // that share a weight tile run together.
 //
-// Status (bench/RESULTS.md, H100): 0.66-0.77x cuBLAS bf16 at M = 2048, still
-// below the dequantize + cuBLAS path (0.80-0.97x in the same run), so no
-// caller uses it yet (bench/RESULTS.md lists what to try next).
+// Status (bench/RESULTS.md, H100): 0.69-0.76x cuBLAS bf16 at M = 2048, below
+// the dequantize + cuBLAS path there (0.86-0.91x), but faster than it up to
+// 512 tokens where the tiles fill the GPU (no dequantization pass to
+// amortize): DeviceLinear takes it there.
 #ifndef GQUANT_CUDA_INT4_WGMMA_GEMM_CUH_
 #define GQUANT_CUDA_INT4_WGMMA_GEMM_CUH_
 
@@ -42,6 +43,10 @@ namespace gquant::cuda {
 // Whether Int4WgmmaGemm can run on the current device: the library was built
 // for sm_90a and the device is compute capability 9.0. Host only.
 bool Int4WgmmaGemmAvailable();
+
+// Thread blocks (output tiles of 256 tokens x 128 weight rows) that
+// Int4WgmmaGemm launches for an [n, k] weight and m tokens.
+int64_t Int4WgmmaGemmTiles(int64_t n, int64_t m);
 
 // y = x · Wᵀ for m >= 1 rows of x ([m, K] bf16, 16-byte aligned) into y
 // ([m, N] bf16, 16-byte aligned), queued on `stream`. InvalidArgument for a

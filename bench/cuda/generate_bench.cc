@@ -219,6 +219,7 @@ const bool kRegistered = [] {
           ->Unit(benchmark::kMillisecond);
     }
     benchmark::RegisterBenchmark("BM_Prefill", BM_Prefill)
+        ->Args({model, 512})
         ->Args({model, 2048})
         ->ArgNames({"model", "tokens"})
         ->UseManualTime()

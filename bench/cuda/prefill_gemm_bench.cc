@@ -235,13 +235,17 @@ void BM_DequantizeInt4(benchmark::State& state) {
 
 constexpr int kQSliding = 0, kGateUp = 6, kDown = 7, kLmHead = 8;
 
-// (shape, M): every shape at M = 2048, three of them at 512 and 8192.
+// The token counts besides 2048 at which three shapes are also measured:
+// where the fused GEMM and the dequantize + cuBLAS path cross.
+constexpr int kOtherMs[] = {128, 512, 1024, 8192};
+
+// (shape, M): every shape at M = 2048, three of them at kOtherMs.
 void ShapesAndMs(benchmark::internal::Benchmark* b) {
   for (int shape = 0; shape < static_cast<int>(std::size(kShapes)); ++shape) {
     b->Args({shape, 2048});
   }
   for (int shape : {kQSliding, kGateUp, kDown}) {
-    for (int m : {512, 8192}) b->Args({shape, m});
+    for (int m : kOtherMs) b->Args({shape, m});
   }
 }
 
@@ -256,8 +260,9 @@ BENCHMARK(BM_PrefillInt4)
           b->Args({shape, 2048, v});
         }
         for (int m : {512, 8192}) {
-          for (int v : {0, 1, 2, 4, 8}) b->Args({shape, m, v});
+          for (int v : {1, 2, 4, 8}) b->Args({shape, m, v});
         }
+        for (int m : kOtherMs) b->Args({shape, m, 0});
       }
     })
     ->UseManualTime()

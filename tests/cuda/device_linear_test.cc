@@ -311,7 +311,9 @@ TEST_CASE("DeviceLinear::Run matches a float64 reference for every form and M",
       CHECK(linear.n() == w.n);
       CHECK(linear.k() == w.k);
       CHECK(linear.num_bytes() == ExpectedBytes(w));
-      for (int64_t m : {1, 3, 16, 17, 64}) CheckRun(linear, w, m, context, rng);
+      // M = 300 on the 31B shape: 2 x 64 tiles, enough for the fused int4
+      // GEMM (PreferFusedInt4Gemm) where it is available.
+      for (int64_t m : {1, 3, 16, 17, 64, 300}) CheckRun(linear, w, m, context, rng);
     }
   };
   // Small: N = 48 is three int4 row blocks; bf16 takes an odd K (cuBLAS needs no alignment).
