@@ -57,9 +57,9 @@ constexpr int64_t kGemvMaxM = kInt4MmaMaxM;
 // Whether an int4 product of m > kGemvMaxM tokens takes the fused GEMM
 // (int4_wgmma_gemm.cuh) rather than dequantize + cuBLAS. Measured on an
 // H100 (bench/RESULTS.md): the fused kernel wins up to 512 tokens (no
-// dequantization pass to amortize; q_proj 87.5 against 108 µs, gate/up 248
-// against 290 at M = 512) as long as its tiles fill at least half the
-// multiprocessors (down_proj's 42 row tiles at M = 128: 299 against 226);
+// dequantization pass to amortize; q_proj 83.4 against 108 µs, gate/up 237
+// against 287 at M = 512) as long as its tiles fill at least half the
+// multiprocessors (down_proj's 42 row tiles at M = 128: 286 against 226);
 // from 1024 tokens on, cuBLAS's speed outweighs the dequantization.
 bool PreferFusedInt4Gemm(int64_t n, int64_t m) {
   constexpr int64_t kMaxTokens = 512;

@@ -27,9 +27,8 @@ constexpr int kRowBlocksPerTile = kRowsPerTile / kInt4MmaRows;  // 8
 // the tile and all 256 tokens (one m64n256 accumulator, 128 registers a
 // thread), and one more issues the copies. Three warps then share each of
 // the four register files, so ptxas caps a thread at 168 registers at
-// entry; the copying group gives registers back (setmaxnreg) and the
-// multiplying groups take 232, enough for the accumulators and two steps of
-// A fragments.
+// entry, too few beside the accumulators; the copying group gives registers
+// back (setmaxnreg) and the multiplying groups take 232.
 constexpr int kConsumerThreads = 256;
 constexpr int kThreads = kConsumerThreads + 128;
 constexpr int kConsumerWarps = kConsumerThreads / 32;
@@ -50,14 +49,16 @@ constexpr int kParamsBytesPerRowBlock = 128;  // up to two groups x 8 (row g, ro
 constexpr int kStageBytes = kXTileBytes + kCodesBytes + kRowBlocksPerTile * kParamsBytesPerRowBlock;
 static_assert(kStageBytes % 1024 == 0, "x tiles stay aligned to the swizzle atom");
 
-// Each multiplying warp dequantizes its row block of a step into its own
-// [16 rows][64] bf16 tile (128-byte swizzled, so neither the stores nor
-// ldmatrix conflict), from which ldmatrix loads the A fragments in plain
-// column order: the packed tile's own fragment order pairs columns for the
-// GEMV's 16-byte x loads, not the order of x's tile.
-constexpr int kWarpTileBytes = kInt4MmaRows * kInt4MmaTileK * 2;  // 2 KiB
-constexpr int kWarpTilesOffset = kStages * kStageBytes;
-constexpr int kBarriersOffset = kWarpTilesOffset + kConsumerWarps * kWarpTileBytes;
+// Each multiplying warp dequantizes its row block of a step into its warp
+// group's weight tile [64 rows][64] bf16, 128-byte swizzled as wgmma reads
+// its A operand, two tiles per group alternating by step, so one is written
+// while the wgmmas of the step before read the other. (A from registers,
+// through ldmatrix since the packed order pairs columns for the GEMV's x
+// loads, measured ~5% slower: 341 / 927 / 957 against 324 / 882 / 902 µs on
+// q_proj, gate/up and down at M = 2048.)
+constexpr int kWeightTileBytes = 64 * kInt4MmaTileK * 2;  // 8 KiB
+constexpr int kWeightTilesOffset = kStages * kStageBytes;
+constexpr int kBarriersOffset = kWeightTilesOffset + 2 * 2 * kWeightTileBytes;
 // + 1024: the dynamic allocation is aligned up to the 128-byte swizzle's atom.
 constexpr int kSharedBytes = kBarriersOffset + 2 * kStages * 8 + 1024;
 
@@ -149,21 +150,15 @@ __device__ __forceinline__ uint4 DequantizeRunPairs(uint32_t word0, uint32_t wor
                     pair(word1, row_half + 2));
 }
 
-// Warp `block`'s row block of the stage into the warp's tile, then its A
-// fragments for the step's four k16 steps: lane (g, t) dequantizes rows g
-// and g + 8, columns 8t.. and 32 + 8t.. (its 16 packed bytes), and ldmatrix
-// reads them back as mma fragments. Rows past N (a warp-uniform case) are
-// zeros.
+// Warp `block`'s row block of the stage into its 16 rows of a weight tile
+// (`rows`): lane (g, t) dequantizes rows g and g + 8, columns 8t.. and
+// 32 + 8t.. (its 16 packed bytes). Rows past N (a warp-uniform case) are
+// left as they are: their outputs are never stored.
 template <bool kMinForm, bool kTwoGroups>
-__device__ __forceinline__ void DequantizeFragments(uint32_t stage, uint32_t warp_tile, int block,
-                                                    int lane, bool valid,
-                                                    uint32_t (&a)[kInt4MmaTileK / 16][4]) {
+__device__ __forceinline__ void DequantizeRows(uint32_t stage, uint32_t rows, int block, int lane,
+                                               bool valid) {
+  if (!valid) return;
   const int g = lane / 4, t = lane % 4;
-  if (!valid) {
-#pragma unroll
-    for (int s = 0; s < kInt4MmaTileK / 16; ++s) a[s][0] = a[s][1] = a[s][2] = a[s][3] = 0;
-    return;
-  }
   uint4 codes;
   uint2 p0, p1{};
   const uint32_t raw = stage + kXTileBytes;
@@ -183,27 +178,17 @@ __device__ __forceinline__ void DequantizeFragments(uint32_t stage, uint32_t war
   const PairParams g0 = PairParamsOf<kMinForm>(p0.x), g8 = PairParamsOf<kMinForm>(p0.y);
   const PairParams h0 = kTwoGroups ? PairParamsOf<kMinForm>(p1.x) : g0;
   const PairParams h8 = kTwoGroups ? PairParamsOf<kMinForm>(p1.y) : g8;
-  store(warp_tile + Swizzle128Offset(g, t), DequantizeRunPairs(codes.x, codes.y, 0, g0));
-  store(warp_tile + Swizzle128Offset(g + 8, t), DequantizeRunPairs(codes.x, codes.y, 1, g8));
-  store(warp_tile + Swizzle128Offset(g, 4 + t), DequantizeRunPairs(codes.z, codes.w, 0, h0));
-  store(warp_tile + Swizzle128Offset(g + 8, 4 + t), DequantizeRunPairs(codes.z, codes.w, 1, h8));
-  __syncwarp();
-  // ldmatrix x4 for k16 step s: matrix q = lane / 8 is rows 8 (q % 2) ..,
-  // columns 16 s + 8 (q / 2) .., i.e. the fragment's registers in order.
-  const int q = lane / 8, row = lane % 8 + 8 * (q % 2);
-#pragma unroll
-  for (int s = 0; s < kInt4MmaTileK / 16; ++s) {
-    LoadMatrixX4(warp_tile + Swizzle128Offset(row, 2 * s + q / 2), a[s]);
-  }
-  __syncwarp();  // every lane has read the tile before the next step rewrites it
+  store(rows + Swizzle128Offset(g, t), DequantizeRunPairs(codes.x, codes.y, 0, g0));
+  store(rows + Swizzle128Offset(g + 8, t), DequantizeRunPairs(codes.x, codes.y, 1, g8));
+  store(rows + Swizzle128Offset(g, 4 + t), DequantizeRunPairs(codes.z, codes.w, 0, h0));
+  store(rows + Swizzle128Offset(g + 8, 4 + t), DequantizeRunPairs(codes.z, codes.w, 1, h8));
+  FenceProxyAsyncShared();  // read by wgmma
 }
 
 // Step i of a multiplying warp: wait until the stage is full, dequantize
-// the warp's A fragments (while the tensor cores still run step i - 1),
-// issue step i's four wgmmas, wait for step i - 1's and release its stage.
-// A fragments alternate between two register sets, so a set is rewritten
-// only after the wgmmas that read it have completed (a third set, keeping
-// two steps in flight, measured the same).
+// the warp's rows into the step's weight tile (while the tensor cores still
+// run step i - 1), meet the warp group's other warps, issue step i's four
+// wgmmas, wait for step i - 1's and release its stage.
 template <bool kMinForm, bool kTwoGroups>
 __global__ void __launch_bounds__(kThreads, 1)
     Int4WgmmaGemmKernel(const Args a, const __grid_constant__ CUtensorMap x_map) {
@@ -237,27 +222,24 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int consumer = warp / 4;  // the warp group
   const bool valid = warp < row_blocks;
-  const uint32_t warp_tile = smem + kWarpTilesOffset + warp * kWarpTileBytes;
   float d[128];  // set by the first wgmma (accumulate = false)
-  uint32_t fragments[2][kInt4MmaTileK / 16][4];
-  auto step = [&](int i, uint32_t(&f)[kInt4MmaTileK / 16][4]) {
+  for (int i = 0; i < a.k_tiles; ++i) {
     const int slot = i % kStages;
     const uint32_t stage = smem + slot * kStageBytes;
+    const uint32_t weights = smem + kWeightTilesOffset + (i % 2 * 2 + consumer) * kWeightTileBytes;
     BarrierWait(barriers + slot * 8, (i / kStages) % 2);
-    DequantizeFragments<kMinForm, kTwoGroups>(stage, warp_tile, warp, lane, valid, f);
-    const uint64_t x_desc = Swizzle128Descriptor(stage);
+    DequantizeRows<kMinForm, kTwoGroups>(stage, weights + warp % 4 * kInt4MmaRows * 128, warp, lane,
+                                         valid);
+    asm volatile("bar.sync %0, 128;\n" ::"r"(2 + consumer) : "memory");  // the group's tile
+    const uint64_t w_desc = Swizzle128Descriptor(weights), x_desc = Swizzle128Descriptor(stage);
     WgmmaFence();
 #pragma unroll
     for (int s = 0; s < kInt4MmaTileK / 16; ++s) {
-      WgmmaM64N256K16RegisterA(d, f[s], x_desc + 2 * s, i > 0 || s > 0);
+      WgmmaM64N256K16(d, w_desc + 2 * s, x_desc + 2 * s, i > 0 || s > 0);
     }
     WgmmaCommit();
-    WgmmaWait<1>();  // step i - 1's wgmmas are done with their stage and fragments
+    WgmmaWait<1>();  // step i - 1's wgmmas are done with their stage and weight tile
     if (i > 0 && lane == 0) BarrierArrive(barriers + (kStages + (i - 1) % kStages) * 8);
-  };
-  for (int i = 0; i < a.k_tiles; i += 2) {
-    step(i, fragments[0]);
-    if (i + 1 < a.k_tiles) step(i + 1, fragments[1]);
   }
   WgmmaWait<0>();
 #pragma unroll

@@ -16,15 +16,15 @@
 // tile through a tensor map (the copy engine writes it 128-byte swizzled, as
 // wgmma reads it) and the packed tiles and params as plain bulk copies, into
 // a 5-deep ring of stages with transaction barriers. Two warp groups
-// multiply: each warp dequantizes its 16 rows of a step into A fragments
-// (through a small shared tile and ldmatrix, since the packed order pairs
-// columns for the GEMV) while the tensor cores run the step before, then
-// issues m64n256k16 wgmmas with A from registers and x from shared memory.
+// multiply: each warp dequantizes its 16 rows of a step into its group's
+// 128-byte-swizzled bf16 weight tile while the tensor cores run the step
+// before, the group's warps meet at a barrier, and it issues m64n256k16
+// wgmmas with both operands in shared memory.
 // The grid has one block per output tile, token tiles fastest, so blocks
 // that share a weight tile run together.
 //
-// Status (bench/RESULTS.md, H100): 0.69-0.76x cuBLAS bf16 at M = 2048, below
-// the dequantize + cuBLAS path there (0.86-0.91x), but faster than it up to
+// Status (bench/RESULTS.md, H100): 0.71-0.77x cuBLAS bf16 at M = 2048, below
+// the dequantize + cuBLAS path there (0.85-0.91x), but faster than it up to
 // 512 tokens where the tiles fill the GPU (no dequantization pass to
 // amortize): DeviceLinear takes it there.
 #ifndef GQUANT_CUDA_INT4_WGMMA_GEMM_CUH_

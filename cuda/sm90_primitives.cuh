@@ -1,10 +1,11 @@
 // Hopper (sm_90a) building blocks for wgmma kernels: the generic -> async
 // proxy fence, wgmma matrix descriptors for 128-byte-swizzled K-major tiles,
-// the wgmma instructions the int4 prefill GEMM issues (m64n256k16, bf16
-// inputs, fp32 accumulators), transaction barriers and the copy engine's
-// loads (those two are plain sm_90). Device code only; the wgmma parts compile to
-// nothing (the instruction to a trap) on other targets, and their host
-// launchers refuse to run there (GQUANT_CUDA_SM90A, set by CMake).
+// the wgmma instruction the int4 prefill GEMM issues (m64n256k16, bf16
+// inputs, fp32 accumulators), register reallocation between warp groups,
+// transaction barriers and the copy engine's loads. Device code only; all
+// but the fence and descriptors compile to nothing (or a trap) on targets
+// other than sm_90a, and their host launchers refuse to run there
+// (GQUANT_CUDA_SM90A, set by CMake).
 #ifndef GQUANT_CUDA_SM90_PRIMITIVES_CUH_
 #define GQUANT_CUDA_SM90_PRIMITIVES_CUH_
 
@@ -66,7 +67,8 @@ __device__ __forceinline__ void WgmmaWait() {
 __device__ __forceinline__ void PinRegister(float& r) { asm volatile("" : "+f"(r)::"memory"); }
 
 // The 128 accumulator operands of an m64n256 wgmma: "{%0, ..., %127}" in the
-// instruction, and each register as an in-out operand.
+// instruction, and each register as an in-out operand (kept apart from the
+// instruction, whose other operands follow them).
 #define GQUANT_WGMMA_D128_REGISTERS                                                                \
   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "    \
   "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "     \
@@ -111,25 +113,6 @@ __device__ __forceinline__ void WgmmaM64N256K16(float (&d)[128], uint64_t a, uin
       ", %128, %129, p, 1, 1, 0, 0;\n}\n"
       : GQUANT_WGMMA_D128_OPERANDS(d)
       : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));
-#else
-  __trap();
-#endif
-}
-
-// The same with A in registers: warp w of the group holds rows 16 w ..
-// 16 w + 15 as the A fragment of mma.m16n8k16 (a[0]: row l / 4, columns
-// 2 (l % 4) + {0, 1}; a[1]: row + 8; a[2], a[3]: columns + 8), two bf16 per
-// register, lower column in the low half. The registers must not change
-// until the wgmma has completed (WgmmaWait).
-__device__ __forceinline__ void WgmmaM64N256K16RegisterA(float (&d)[128], const uint32_t (&a)[4],
-                                                         uint64_t b, bool accumulate) {
-#if GQUANT_SM90A_DEVICE
-  asm volatile(
-      "{\n .reg .pred p;\n setp.ne.b32 p, %133, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " GQUANT_WGMMA_D128_REGISTERS
-      ", {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
-      : GQUANT_WGMMA_D128_OPERANDS(d)
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(static_cast<int>(accumulate)));
 #else
   __trap();
 #endif
