@@ -545,6 +545,19 @@ absl::Status DeviceLinear::RunGeluGate(const __nv_bfloat16* x, int64_t m, __nv_b
                   absl::StrFormat(", gated product at M=%d", m));
 }
 
+absl::Status DeviceLinear::RunAfterAddNorm(const ResidualAddNorm& row, __nv_bfloat16* y,
+                                           cudaStream_t stream) const {
+  GQ_RETURN_IF_ERROR(CheckNotEmpty("RunAfterAddNorm"));
+  if (!fuses_add_norm() || y == nullptr || !Aligned(y, 2)) {
+    return Invalid(name_, absl::StrFormat("RunAfterAddNorm: expected the int4 form and an aligned "
+                                          "y, but got %s and y %p",
+                                          LinearFormName(form_), y));
+  }
+  return Annotate(Int4MmaGemvAfterAddNorm(int4_, row, gate_pairs_, y, stream), Describe(),
+                  gate_pairs_ ? ", gated product after the residual add and norms"
+                              : ", after the residual add and norms");
+}
+
 absl::Status DeviceLinear::Gather(const int32_t* ids, int count, float multiplier,
                                   __nv_bfloat16* out, cudaStream_t stream) const {
   GQ_RETURN_IF_ERROR(CheckNotEmpty("Gather"));

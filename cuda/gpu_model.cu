@@ -414,7 +414,8 @@ struct GpuSequence::State {
   int64_t cache_bytes = 0;
 
   // Activations for up to max_chunk tokens (bf16 unless noted).
-  DeviceBuffer<float> residual;  // [C, H] float32
+  DeviceBuffer<float> residual;        // [C, H] float32
+  DeviceBuffer<float> residual_spare;  // [H]: decode alternates (EnqueueLayers)
   DeviceBuffer<bf16> normed, qkv, attention, delta, gate_up, mlp;
   DeviceBuffer<bf16> per_layer, per_layer_context;  // [C, L * P] (PLE models)
   DeviceBuffer<bf16> head_out;                      // [kHeadRows, vocab]
@@ -512,23 +513,22 @@ absl::Status ScatterImageRows(const ChunkImages& images, int64_t h, bf16* embedd
 }
 
 // The experts' part of an MoE layer's MLP (spec §2.4) for `t` tokens whose
-// dense MLP output is in seq.delta: routing from the residual, the chosen
+// dense MLP output is in seq.delta: routing from `residual` [t, H], the chosen
 // experts on pre_feedforward_layernorm_2(residual), and seq.delta replaced by
 // post_feedforward_layernorm_1(dense) + post_feedforward_layernorm_2(experts).
 absl::Status EnqueueExperts(const GpuModel::State& m, GpuSequence::State& s, const LayerWeights& w,
-                            int64_t t) {
+                            const float* residual, int64_t t) {
   const TextConfig& c = m.config();
   const cudaStream_t stream = s.stream;
   const int h = c.hidden_size, experts = *c.num_experts, k = *c.top_k_experts;
   const int64_t width = *c.moe_intermediate_size, pairs = t * k;
   const float eps = static_cast<float>(c.rms_norm_eps);
-  GQ_RETURN_IF_ERROR(RouterLogits(s.residual.data(), t, h, w.router_scale.data(), PowF(h, -0.5),
-                                  eps, w.router_proj.data(), experts, s.router_logits.data(),
-                                  stream));
+  GQ_RETURN_IF_ERROR(RouterLogits(residual, t, h, w.router_scale.data(), PowF(h, -0.5), eps,
+                                  w.router_proj.data(), experts, s.router_logits.data(), stream));
   GQ_RETURN_IF_ERROR(RouteTopK(s.router_logits.data(), t, experts, w.per_expert_scale.data(), k,
                                s.route_ids.data(), s.route_weights.data(), stream));
-  GQ_RETURN_IF_ERROR(RmsNorm(s.residual.data(), t, h, w.pre_feedforward_norm_2.data(), eps,
-                             s.moe_normed.data(), stream));
+  GQ_RETURN_IF_ERROR(
+      RmsNorm(residual, t, h, w.pre_feedforward_norm_2.data(), eps, s.moe_normed.data(), stream));
   bf16* const gate_up = s.expert_gate_up.data();
   if (t == 1 && w.experts_gate_up.selectable() && w.experts_down.selectable()) {
     // Decode: each matrix once for all k slots, the ids read on the device.
@@ -637,13 +637,55 @@ absl::Status EnqueueLayers(const GpuModel::State& m, GpuSequence::State& s, int6
   GQ_RETURN_IF_ERROR(RmsNorm(s.residual.data(), t, static_cast<int>(h),
                              m.layers[0].input_norm.data(), eps, s.normed.data(), stream));
 
+  // Decode: a residual add + norm whose row only the next int4 GEMV reads is
+  // left pending, and that GEMV forms the row in its prologue
+  // (RunAfterAddNorm), storing the new residual to the other of two buffers
+  // (its other blocks still read the old one): one launch and one round trip
+  // less per site. Anything else first runs the norm kernel (flush).
+  float* residual = s.residual.data();
+  float* spare = s.residual_spare.data();
+  std::optional<ResidualAddNorm> pending;
+  const auto add_norm = [&](const bf16* delta_weight, const float* scalar,
+                            const bf16* next_weight) {
+    return ResidualAddNorm{.delta = s.delta.data(),
+                           .delta_weight = delta_weight,
+                           .scalar = scalar,
+                           .next_weight = next_weight,
+                           .eps = eps};
+  };
+  const auto flush = [&]() -> absl::Status {
+    if (!pending.has_value()) return absl::OkStatus();
+    const ResidualAddNorm row = *std::exchange(pending, std::nullopt);
+    return AddNormalizedThenNorm(residual, row.delta, t, static_cast<int>(h), row.delta_weight, eps,
+                                 row.scalar, row.next_weight, s.normed.data(), stream);
+  };
+  const auto run_pending = [&](const DeviceLinear& linear, bf16* y) -> absl::Status {
+    ResidualAddNorm row = *std::exchange(pending, std::nullopt);
+    row.residual = residual;
+    row.residual_out = spare;
+    GQ_RETURN_IF_ERROR(linear.RunAfterAddNorm(row, y, stream));
+    std::swap(residual, spare);
+    return absl::OkStatus();
+  };
+  // The single int4 GEMV a group runs at decode, or null.
+  const auto fusing_gemv = [&](const LinearGroup& group, bool gated) -> const DeviceLinear* {
+    if (!decode || group.linears.size() != 1) return nullptr;
+    const DeviceLinear& linear = group.linears[0];
+    return linear.fuses_add_norm() && linear.gate_pairs() == gated ? &linear : nullptr;
+  };
+
   for (const LayerPlan& layer : m.plan.layers) {
     const LayerWeights& w = m.layers[layer.index];
     const int nh = layer.num_heads, nkv = layer.num_kv_heads, d = layer.head_dim;
     const int64_t window = layer.type == LayerType::kSliding ? c.sliding_window : 0;
 
     // Attention (spec §2.5): q, k, v as blocks of s.qkv.
-    GQ_RETURN_IF_ERROR(w.qkv.Run(s.normed.data(), t, s.qkv.data(), linear, stream));
+    if (const DeviceLinear* qkv = fusing_gemv(w.qkv, false); pending && qkv != nullptr) {
+      GQ_RETURN_IF_ERROR(run_pending(*qkv, s.qkv.data()));
+    } else {
+      GQ_RETURN_IF_ERROR(flush());
+      GQ_RETURN_IF_ERROR(w.qkv.Run(s.normed.data(), t, s.qkv.data(), linear, stream));
+    }
     // q_norm + RoPE on q; k_norm + RoPE, v_norm and the cache append for K/V.
     bf16* q = s.qkv.data();
     GQ_RETURN_IF_ERROR(PrepareAttentionInputs(
@@ -659,41 +701,41 @@ absl::Status EnqueueLayers(const GpuModel::State& m, GpuSequence::State& s, int6
                                           window > 0 ? last_key : nullptr));
     }
     GQ_RETURN_IF_ERROR(w.o.Run(s.attention.data(), t, s.delta.data(), linear, stream));
-    GQ_RETURN_IF_ERROR(AddNormalizedThenNorm(
-        s.residual.data(), s.delta.data(), t, static_cast<int>(h), w.post_attention_norm.data(),
-        eps, nullptr, w.pre_feedforward_norm.data(), s.normed.data(), stream));
 
-    // MLP: down(gelu_tanh(gate(x)) * up(x)), gate and up as one GEMV.
-    GQ_RETURN_IF_ERROR(
-        w.gate_up.RunGeluGate(s.normed.data(), t, s.gate_up.data(), s.mlp.data(), linear, stream));
+    // MLP: down(gelu_tanh(gate(x)) * up(x)), gate and up as one GEMV, on
+    // pre_feedforward_layernorm(residual + post_attention_layernorm(o)).
+    pending = add_norm(w.post_attention_norm.data(), nullptr, w.pre_feedforward_norm.data());
+    if (const DeviceLinear* gate_up = fusing_gemv(w.gate_up, true);
+        gate_up != nullptr && !layer.has_moe) {  // MoE routing reads the residual first
+      GQ_RETURN_IF_ERROR(run_pending(*gate_up, s.mlp.data()));
+    } else {
+      GQ_RETURN_IF_ERROR(flush());
+      GQ_RETURN_IF_ERROR(w.gate_up.RunGeluGate(s.normed.data(), t, s.gate_up.data(), s.mlp.data(),
+                                               linear, stream));
+    }
     GQ_RETURN_IF_ERROR(w.down.Run(s.mlp.data(), t, s.delta.data(), linear, stream));
-    if (layer.has_moe) GQ_RETURN_IF_ERROR(EnqueueExperts(m, s, w, t));
+    if (layer.has_moe) GQ_RETURN_IF_ERROR(EnqueueExperts(m, s, w, residual, t));
 
     // The next block's pre-norm (or the final norm) fused into the last add;
     // layer_scalar multiplies the residual after the layer's last block.
     const bf16* next_norm = layer.index + 1 < layers ? m.layers[layer.index + 1].input_norm.data()
                                                      : m.final_norm.data();
     if (layer.has_ple) {  // spec §2.4, after the MLP
-      GQ_RETURN_IF_ERROR(AddNormalized(s.residual.data(), s.delta.data(), t, static_cast<int>(h),
+      GQ_RETURN_IF_ERROR(AddNormalized(residual, s.delta.data(), t, static_cast<int>(h),
                                        w.post_feedforward_norm.data(), eps, nullptr, stream));
-      GQ_RETURN_IF_ERROR(ConvertFloatTo16(DType::kBF16, s.residual.data(),
-                                          reinterpret_cast<uint16_t*>(s.normed.data()), t * h,
-                                          stream));
+      GQ_RETURN_IF_ERROR(ConvertFloatTo16(
+          DType::kBF16, residual, reinterpret_cast<uint16_t*>(s.normed.data()), t * h, stream));
       GQ_RETURN_IF_ERROR(w.ple_gate.Run(s.normed.data(), t, s.gate_up.data(), linear, stream));
       GQ_RETURN_IF_ERROR(GeluTanhMul(s.gate_up.data(), p,
                                      s.per_layer.data() + int64_t{layer.index} * p,
                                      int64_t{layers} * p, t, p, s.mlp.data(), stream));
       GQ_RETURN_IF_ERROR(w.ple_projection.Run(s.mlp.data(), t, s.delta.data(), linear, stream));
-      GQ_RETURN_IF_ERROR(AddNormalizedThenNorm(
-          s.residual.data(), s.delta.data(), t, static_cast<int>(h), w.post_ple_norm.data(), eps,
-          w.layer_scalar.data(), next_norm, s.normed.data(), stream));
+      pending = add_norm(w.post_ple_norm.data(), w.layer_scalar.data(), next_norm);
     } else {
-      GQ_RETURN_IF_ERROR(AddNormalizedThenNorm(
-          s.residual.data(), s.delta.data(), t, static_cast<int>(h), w.post_feedforward_norm.data(),
-          eps, w.layer_scalar.data(), next_norm, s.normed.data(), stream));
+      pending = add_norm(w.post_feedforward_norm.data(), w.layer_scalar.data(), next_norm);
     }
   }
-  return absl::OkStatus();
+  return flush();  // the final norm
 }
 
 // Logits (after the soft-cap) of `rows` <= kHeadRows normed hidden states
@@ -889,6 +931,7 @@ absl::StatusOr<GpuSequence> GpuModel::NewSequence(int64_t max_positions, int max
   const int64_t ple_width = int64_t{c.num_hidden_layers} * c.hidden_size_per_layer_input;
   const int64_t mlp_width = std::max<int64_t>(m.max_mlp_width, c.hidden_size_per_layer_input);
   GQ_ASSIGN_OR_RETURN(s->residual, DeviceBuffer<float>::Allocate(chunk * h));
+  GQ_ASSIGN_OR_RETURN(s->residual_spare, DeviceBuffer<float>::Allocate(h));
   GQ_ASSIGN_OR_RETURN(s->normed, DeviceBuffer<bf16>::Allocate(chunk * h));
   GQ_ASSIGN_OR_RETURN(s->qkv,
                       DeviceBuffer<bf16>::Allocate(chunk * (m.max_q_width + 2 * m.max_kv_width)));

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_format.h"
+#include "add_normalized_row.cuh"
 #include "cuda_status.cuh"
 #include "device.cuh"
 #include "device_primitives.cuh"
@@ -86,12 +87,16 @@ __device__ __forceinline__ uint32_t NibblesAsBf16(uint32_t word) {
 // a gate and an up row, and the store writes gelu_tanh(gate) * up. A
 // template flag, not a run-time one, so the plain kernels keep their
 // registers (the run-time branch spilled in several of them and cost M = 16
-// ~4%).
+// ~4%). kAddNorm (Int4MmaGemvAfterAddNorm, M = 1): x is formed from
+// `add_norm` instead of read; likewise a flag, and `add_norm` a parameter of
+// its own (in Args, or behind a run-time branch, it made ptxas spill in the
+// plain M = 1 and M = 16 kernels).
 template <int kTokens, int kGroupsPerTile, bool kMinForm, int kStages, int kRowTiles,
-          bool kSelected, bool kGeluPairs>
+          bool kSelected, bool kGeluPairs, bool kAddNorm>
 __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
-    Int4MmaGemvKernel(const Args a) {
+    Int4MmaGemvKernel(const Args a, const ResidualAddNorm add_norm) {
   static_assert(!(kSelected && kGeluPairs), "experts have no gate / up pairs");
+  static_assert(!kAddNorm || (kTokens == 1 && !kSelected), "the row is formed for one token");
   constexpr int kTokenTiles = (kTokens + 7) / 8;
   constexpr bool kSharedX = kTokens == 1;
   constexpr int kSlotTokens = kSharedX ? 0 : kTokens;
@@ -248,7 +253,15 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
   }
   WaitForPredecessor();
   AllowDependents();
-  if constexpr (kSharedX) CopyRowToShared<uint4>(x_row, a.k, shared_x);
+  if constexpr (kAddNorm) {
+    // Every block forms the row; the first also stores the new residual.
+    ResidualAddNorm row = add_norm;
+    if (blockIdx.x != 0) row.residual_out = nullptr;
+    AddNormalizedRow<kVectorWidth>(row, a.k, shared_x);
+    __syncthreads();
+  } else if constexpr (kSharedX) {
+    CopyRowToShared<uint4>(x_row, a.k, shared_x);
+  }
   for (int s = early; s < kStages - 1; ++s) issue();
   int unit = run_begin / a.k_tiles;  // within the thread block
   int kt = first_kt, stage_index = 0;
@@ -387,16 +400,25 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
                                             store);
 }
 
+// The launch settings past the weight and activations.
+struct Plan {
+  const DeviceLimits& device;
+  int warps_per_sm;
+  bool overlap;
+  cudaStream_t stream;
+  const ResidualAddNorm* add_norm;  // Int4MmaGemvAfterAddNorm's row, else null
+};
+
 // Shapes the grid for `base` on this device and launches: thread blocks of
 // up to kMaxWarpsPerBlock warps, as many resident per multiprocessor as
 // `warps_per_sm` allows, each owning enough whole units that the grid is a
 // single wave.
 template <int kTokens, int kGroupsPerTile, bool kMinForm, int kStages, int kRowTiles,
-          bool kSelected, bool kGeluPairs>
-absl::Status Launch(const Args& base, const DeviceLimits& device, int warps_per_sm, bool overlap,
-                    cudaStream_t stream) {
+          bool kSelected, bool kGeluPairs, bool kAddNorm>
+absl::Status Launch(const Args& base, const Plan& p) {
   constexpr auto kKernel = Int4MmaGemvKernel<kTokens, kGroupsPerTile, kMinForm, kStages, kRowTiles,
-                                             kSelected, kGeluPairs>;
+                                             kSelected, kGeluPairs, kAddNorm>;
+  const DeviceLimits& device = p.device;
   absl::StatusOr<int> max_dynamic = RaiseDynamicSharedLimit<kKernel>(device);
   if (!max_dynamic.ok()) return max_dynamic.status();
   static OccupancyTable<kMaxWarpsPerBlock> occupancy;
@@ -405,7 +427,7 @@ absl::Status Launch(const Args& base, const DeviceLimits& device, int warps_per_
   a.x_bytes = kTokens == 1 ? (a.k * 2 + 15) / 16 * 16 : 0;  // M = 1: x before the rings
   const int slots = kSelected ? a.slots : 1;                // the grid's y
   absl::StatusOr<OneWaveGrid> grid = PlanOneWaveGrid(
-      reinterpret_cast<const void*>(kKernel), occupancy, device, *max_dynamic, warps_per_sm,
+      reinterpret_cast<const void*>(kKernel), occupancy, device, *max_dynamic, p.warps_per_sm,
       {.units = a.units,
        .slots = slots,
        .steps_per_unit = a.k_tiles,
@@ -415,24 +437,19 @@ absl::Status Launch(const Args& base, const DeviceLimits& device, int warps_per_
   if (!grid.ok()) return grid.status();
   a.block_units = grid->block_units;
   return LaunchKernel(kKernel, dim3(grid->blocks, slots), dim3(grid->warps * 32),
-                      static_cast<size_t>(grid->shared_bytes), stream, overlap, a);
+                      static_cast<size_t>(grid->shared_bytes), p.stream, p.overlap, a,
+                      kAddNorm ? *p.add_norm : ResidualAddNorm{});
 }
 
-// The launch settings past the weight and activations.
-struct Plan {
-  const DeviceLimits& device;
-  int warps_per_sm;
-  bool overlap;
-  cudaStream_t stream;
-};
-
 // kSelected: Int4MmaGemvSelected's kernel (its own instantiation, so the
-// plain one carries no expert lookup); kGeluPairs: Int4MmaGemvGeluPairs's.
-template <int kTokens, int kStages, int kRowTiles, bool kSelected = false, bool kGeluPairs = false>
+// plain one carries no expert lookup); kGeluPairs: Int4MmaGemvGeluPairs's;
+// kAddNorm: Int4MmaGemvAfterAddNorm's.
+template <int kTokens, int kStages, int kRowTiles, bool kSelected = false, bool kGeluPairs = false,
+          bool kAddNorm = false>
 absl::Status ForGroups(const Args& a, bool g32, bool min_form, const Plan& p) {
   const auto launch = [&]<int kGroupsPerTile, bool kMinForm>() {
-    return Launch<kTokens, kGroupsPerTile, kMinForm, kStages, kRowTiles, kSelected, kGeluPairs>(
-        a, p.device, p.warps_per_sm, p.overlap, p.stream);
+    return Launch<kTokens, kGroupsPerTile, kMinForm, kStages, kRowTiles, kSelected, kGeluPairs,
+                  kAddNorm>(a, p);
   };
   if (g32) {
     return min_form ? launch.template operator()<2, true>()
@@ -444,6 +461,14 @@ absl::Status ForGroups(const Args& a, bool g32, bool min_form, const Plan& p) {
 template <int kStages, int kRowTiles>
 absl::Status ForTokens(const Args& a, bool g32, bool min_form, const Plan& p) {
   if (a.expert_ids != nullptr) return ForGroups<1, kStages, kRowTiles, true>(a, g32, min_form, p);
+  if (p.add_norm != nullptr) {
+    // One token, the default ring and row tiles only (CheckAndLaunch).
+    if constexpr (kStages == 3 && kRowTiles == 1) {
+      return a.gelu_pairs ? ForGroups<1, 3, 1, false, true, true>(a, g32, min_form, p)
+                          : ForGroups<1, 3, 1, false, false, true>(a, g32, min_form, p);
+    }
+    return absl::InternalError("Int4MmaGemvAfterAddNorm: no kernel for these knobs");
+  }
   if (a.gelu_pairs) {
     // Gate / up pairs come in the default ring depth only (CheckAndLaunch).
     if constexpr (kStages == 3) {
@@ -467,11 +492,12 @@ absl::Status ForStages(const Args& a, bool g32, bool min_form, int stages, const
 // Checks what both entry points share and launches `a` (pointers, selection
 // and m already set) with the shape of `w`.
 absl::Status CheckAndLaunch(const Int4MmaWeight& w, Args a, cudaStream_t stream,
-                            const Int4MmaTuning& tuning) {
-  if (a.x == nullptr || a.y == nullptr) {
+                            const Int4MmaTuning& tuning, const ResidualAddNorm* add_norm) {
+  const bool reads_x = add_norm == nullptr;
+  if ((reads_x && a.x == nullptr) || a.y == nullptr) {
     return absl::InvalidArgumentError("Int4MmaGemv: null pointer");
   }
-  if (reinterpret_cast<uintptr_t>(a.x) % 16 != 0) {
+  if (reads_x && reinterpret_cast<uintptr_t>(a.x) % 16 != 0) {
     return absl::InvalidArgumentError("Int4MmaGemv: x must be 16-byte aligned");
   }
   if (absl::Status s = CheckInt4MmaShape(w.n, w.k, w.group_size); !s.ok()) return s;
@@ -510,12 +536,16 @@ absl::Status CheckAndLaunch(const Int4MmaWeight& w, Args a, cudaStream_t stream,
   if (a.gelu_pairs && tuning.stages == 4) {
     return absl::InvalidArgumentError("Int4MmaGemvGeluPairs: only the default 3 stages");
   }
+  if (add_norm != nullptr && (a.m != 1 || tuning.stages == 4 || tuning.row_tiles == 2)) {
+    return absl::InvalidArgumentError(
+        "Int4MmaGemvAfterAddNorm: one token, the default 3 stages and 1 row tile only");
+  }
   if (tuning.row_tiles < 0 || tuning.row_tiles > 2 || (tuning.row_tiles == 2 && w.n % 32 != 0)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "Int4MmaGemv: row_tiles must be 0, 1 or 2 (2 needs N %% 32 == 0), not %d for N=%d",
         tuning.row_tiles, w.n));
   }
-  const Plan plan{*device, warps_per_sm, !tuning.serial_launch, stream};
+  const Plan plan{*device, warps_per_sm, !tuning.serial_launch, stream, add_norm};
   // Two row tiles per step share x and its Σx: measured 1.1-1.5x faster for
   // M > 8 when the grid still has a unit per two multiprocessors (halving
   // k_full's 128 row blocks to 64 units left SMs idle: 1.16x slower); at
@@ -526,10 +556,12 @@ absl::Status CheckAndLaunch(const Int4MmaWeight& w, Args a, cudaStream_t stream,
                         : ForStages<1>(a, g32, w.min_form, tuning.stages, plan);
 }
 
-// One weight (Int4MmaGemv, or Int4MmaGemvGeluPairs with `gelu_pairs`).
+// One weight (Int4MmaGemv, or Int4MmaGemvGeluPairs with `gelu_pairs`; x
+// formed from `add_norm` when it is not null).
 absl::Status LaunchOneWeight(const char* op, const Int4MmaWeight& w, const __nv_bfloat16* x, int m,
                              __nv_bfloat16* y, bool gelu_pairs, cudaStream_t stream,
-                             const Int4MmaTuning& tuning) {
+                             const Int4MmaTuning& tuning,
+                             const ResidualAddNorm* add_norm = nullptr) {
   if (w.qweight == nullptr || w.params == nullptr) {
     return absl::InvalidArgumentError(absl::StrFormat("%s: null pointer", op));
   }
@@ -540,7 +572,31 @@ absl::Status LaunchOneWeight(const char* op, const Int4MmaWeight& w, const __nv_
   a.y = y;
   a.m = m;
   a.gelu_pairs = gelu_pairs;
-  return CheckAndLaunch(w, a, stream, tuning);
+  return CheckAndLaunch(w, a, stream, tuning, add_norm);
+}
+
+// The vectors of `row` for K elements: 16-byte aligned (the kernel moves
+// them in 8-element runs), the required ones non-null, and residual_out
+// clear of residual (other thread blocks read it while the first writes).
+absl::Status CheckAddNorm(const ResidualAddNorm& row, int64_t k) {
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (row.residual == nullptr || row.residual_out == nullptr || row.delta == nullptr ||
+      !aligned(row.residual) || !aligned(row.residual_out) || !aligned(row.delta) ||
+      !aligned(row.delta_weight) || !aligned(row.next_weight) ||
+      reinterpret_cast<uintptr_t>(row.scalar) % 4 != 0 || !(row.eps >= 0.0f)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "Int4MmaGemvAfterAddNorm: expected non-null residual, residual_out and delta, 16-byte "
+        "aligned vectors and eps >= 0, but got residual %p, residual_out %p, delta %p, "
+        "delta_weight %p, scalar %p, next_weight %p, eps %g",
+        row.residual, row.residual_out, row.delta, row.delta_weight, row.scalar, row.next_weight,
+        row.eps));
+  }
+  if (row.residual_out < row.residual + k && row.residual < row.residual_out + k) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("Int4MmaGemvAfterAddNorm: residual_out %p overlaps residual %p (K=%d)",
+                        row.residual_out, row.residual, k));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -554,6 +610,14 @@ absl::Status Int4MmaGemvGeluPairs(const Int4MmaWeight& w, const __nv_bfloat16* x
                                   __nv_bfloat16* y, cudaStream_t stream,
                                   const Int4MmaTuning& tuning) {
   return LaunchOneWeight("Int4MmaGemvGeluPairs", w, x, m, y, /*gelu_pairs=*/true, stream, tuning);
+}
+
+absl::Status Int4MmaGemvAfterAddNorm(const Int4MmaWeight& w, const ResidualAddNorm& row,
+                                     bool gelu_pairs, __nv_bfloat16* y, cudaStream_t stream,
+                                     const Int4MmaTuning& tuning) {
+  if (absl::Status s = CheckAddNorm(row, w.k); !s.ok()) return s;
+  return LaunchOneWeight("Int4MmaGemvAfterAddNorm", w, nullptr, 1, y, gelu_pairs, stream, tuning,
+                         &row);
 }
 
 absl::Status Int4MmaGemvSelected(const Int4MmaWeight& shape, const Int4MmaExpertTables& experts,
@@ -584,7 +648,7 @@ absl::Status Int4MmaGemvSelected(const Int4MmaWeight& shape, const Int4MmaExpert
   a.num_experts = experts.num_experts;
   a.slots = slots;
   a.x_slot_stride = x_slot_stride;
-  return CheckAndLaunch(shape, a, stream, tuning);
+  return CheckAndLaunch(shape, a, stream, tuning, nullptr);
 }
 
 }  // namespace gquant::cuda

@@ -44,6 +44,7 @@
 
 #include "absl/status/status.h"
 #include "int4_mma_layout.h"
+#include "rms_norm.cuh"
 
 namespace gquant::cuda {
 
@@ -85,6 +86,20 @@ absl::Status Int4MmaGemv(const Int4MmaWeight& weight, const __nv_bfloat16* x, in
 absl::Status Int4MmaGemvGeluPairs(const Int4MmaWeight& weight, const __nv_bfloat16* x, int m,
                                   __nv_bfloat16* y, cudaStream_t stream,
                                   const Int4MmaTuning& tuning = {});
+
+// Decode (M = 1) of a row the GEMV forms itself: x = bf16(RmsNorm(r) *
+// next_weight) with r = (residual + RmsNorm(delta) * delta_weight) *
+// (*scalar), the row AddNormalizedThenNorm (rms_norm.cuh) would write, made
+// by every thread block in its prologue from `row` ([K] vectors) while its
+// first weights stream in, and r stored to row.residual_out by one block.
+// Saves a decode step the norm kernel's launch and its round trip through
+// memory (~3 µs a site on the 31B). residual_out must not overlap residual
+// (the other blocks are still reading it). gelu_pairs: the epilogue of
+// Int4MmaGemvGeluPairs. Errors as Int4MmaGemv's, and InvalidArgument for a
+// null, misaligned (16 bytes) or overlapping vector or eps < 0.
+absl::Status Int4MmaGemvAfterAddNorm(const Int4MmaWeight& weight, const ResidualAddNorm& row,
+                                     bool gelu_pairs, __nv_bfloat16* y, cudaStream_t stream,
+                                     const Int4MmaTuning& tuning = {});
 
 // The experts of one mixture-of-experts matrix (device_experts.cuh): every
 // expert has the shape and form of the Int4MmaWeight passed beside it, and

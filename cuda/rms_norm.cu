@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "absl/strings/str_format.h"
+#include "add_normalized_row.cuh"
 #include "aligned.h"
 #include "device_primitives.cuh"
 #include "launch.cuh"
@@ -18,19 +19,6 @@ namespace {
 // Row kernels use one thread per vector access of the row, up to this many,
 // so a decode row (one block) takes a single round trip to memory.
 constexpr int kMaxRowThreads = 1024;
-
-// The sum of `v` over the block (blockDim.x a multiple of 32); every thread
-// gets the same value, the warp sums being added in one fixed order.
-__device__ __forceinline__ float BlockSum(float v) {
-  __shared__ float warp_sums[kMaxRowThreads / 32];
-  v = WarpSum(v);
-  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = v;
-  __syncthreads();
-  float total = 0.0f;
-  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += warp_sums[w];
-  __syncthreads();  // before a second call overwrites warp_sums
-  return total;
-}
 
 struct NormArgs {
   const float* x;               // [rows, dim]
@@ -63,54 +51,22 @@ __global__ void __launch_bounds__(kMaxRowThreads) RmsNormKernel(const NormArgs a
 }
 
 struct AddArgs {
-  float* residual;                    // [rows, dim]
-  const __nv_bfloat16* delta;         // [rows, dim]
-  const __nv_bfloat16* delta_weight;  // [dim] or null
-  const float* scalar;                // one float or null
-  const __nv_bfloat16* next_weight;   // [dim] or null
-  __nv_bfloat16* y;                   // [rows, dim], or null: no second norm
+  ResidualAddNorm row;  // of row 0: residual, residual_out (the same) and delta advance by dim
+  __nv_bfloat16* y;     // [rows, dim], or null: no second norm
   int dim;
-  float eps;
 };
 
-// One block per row. Pass 1 reads delta for its norm, pass 2 updates the
-// residual (and sums its squares), pass 3 (only with y) normalizes the new
-// residual; each thread re-reads only the elements it wrote itself.
+// One block per row (AddNormalizedRow, add_normalized_row.cuh).
 template <int kWidth>
 __global__ void __launch_bounds__(kMaxRowThreads) AddNormalizedKernel(const AddArgs a) {
   WaitForPredecessor();
   AllowDependents();
   const int64_t offset = int64_t{blockIdx.x} * a.dim;
-  float* residual = a.residual + offset;
-  const __nv_bfloat16* delta = a.delta + offset;
-  const int step = blockDim.x * kWidth;
-  float delta_sum = 0.0f;
-  for (int i = threadIdx.x * kWidth; i < a.dim; i += step) {
-    float d[kWidth];
-    LoadBf16<kWidth>(delta + i, d);
-    delta_sum += SumOfSquares<kWidth>(d);
-  }
-  const float delta_scale = InverseRms(BlockSum(delta_sum), a.dim, a.eps);
-  const float multiplier = a.scalar == nullptr ? 1.0f : *a.scalar;  // * 1 is exact
-  float next_sum = 0.0f;
-  for (int i = threadIdx.x * kWidth; i < a.dim; i += step) {
-    float d[kWidth], r[kWidth];
-    LoadBf16<kWidth>(delta + i, d);
-    ScaleRun<kWidth>(d, delta_scale, OffsetOrNull(a.delta_weight, i));
-    LoadF32<kWidth>(residual + i, r);
-#pragma unroll
-    for (int k = 0; k < kWidth; ++k) r[k] = (r[k] + d[k]) * multiplier;
-    next_sum += SumOfSquares<kWidth>(r);
-    StoreF32<kWidth>(residual + i, r);
-  }
-  if (a.y == nullptr) return;  // uniform over the grid
-  const float next_scale = InverseRms(BlockSum(next_sum), a.dim, a.eps);
-  for (int i = threadIdx.x * kWidth; i < a.dim; i += step) {
-    float r[kWidth];
-    LoadF32<kWidth>(residual + i, r);
-    ScaleRun<kWidth>(r, next_scale, OffsetOrNull(a.next_weight, i));
-    StoreBf16<kWidth>(a.y + offset + i, r);
-  }
+  ResidualAddNorm row = a.row;
+  row.residual += offset;
+  row.residual_out += offset;
+  row.delta += offset;
+  AddNormalizedRow<kWidth>(row, a.dim, a.y == nullptr ? nullptr : a.y + offset);
 }
 
 struct HeadArgs {
@@ -160,25 +116,25 @@ int RowThreads(int dim, int width) {
   return std::min(kMaxRowThreads, (runs + 31) / 32 * 32);
 }
 
-absl::Status LaunchAddNormalized(const char* op, const AddArgs& args, int64_t rows,
-                                 cudaStream_t stream) {
-  if (absl::Status s = CheckRows(op, rows, args.dim, args.eps); !s.ok()) return s;
-  if (args.residual == nullptr || args.delta == nullptr || !Aligned(args.residual, 4) ||
-      !Aligned(args.delta, 2) || !Aligned(args.delta_weight, 2) || !Aligned(args.scalar, 4) ||
-      !Aligned(args.next_weight, 2) || !Aligned(args.y, 2)) {
+absl::Status LaunchAddNormalized(const char* op, const ResidualAddNorm& row, __nv_bfloat16* y,
+                                 int64_t rows, int dim, cudaStream_t stream) {
+  if (absl::Status s = CheckRows(op, rows, dim, row.eps); !s.ok()) return s;
+  if (row.residual == nullptr || row.delta == nullptr || !Aligned(row.residual, 4) ||
+      !Aligned(row.delta, 2) || !Aligned(row.delta_weight, 2) || !Aligned(row.scalar, 4) ||
+      !Aligned(row.next_weight, 2) || !Aligned(y, 2)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "%s: expected non-null residual and delta and aligned pointers, but got residual %p, "
         "delta %p, delta_weight %p, scalar %p, next_weight %p, y %p",
-        op, args.residual, args.delta, args.delta_weight, args.scalar, args.next_weight, args.y));
+        op, row.residual, row.delta, row.delta_weight, row.scalar, row.next_weight, y));
   }
   if (rows == 0) return absl::OkStatus();
-  const bool vectorized = args.dim % kVectorWidth == 0 && Aligned(args.residual, 16) &&
-                          Aligned(args.delta, 16) && Aligned(args.delta_weight, 16) &&
-                          Aligned(args.next_weight, 16) && Aligned(args.y, 16);
+  const bool vectorized = dim % kVectorWidth == 0 && Aligned(row.residual, 16) &&
+                          Aligned(row.delta, 16) && Aligned(row.delta_weight, 16) &&
+                          Aligned(row.next_weight, 16) && Aligned(y, 16);
   const int width = vectorized ? kVectorWidth : 1;
   const auto kernel = vectorized ? AddNormalizedKernel<kVectorWidth> : AddNormalizedKernel<1>;
-  return LaunchKernel(kernel, static_cast<int>(rows), RowThreads(args.dim, width), 0, stream,
-                      /*overlap=*/true, args);
+  return LaunchKernel(kernel, static_cast<int>(rows), RowThreads(dim, width), 0, stream,
+                      /*overlap=*/true, AddArgs{row, y, dim});
 }
 
 }  // namespace
@@ -202,9 +158,9 @@ absl::Status RmsNorm(const float* x, int64_t rows, int dim, const __nv_bfloat16*
 absl::Status AddNormalized(float* residual, const __nv_bfloat16* delta, int64_t rows, int dim,
                            const __nv_bfloat16* delta_weight, float eps, const float* scalar,
                            cudaStream_t stream) {
-  return LaunchAddNormalized(
-      "AddNormalized", AddArgs{residual, delta, delta_weight, scalar, nullptr, nullptr, dim, eps},
-      rows, stream);
+  return LaunchAddNormalized("AddNormalized",
+                             {residual, residual, delta, delta_weight, scalar, nullptr, eps},
+                             nullptr, rows, dim, stream);
 }
 
 absl::Status AddNormalizedThenNorm(float* residual, const __nv_bfloat16* delta, int64_t rows,
@@ -214,9 +170,9 @@ absl::Status AddNormalizedThenNorm(float* residual, const __nv_bfloat16* delta, 
   if (y == nullptr) {
     return absl::InvalidArgumentError("AddNormalizedThenNorm: y must be non-null");
   }
-  return LaunchAddNormalized(
-      "AddNormalizedThenNorm",
-      AddArgs{residual, delta, delta_weight, scalar, next_weight, y, dim, eps}, rows, stream);
+  return LaunchAddNormalized("AddNormalizedThenNorm",
+                             {residual, residual, delta, delta_weight, scalar, next_weight, eps}, y,
+                             rows, dim, stream);
 }
 
 absl::Status HeadNormRope(__nv_bfloat16* x, int64_t tokens, int heads, int head_dim,

@@ -15,6 +15,8 @@
 // `stream`. Weights are bf16 [dim] and nullable (no weight); pointers are
 // device pointers; rows (tokens) = 0 does nothing. InvalidArgument names a
 // null or misaligned pointer, a bad shape or eps; Internal is a CUDA error.
+// At decode the int4 GEMV can do AddNormalizedThenNorm's work for one row
+// itself (ResidualAddNorm below, Int4MmaGemvAfterAddNorm).
 #ifndef GQUANT_CUDA_RMS_NORM_CUH_
 #define GQUANT_CUDA_RMS_NORM_CUH_
 
@@ -26,6 +28,22 @@
 #include "absl/status/status.h"
 
 namespace gquant::cuda {
+
+// One row's residual add and both norms, as AddNormalizedThenNorm computes
+// them: r = (residual + RmsNorm(delta) * delta_weight) * (*scalar) goes to
+// residual_out, and the next block's input is bf16(RmsNorm(r) *
+// next_weight). Device pointers to [dim] vectors (scalar: one float);
+// delta_weight, scalar and next_weight are nullable. A decode GEMV takes it
+// to form its input row on chip (Int4MmaGemvAfterAddNorm, int4_mma_gemv.cuh).
+struct ResidualAddNorm {
+  const float* residual = nullptr;
+  float* residual_out = nullptr;
+  const __nv_bfloat16* delta = nullptr;
+  const __nv_bfloat16* delta_weight = nullptr;
+  const float* scalar = nullptr;
+  const __nv_bfloat16* next_weight = nullptr;
+  float eps = 0;
+};
 
 // y[r, :] = bf16(RmsNorm(x[r, :]) * weight) for x float32 [rows, dim].
 absl::Status RmsNorm(const float* x, int64_t rows, int dim, const __nv_bfloat16* weight, float eps,

@@ -19,18 +19,22 @@ namespace gquant::cuda {
 // Elements per 16-byte bf16 access, the vector width of these kernels.
 inline constexpr int kVectorWidth = 8;
 
+// v[i] = the i-th bf16 of the 16 bytes `raw` (LoadBf16's unpacking).
+__device__ __forceinline__ void UnpackBf16x8(const uint4& raw, float (&v)[kVectorWidth]) {
+  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    v[2 * i] = __uint_as_float(words[i] << 16);  // little-endian: element 2i is the low half
+    v[2 * i + 1] = __uint_as_float(words[i] & 0xFFFF0000u);
+  }
+}
+
 // v[i] = p[i], i < kWidth. bf16 -> float32 is exact (the high 16 bits).
 template <int kWidth>
 __device__ __forceinline__ void LoadBf16(const __nv_bfloat16* p, float (&v)[kWidth]) {
   static_assert(kWidth == 1 || kWidth == kVectorWidth);
   if constexpr (kWidth == kVectorWidth) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      v[2 * i] = __uint_as_float(words[i] << 16);  // little-endian: element 2i is the low half
-      v[2 * i + 1] = __uint_as_float(words[i] & 0xFFFF0000u);
-    }
+    UnpackBf16x8(*reinterpret_cast<const uint4*>(p), v);
   } else {
     v[0] = __bfloat162float(*p);
   }
@@ -103,6 +107,20 @@ __device__ __forceinline__ void ScaleRun(float (&x)[kWidth], float scale,
     LoadBf16<kWidth>(weight, w);
 #pragma unroll
     for (int i = 0; i < kWidth; ++i) x[i] *= w[i];
+  }
+}
+
+// ScaleRun with the weight's 8 bf16 already loaded (`raw`, used only when
+// `weighted`): the same two products in the same order.
+__device__ __forceinline__ void ScaleRunBy(float (&x)[kVectorWidth], float scale, bool weighted,
+                                           const uint4& raw) {
+#pragma unroll
+  for (int i = 0; i < kVectorWidth; ++i) x[i] *= scale;
+  if (weighted) {
+    float w[kVectorWidth];
+    UnpackBf16x8(raw, w);
+#pragma unroll
+    for (int i = 0; i < kVectorWidth; ++i) x[i] *= w[i];
   }
 }
 

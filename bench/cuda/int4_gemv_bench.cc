@@ -16,6 +16,7 @@
 #include "cuda_bench_util.h"
 #include "int4_mma_gemv.cuh"
 #include "int4_problem.h"
+#include "rms_norm.cuh"
 
 namespace gquant::cuda {
 namespace {
@@ -59,6 +60,42 @@ void BM_Int4MmaGemv(benchmark::State& state) {
   Report(state, p.bytes);
   state.SetLabel(std::string(p.shape.name) + " int4 g32" + (state.range(3) != 0 ? ", graph" : "") +
                  (variant.label[0] != 0 ? ", " : "") + variant.label);
+}
+
+// A decode site's residual add + norms and the GEMV that reads the row, as
+// the decode graph runs them: `fused` 0 launches AddNormalizedThenNorm, then
+// Int4MmaGemv on its row; 1 one Int4MmaGemvAfterAddNorm (the row formed in
+// each thread block's prologue, the residual stored to a second buffer).
+// Delta is the problem's x, the norms have no weights. Args: shape, fused.
+void BM_Int4GemvAfterAddNorm(benchmark::State& state) {
+  if (NoGpu(state)) return;
+  Int4Problem p(kShapes[state.range(0)], 1);
+  const bool fused = state.range(1) != 0;
+  const int k = static_cast<int>(p.shape.k);
+  DeviceBuffer<float> residual = Upload(std::vector<float>(k, 0.5f));
+  DeviceBuffer<float> residual_out = Upload(std::vector<float>(k, 0.0f));
+  DeviceBuffer<uint16_t> row = Upload(std::vector<uint16_t>(k, 0));
+  auto* row_bf16 = reinterpret_cast<__nv_bfloat16*>(row.data());
+  constexpr float kEps = 1e-6f;
+  TimeGraphLaunches(state, [&](int64_t i, cudaStream_t stream) {
+    absl::Status status;
+    if (fused) {
+      status = Int4MmaGemvAfterAddNorm(p.MmaWeight(i),
+                                       {.residual = residual.data(),
+                                        .residual_out = residual_out.data(),
+                                        .delta = p.X(),
+                                        .eps = kEps},
+                                       false, p.Y(), stream);
+    } else {
+      status = AddNormalizedThenNorm(residual.data(), p.X(), 1, k, nullptr, kEps, nullptr, nullptr,
+                                     row_bf16, stream);
+      if (status.ok()) status = Int4MmaGemv(p.MmaWeight(i), row_bf16, 1, p.Y(), stream);
+    }
+    if (!status.ok()) std::abort();
+  });
+  Report(state, p.bytes);
+  state.SetLabel(std::string(p.shape.name) + " int4 g32, graph, " +
+                 (fused ? "add + norms in the GEMV" : "add + norms kernel, then the GEMV"));
 }
 
 // The copy ceiling for the same bytes: back-to-back cudaMemcpyAsync D2D of
@@ -150,6 +187,12 @@ void BM_Int4Experts(benchmark::State& state) {
 BENCHMARK(BM_Int4MmaGemv)
     ->ArgNames({"shape", "m", "variant", "graph"})
     ->Apply([](benchmark::internal::Benchmark* b) { Shapes(b, true); })
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(0.05);
+BENCHMARK(BM_Int4GemvAfterAddNorm)
+    ->ArgNames({"shape", "fused"})
+    ->ArgsProduct({{0, 3, 6}, {0, 1}})  // q_sliding, q_full (= a sliding q/k/v stack), gate_up
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond)
     ->MinTime(0.05);

@@ -1,12 +1,14 @@
 // The int4 tensor-core decode GEMV against a float64 CPU reference on fresh
 // random data, outputs poisoned first.
 #include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
 
 #include <cmath>
 #include <cstring>
 #include <random>
 #include <vector>
 
+#include "bf16_test_data.h"
 #include "cuda_test_util.h"
 #include "device_buffer.cuh"
 #include "gquant/dtype.h"
@@ -279,6 +281,129 @@ TEST_CASE("int4 GEMV chained launches wait for their predecessor", "[cuda][int4_
   }
 }
 
+// (mean(v^2) + eps)^-0.5 in double.
+template <typename T>
+double InverseRms(const std::vector<T>& v, double eps) {
+  double sum = 0;
+  for (const T e : v) sum += static_cast<double>(e) * e;
+  return 1.0 / std::sqrt(sum / static_cast<double>(v.size()) + eps);
+}
+
+// Int4MmaGemvAfterAddNorm: the residual the first block stores against
+// float64 (the bound of rms_norm_test.cc: 1e-5 of |residual| + |normalized
+// delta|, times the scalar), and y against the float64 product with the
+// input row computed in float64 from that stored residual and rounded to
+// bf16 as the kernel rounds it (a rare element one bf16 unit off where the
+// float32 norm lands by a rounding boundary moves y far less than its own
+// bf16 rounding, the bound).
+TEST_CASE("int4 GEMV forms its input from the residual add and norms", "[cuda][int4_gemv]") {
+  GQ_SKIP_WITHOUT_CUDA();
+  auto rng = testing::MakeRng();
+  constexpr float kEps = 1e-6f;
+  std::uniform_real_distribution<float> scalar_dist(0.25f, 2.0f), exponent(-2.0f, 2.0f);
+  // 31B q/k/v-like, E2B-like, group 64 min form, and small odd ones; each
+  // also as gate / up pairs (the problem is then one of the two matrices).
+  const Problem problems[] = {{8192, 5376, 32, false},
+                              {2048, 1536, 32, true},
+                              {48, 4096, 64, true},
+                              {16, 64, 32, false},
+                              {96, 192, 64, false}};
+  for (const Problem& p : problems) {
+    for (bool gated : {false, true}) {
+      for (bool with_scalar : {false, true}) {
+        INFO("N=" << p.n << " K=" << p.k << " group " << p.group << " min form " << p.min_form
+                  << " gated " << gated << " scalar " << with_scalar);
+        // The row's inputs: a residual of magnitude 1e-2..1e2, delta and weights.
+        const float magnitude = std::pow(10.0f, exponent(rng));
+        std::vector<float> residual = testing::RandomBf16(p.k, 0.01f, 1.0f, rng).values;
+        for (float& v : residual) v *= magnitude;
+        const auto delta = testing::RandomBf16(p.k, 0.01f, 4.0f, rng);
+        const auto delta_weight = testing::RandomBf16(p.k, 0.25f, 2.0f, rng);
+        const auto next_weight = testing::RandomBf16(p.k, 0.25f, 2.0f, rng);
+        const float scalar = with_scalar ? scalar_dist(rng) : 1.0f;
+        auto residual_d = testing::Upload(residual);
+        auto residual_out_d = testing::Upload(std::vector<float>(p.k, std::nanf("")));
+        auto delta_d = testing::Upload(delta.bits);
+        auto delta_weight_d = testing::Upload(delta_weight.bits);
+        auto next_weight_d = testing::Upload(next_weight.bits);
+        auto scalar_d = testing::Upload(std::vector<float>{scalar});
+        const ResidualAddNorm row{residual_d.data(),
+                                  residual_out_d.data(),
+                                  testing::AsBf16(delta_d),
+                                  testing::AsBf16(delta_weight_d),
+                                  with_scalar ? scalar_d.data() : nullptr,
+                                  testing::AsBf16(next_weight_d),
+                                  kEps};
+
+        // The weights: one matrix, or gate and up interleaved into pairs.
+        Case gate = MakeCase(p, 1, rng), up = MakeCase(p, 1, rng);
+        DeviceBuffer<uint8_t> qweight;
+        DeviceBuffer<uint32_t> params;
+        if (gated) {
+          const PackedInt4Mma g = PackForMma(gate, p), u = PackForMma(up, p);
+          absl::StatusOr<PackedInt4Mma> pairs = InterleaveInt4MmaRowHalves(
+              g.qweight, g.params, u.qweight, u.params, p.n, p.k, p.group);
+          REQUIRE_OK(pairs);
+          qweight = testing::Upload(pairs->qweight);
+          params = testing::Upload(pairs->params);
+        } else {
+          const PackedInt4Mma packed = PackForMma(gate, p);
+          qweight = testing::Upload(packed.qweight);
+          params = testing::Upload(packed.params);
+        }
+        const Int4MmaWeight w{reinterpret_cast<const uint4*>(qweight.data()),
+                              reinterpret_cast<const __nv_bfloat162*>(params.data()),
+                              gated ? 2 * p.n : p.n,
+                              p.k,
+                              p.group,
+                              p.min_form};
+        auto y = testing::Upload(std::vector<uint16_t>(p.n, 0xFFFF));  // NaN poison
+        REQUIRE_OK(Int4MmaGemvAfterAddNorm(w, row, gated,
+                                           reinterpret_cast<__nv_bfloat16*>(y.data()), nullptr));
+
+        // The residual, and the input left as it was.
+        std::vector<float> got_residual(p.k), got_input(p.k);
+        REQUIRE_OK(residual_out_d.CopyToHost(got_residual));
+        REQUIRE_OK(residual_d.CopyToHost(got_input));
+        REQUIRE(got_input == residual);
+        const double delta_scale = InverseRms(delta.values, kEps);
+        std::vector<double> want_residual(p.k);
+        for (int64_t i = 0; i < p.k; ++i) {
+          const double normalized = delta.values[i] * delta_scale * delta_weight.values[i];
+          want_residual[i] = (residual[i] + normalized) * scalar;
+        }
+        testing::RequireClose(
+            got_residual, want_residual,
+            [&](size_t i) {
+              return 1e-5 *
+                     (std::abs(residual[i]) + std::abs(want_residual[i] / scalar - residual[i])) *
+                     scalar;
+            },
+            "residual_out vs float64");
+
+        // y from the row the kernel should have formed.
+        const double next_scale = InverseRms(got_residual, kEps);
+        std::vector<uint16_t> x(p.k);
+        for (int64_t i = 0; i < p.k; ++i) {
+          x[i] = FloatToBFloat16(
+              static_cast<float>(got_residual[i] * next_scale * next_weight.values[i]));
+        }
+        gate.x = x;
+        up.x = x;
+        SetReference(gate, p, 1);
+        SetReference(up, p, 1);
+        std::vector<double> want = gate.y;
+        if (gated) {
+          for (int64_t i = 0; i < p.n; ++i) want[i] = GeluTanh(gate.y[i]) * up.y[i];
+        }
+        std::vector<uint16_t> got(p.n);
+        REQUIRE_OK(y.CopyToHost(got));
+        REQUIRE(RelativeError(got, want) < kOutputRoundingBound);
+      }
+    }
+  }
+}
+
 TEST_CASE("int4 GEMV rejects bad shapes", "[cuda][int4_gemv]") {
   GQ_SKIP_WITHOUT_CUDA();
   auto buffer = DeviceBuffer<uint8_t>::Allocate(1 << 20);
@@ -308,6 +433,32 @@ TEST_CASE("int4 GEMV rejects bad shapes", "[cuda][int4_gemv]") {
   REQUIRE_STATUS_IS(
       Int4MmaGemv({tiles, params, 16, 64, 32}, x, 1, y, nullptr, {.warps_per_sm = -1}),
       absl::StatusCode::kInvalidArgument);
+
+  // The row of Int4MmaGemvAfterAddNorm: K = 64 floats of residual at the
+  // start of the buffer, the output at 1 KiB, delta and weights from x.
+  const Int4MmaWeight small{tiles, params, 16, 64, 32};
+  auto* floats = reinterpret_cast<float*>(buffer->data());
+  const ResidualAddNorm row{floats, floats + 256, x, x, nullptr, x, 1e-6f};
+  REQUIRE_OK(Int4MmaGemvAfterAddNorm(small, row, false, y + 4096, nullptr));  // well-formed
+  ResidualAddNorm bad = row;
+  bad.residual_out = floats + 32;  // overlaps the residual it reads
+  REQUIRE_STATUS_IS(Int4MmaGemvAfterAddNorm(small, bad, false, y + 4096, nullptr),
+                    absl::StatusCode::kInvalidArgument);
+  bad = row;
+  bad.delta = x + 1;  // not 16-byte aligned
+  REQUIRE_STATUS_IS(Int4MmaGemvAfterAddNorm(small, bad, false, y + 4096, nullptr),
+                    absl::StatusCode::kInvalidArgument);
+  bad = row;
+  bad.residual = nullptr;
+  REQUIRE_STATUS_IS(Int4MmaGemvAfterAddNorm(small, bad, false, y + 4096, nullptr),
+                    absl::StatusCode::kInvalidArgument);
+  bad = row;
+  bad.eps = -1.0f;
+  REQUIRE_STATUS_IS(Int4MmaGemvAfterAddNorm(small, bad, false, y + 4096, nullptr),
+                    absl::StatusCode::kInvalidArgument);
+  REQUIRE_STATUS_IS(Int4MmaGemvAfterAddNorm(small, row, false, y + 4096, nullptr, {.stages = 4}),
+                    absl::StatusCode::kInvalidArgument);  // the default ring only
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);        // the accepted launch ran
 }
 
 }  // namespace
