@@ -312,7 +312,7 @@ TEST_CASE("int4 GEMV forms its input from the residual add and norms", "[cuda][i
     for (bool gated : {false, true}) {
       for (bool with_scalar : {false, true}) {
         INFO("N=" << p.n << " K=" << p.k << " group " << p.group << " min form " << p.min_form
-                  << " gated " << gated << " scalar " << with_scalar);
+                  << " gated " << gated << " scalar (and one warp a block) " << with_scalar);
         // The row's inputs: a residual of magnitude 1e-2..1e2, delta and weights.
         const float magnitude = std::pow(10.0f, exponent(rng));
         std::vector<float> residual = testing::RandomBf16(p.k, 0.01f, 1.0f, rng).values;
@@ -357,9 +357,12 @@ TEST_CASE("int4 GEMV forms its input from the residual add and norms", "[cuda][i
                               p.k,
                               p.group,
                               p.min_form};
+        // The default block, and one warp per block (the row then longer
+        // than its registers hold: three passes).
+        const Int4MmaTuning tuning = {.warps_per_sm = with_scalar ? 1 : 0};
         auto y = testing::Upload(std::vector<uint16_t>(p.n, 0xFFFF));  // NaN poison
-        REQUIRE_OK(Int4MmaGemvAfterAddNorm(w, row, gated,
-                                           reinterpret_cast<__nv_bfloat16*>(y.data()), nullptr));
+        REQUIRE_OK(Int4MmaGemvAfterAddNorm(
+            w, row, gated, reinterpret_cast<__nv_bfloat16*>(y.data()), nullptr, tuning));
 
         // The residual, and the input left as it was.
         std::vector<float> got_residual(p.k), got_input(p.k);

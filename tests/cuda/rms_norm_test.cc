@@ -66,8 +66,10 @@ std::vector<float> RandomResidual(int64_t rows, int64_t dim, std::mt19937_64& rn
   return x;
 }
 
-// Gemma 4 hidden sizes (31B, E2B), the PLE width, and odd ones (scalar path).
-constexpr int kDims[] = {5376, 1536, 256, 1, 7, 100};
+// Gemma 4 hidden sizes (31B, E2B), the PLE width, one longer than the
+// residual row kernel keeps in registers (20480: three passes), and odd
+// ones (scalar path).
+constexpr int kDims[] = {5376, 1536, 256, 20480, 1, 7, 100};
 constexpr int64_t kRows[] = {1, 3, 64};
 
 TEST_CASE("RmsNorm matches float64 and cpu::RmsNorm", "[cuda][rms_norm]") {
