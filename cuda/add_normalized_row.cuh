@@ -35,7 +35,8 @@ __device__ __forceinline__ float BlockSum(float v) {
 //   s1 = InverseRms(delta); r = (residual + delta * s1 * delta_weight) *
 //   scalar, stored to row.residual_out unless that is null (it may be
 //   row.residual: in place); then, unless y is null, s2 = InverseRms(r) and
-//   y = bf16(r * s2 * next_weight) (y in global or shared memory).
+//   y = bf16(r * s2 * next_weight), or bf16(r) without row.next_norm (y in
+//   global or shared memory).
 // When every thread has at most kRegisterRuns runs of 8, all inputs and
 // weights are loaded at once and kept in registers: one round trip to
 // memory before the two block sums (a decode row's latency is this chain).
@@ -95,12 +96,13 @@ __device__ __forceinline__ void AddNormalizedRow(const ResidualAddNorm& row, int
         }
       }
       if (y == nullptr) return;  // uniform over the block
-      const float next_scale = InverseRms(BlockSum(next_sum), dim, row.eps);
+      const float next_scale =
+          row.next_norm ? InverseRms(BlockSum(next_sum), dim, row.eps) : 1.0f;  // * 1 is exact
 #pragma unroll
       for (int j = 0; j < kRegisterRuns; ++j) {
         const int i = threadIdx.x * kWidth + j * step;
         if (i < dim) {
-          ScaleRunBy(r[j], next_scale, row.next_weight != nullptr, next_weight[j]);
+          ScaleRunBy(r[j], next_scale, row.next_norm && row.next_weight != nullptr, next_weight[j]);
           StoreBf16<kWidth>(y + i, r[j]);
         }
       }
@@ -130,7 +132,8 @@ __device__ __forceinline__ void AddNormalizedRow(const ResidualAddNorm& row, int
     if (row.residual_out != nullptr) StoreF32<kWidth>(row.residual_out + i, r);
   }
   if (y == nullptr) return;  // uniform over the block
-  const float next_scale = InverseRms(BlockSum(next_sum), dim, row.eps);
+  const float next_scale = row.next_norm ? InverseRms(BlockSum(next_sum), dim, row.eps) : 1.0f;
+  const __nv_bfloat16* next_weight = row.next_norm ? row.next_weight : nullptr;
   for (int i = threadIdx.x * kWidth; i < dim; i += step) {
     float r[kWidth];
     if (row.residual_out != nullptr) {
@@ -138,7 +141,7 @@ __device__ __forceinline__ void AddNormalizedRow(const ResidualAddNorm& row, int
     } else {
       recompute(i, r);
     }
-    ScaleRun<kWidth>(r, next_scale, OffsetOrNull(row.next_weight, i));
+    ScaleRun<kWidth>(r, next_scale, OffsetOrNull(next_weight, i));
     StoreBf16<kWidth>(y + i, r);
   }
 }

@@ -656,8 +656,14 @@ absl::Status EnqueueLayers(const GpuModel::State& m, GpuSequence::State& s, int6
   const auto flush = [&]() -> absl::Status {
     if (!pending.has_value()) return absl::OkStatus();
     const ResidualAddNorm row = *std::exchange(pending, std::nullopt);
-    return AddNormalizedThenNorm(residual, row.delta, t, static_cast<int>(h), row.delta_weight, eps,
-                                 row.scalar, row.next_weight, s.normed.data(), stream);
+    if (row.next_norm) {
+      return AddNormalizedThenNorm(residual, row.delta, t, static_cast<int>(h), row.delta_weight,
+                                   eps, row.scalar, row.next_weight, s.normed.data(), stream);
+    }
+    GQ_RETURN_IF_ERROR(AddNormalized(residual, row.delta, t, static_cast<int>(h), row.delta_weight,
+                                     eps, row.scalar, stream));
+    return ConvertFloatTo16(DType::kBF16, residual, reinterpret_cast<uint16_t*>(s.normed.data()),
+                            t * h, stream);
   };
   const auto run_pending = [&](const DeviceLinear& linear, bf16* y) -> absl::Status {
     ResidualAddNorm row = *std::exchange(pending, std::nullopt);
@@ -667,11 +673,13 @@ absl::Status EnqueueLayers(const GpuModel::State& m, GpuSequence::State& s, int6
     std::swap(residual, spare);
     return absl::OkStatus();
   };
-  // The single int4 GEMV a group runs at decode, or null.
+  // `linear` when it forms its row at decode (an int4 GEMV), else null.
+  const auto fusing = [&](const DeviceLinear& linear, bool gated) -> const DeviceLinear* {
+    return decode && linear.fuses_add_norm() && linear.gate_pairs() == gated ? &linear : nullptr;
+  };
+  // The single GEMV a group runs at decode when it forms its row, or null.
   const auto fusing_gemv = [&](const LinearGroup& group, bool gated) -> const DeviceLinear* {
-    if (!decode || group.linears.size() != 1) return nullptr;
-    const DeviceLinear& linear = group.linears[0];
-    return linear.fuses_add_norm() && linear.gate_pairs() == gated ? &linear : nullptr;
+    return group.linears.size() == 1 ? fusing(group.linears[0], gated) : nullptr;
   };
 
   for (const LayerPlan& layer : m.plan.layers) {
@@ -720,12 +728,15 @@ absl::Status EnqueueLayers(const GpuModel::State& m, GpuSequence::State& s, int6
     // layer_scalar multiplies the residual after the layer's last block.
     const bf16* next_norm = layer.index + 1 < layers ? m.layers[layer.index + 1].input_norm.data()
                                                      : m.final_norm.data();
-    if (layer.has_ple) {  // spec §2.4, after the MLP
-      GQ_RETURN_IF_ERROR(AddNormalized(residual, s.delta.data(), t, static_cast<int>(h),
-                                       w.post_feedforward_norm.data(), eps, nullptr, stream));
-      GQ_RETURN_IF_ERROR(ConvertFloatTo16(
-          DType::kBF16, residual, reinterpret_cast<uint16_t*>(s.normed.data()), t * h, stream));
-      GQ_RETURN_IF_ERROR(w.ple_gate.Run(s.normed.data(), t, s.gate_up.data(), linear, stream));
+    if (layer.has_ple) {  // spec §2.4, after the MLP; the PLE gate reads bf16(residual)
+      pending = add_norm(w.post_feedforward_norm.data(), nullptr, nullptr);
+      pending->next_norm = false;
+      if (const DeviceLinear* gate = fusing(w.ple_gate, false); gate != nullptr) {
+        GQ_RETURN_IF_ERROR(run_pending(*gate, s.gate_up.data()));
+      } else {
+        GQ_RETURN_IF_ERROR(flush());
+        GQ_RETURN_IF_ERROR(w.ple_gate.Run(s.normed.data(), t, s.gate_up.data(), linear, stream));
+      }
       GQ_RETURN_IF_ERROR(GeluTanhMul(s.gate_up.data(), p,
                                      s.per_layer.data() + int64_t{layer.index} * p,
                                      int64_t{layers} * p, t, p, s.mlp.data(), stream));

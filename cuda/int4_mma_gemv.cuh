@@ -88,8 +88,9 @@ absl::Status Int4MmaGemvGeluPairs(const Int4MmaWeight& weight, const __nv_bfloat
                                   const Int4MmaTuning& tuning = {});
 
 // Decode (M = 1) of a row the GEMV forms itself: x = bf16(RmsNorm(r) *
-// next_weight) with r = (residual + RmsNorm(delta) * delta_weight) *
-// (*scalar), the row AddNormalizedThenNorm (rms_norm.cuh) would write, made
+// next_weight) (or bf16(r) without row.next_norm) with r = (residual +
+// RmsNorm(delta) * delta_weight) * (*scalar), the row AddNormalizedThenNorm
+// (rms_norm.cuh) would write, made
 // by every thread block in its prologue from `row` ([K] vectors) while its
 // first weights stream in, and r stored to row.residual_out by one block.
 // Saves a decode step the norm kernel's launch and a round trip through

@@ -32,9 +32,11 @@ namespace gquant::cuda {
 // One row's residual add and both norms, as AddNormalizedThenNorm computes
 // them: r = (residual + RmsNorm(delta) * delta_weight) * (*scalar) goes to
 // residual_out, and the next block's input is bf16(RmsNorm(r) *
-// next_weight). Device pointers to [dim] vectors (scalar: one float);
-// delta_weight, scalar and next_weight are nullable. A decode GEMV takes it
-// to form its input row on chip (Int4MmaGemvAfterAddNorm, int4_mma_gemv.cuh).
+// next_weight), or with next_norm false bf16(r) itself (as AddNormalized and
+// a conversion give the PLE gate its input, spec §2.4). Device pointers to
+// [dim] vectors (scalar: one float); delta_weight, scalar and next_weight
+// are nullable. A decode GEMV takes it to form its input row on chip
+// (Int4MmaGemvAfterAddNorm, int4_mma_gemv.cuh).
 struct ResidualAddNorm {
   const float* residual = nullptr;
   float* residual_out = nullptr;
@@ -43,6 +45,7 @@ struct ResidualAddNorm {
   const float* scalar = nullptr;
   const __nv_bfloat16* next_weight = nullptr;
   float eps = 0;
+  bool next_norm = true;
 };
 
 // y[r, :] = bf16(RmsNorm(x[r, :]) * weight) for x float32 [rows, dim].

@@ -310,9 +310,12 @@ TEST_CASE("int4 GEMV forms its input from the residual add and norms", "[cuda][i
                               {96, 192, 64, false}};
   for (const Problem& p : problems) {
     for (bool gated : {false, true}) {
-      for (bool with_scalar : {false, true}) {
+      // 0: both norms; 1: with layer_scalar, one warp a block; 2: no next
+      // norm (the PLE gate's bf16(r)).
+      for (int mode : {0, 1, 2}) {
+        const bool with_scalar = mode == 1, next_norm = mode != 2;
         INFO("N=" << p.n << " K=" << p.k << " group " << p.group << " min form " << p.min_form
-                  << " gated " << gated << " scalar (and one warp a block) " << with_scalar);
+                  << " gated " << gated << " mode " << mode);
         // The row's inputs: a residual of magnitude 1e-2..1e2, delta and weights.
         const float magnitude = std::pow(10.0f, exponent(rng));
         std::vector<float> residual = testing::RandomBf16(p.k, 0.01f, 1.0f, rng).values;
@@ -333,7 +336,8 @@ TEST_CASE("int4 GEMV forms its input from the residual add and norms", "[cuda][i
                                   testing::AsBf16(delta_weight_d),
                                   with_scalar ? scalar_d.data() : nullptr,
                                   testing::AsBf16(next_weight_d),
-                                  kEps};
+                                  kEps,
+                                  next_norm};
 
         // The weights: one matrix, or gate and up interleaved into pairs.
         Case gate = MakeCase(p, 1, rng), up = MakeCase(p, 1, rng);
@@ -359,7 +363,7 @@ TEST_CASE("int4 GEMV forms its input from the residual add and norms", "[cuda][i
                               p.min_form};
         // The default block, and one warp per block (the row then longer
         // than its registers hold: three passes).
-        const Int4MmaTuning tuning = {.warps_per_sm = with_scalar ? 1 : 0};
+        const Int4MmaTuning tuning = {.warps_per_sm = mode == 1 ? 1 : 0};
         auto y = testing::Upload(std::vector<uint16_t>(p.n, 0xFFFF));  // NaN poison
         REQUIRE_OK(Int4MmaGemvAfterAddNorm(
             w, row, gated, reinterpret_cast<__nv_bfloat16*>(y.data()), nullptr, tuning));
@@ -389,7 +393,8 @@ TEST_CASE("int4 GEMV forms its input from the residual add and norms", "[cuda][i
         std::vector<uint16_t> x(p.k);
         for (int64_t i = 0; i < p.k; ++i) {
           x[i] = FloatToBFloat16(
-              static_cast<float>(got_residual[i] * next_scale * next_weight.values[i]));
+              next_norm ? static_cast<float>(got_residual[i] * next_scale * next_weight.values[i])
+                        : got_residual[i]);
         }
         gate.x = x;
         up.x = x;
