@@ -462,10 +462,11 @@ template <int kStages, int kRowTiles>
 absl::Status ForTokens(const Args& a, bool g32, bool min_form, const Plan& p) {
   if (a.expert_ids != nullptr) return ForGroups<1, kStages, kRowTiles, true>(a, g32, min_form, p);
   if (p.add_norm != nullptr) {
-    // One token, the default ring and row tiles only (CheckAndLaunch).
-    if constexpr (kStages == 3 && kRowTiles == 1) {
-      return a.gelu_pairs ? ForGroups<1, 3, 1, false, true, true>(a, g32, min_form, p)
-                          : ForGroups<1, 3, 1, false, false, true>(a, g32, min_form, p);
+    // One token and one row tile only; gate / up pairs in 3 stages only
+    // (CheckAndLaunch).
+    if constexpr (kRowTiles == 1) {
+      if (!a.gelu_pairs) return ForGroups<1, kStages, 1, false, false, true>(a, g32, min_form, p);
+      if constexpr (kStages == 3) return ForGroups<1, 3, 1, false, true, true>(a, g32, min_form, p);
     }
     return absl::InternalError("Int4MmaGemvAfterAddNorm: no kernel for these knobs");
   }
@@ -536,9 +537,8 @@ absl::Status CheckAndLaunch(const Int4MmaWeight& w, Args a, cudaStream_t stream,
   if (a.gelu_pairs && tuning.stages == 4) {
     return absl::InvalidArgumentError("Int4MmaGemvGeluPairs: only the default 3 stages");
   }
-  if (add_norm != nullptr && (a.m != 1 || tuning.stages == 4 || tuning.row_tiles == 2)) {
-    return absl::InvalidArgumentError(
-        "Int4MmaGemvAfterAddNorm: one token, the default 3 stages and 1 row tile only");
+  if (add_norm != nullptr && (a.m != 1 || tuning.row_tiles == 2)) {
+    return absl::InvalidArgumentError("Int4MmaGemvAfterAddNorm: one token and 1 row tile only");
   }
   if (tuning.row_tiles < 0 || tuning.row_tiles > 2 || (tuning.row_tiles == 2 && w.n % 32 != 0)) {
     return absl::InvalidArgumentError(absl::StrFormat(

@@ -65,12 +65,14 @@ void BM_Int4MmaGemv(benchmark::State& state) {
 // A decode site's residual add + norms and the GEMV that reads the row, as
 // the decode graph runs them: `fused` 0 launches AddNormalizedThenNorm, then
 // Int4MmaGemv on its row; 1 one Int4MmaGemvAfterAddNorm (the row formed in
-// each thread block's prologue, the residual stored to a second buffer).
-// Delta is the problem's x, the norms have no weights. Args: shape, fused.
+// each thread block's prologue, the residual stored to a second buffer); 4
+// the same with 4 ring stages instead of 3. Delta is the problem's x, the
+// norms have no weights. Args: shape, fused.
 void BM_Int4GemvAfterAddNorm(benchmark::State& state) {
   if (NoGpu(state)) return;
   Int4Problem p(kShapes[state.range(0)], 1);
-  const bool fused = state.range(1) != 0;
+  const int fused = static_cast<int>(state.range(1));
+  const Int4MmaTuning tuning = {.stages = fused > 1 ? fused : 0};
   const int k = static_cast<int>(p.shape.k);
   DeviceBuffer<float> residual = Upload(std::vector<float>(k, 0.5f));
   DeviceBuffer<float> residual_out = Upload(std::vector<float>(k, 0.0f));
@@ -79,13 +81,13 @@ void BM_Int4GemvAfterAddNorm(benchmark::State& state) {
   constexpr float kEps = 1e-6f;
   TimeGraphLaunches(state, [&](int64_t i, cudaStream_t stream) {
     absl::Status status;
-    if (fused) {
+    if (fused != 0) {
       status = Int4MmaGemvAfterAddNorm(p.MmaWeight(i),
                                        {.residual = residual.data(),
                                         .residual_out = residual_out.data(),
                                         .delta = p.X(),
                                         .eps = kEps},
-                                       false, p.Y(), stream);
+                                       false, p.Y(), stream, tuning);
     } else {
       status = AddNormalizedThenNorm(residual.data(), p.X(), 1, k, nullptr, kEps, nullptr, nullptr,
                                      row_bf16, stream);
@@ -95,7 +97,8 @@ void BM_Int4GemvAfterAddNorm(benchmark::State& state) {
   });
   Report(state, p.bytes);
   state.SetLabel(std::string(p.shape.name) + " int4 g32, graph, " +
-                 (fused ? "add + norms in the GEMV" : "add + norms kernel, then the GEMV"));
+                 (fused != 0 ? "add + norms in the GEMV" : "add + norms kernel, then the GEMV") +
+                 (fused > 1 ? ", " + std::to_string(fused) + " stages" : ""));
 }
 
 // The copy ceiling for the same bytes: back-to-back cudaMemcpyAsync D2D of
@@ -192,7 +195,7 @@ BENCHMARK(BM_Int4MmaGemv)
     ->MinTime(0.05);
 BENCHMARK(BM_Int4GemvAfterAddNorm)
     ->ArgNames({"shape", "fused"})
-    ->ArgsProduct({{0, 3, 6}, {0, 1}})  // q_sliding, q_full (= a sliding q/k/v stack), gate_up
+    ->ArgsProduct({{0, 3, 6}, {0, 1, 4}})  // q_sliding, q_full (= a sliding q/k/v stack), gate_up
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond)
     ->MinTime(0.05);

@@ -311,7 +311,8 @@ TEST_CASE("int4 GEMV forms its input from the residual add and norms", "[cuda][i
   for (const Problem& p : problems) {
     for (bool gated : {false, true}) {
       // 0: both norms; 1: with layer_scalar, one warp a block; 2: no next
-      // norm (the PLE gate's bf16(r)).
+      // norm (the PLE gate's bf16(r)), the 4-stage ring (plain weights: gate
+      // / up pairs come in 3 stages only).
       for (int mode : {0, 1, 2}) {
         const bool with_scalar = mode == 1, next_norm = mode != 2;
         INFO("N=" << p.n << " K=" << p.k << " group " << p.group << " min form " << p.min_form
@@ -361,9 +362,11 @@ TEST_CASE("int4 GEMV forms its input from the residual add and norms", "[cuda][i
                               p.k,
                               p.group,
                               p.min_form};
-        // The default block, and one warp per block (the row then longer
-        // than its registers hold: three passes).
-        const Int4MmaTuning tuning = {.warps_per_sm = mode == 1 ? 1 : 0};
+        // The default block; one warp per block in mode 1 (the row then
+        // longer than its registers hold: three passes); the 4-stage ring in
+        // mode 2.
+        const Int4MmaTuning tuning = {.stages = mode == 2 && !gated ? 4 : 0,
+                                      .warps_per_sm = mode == 1 ? 1 : 0};
         auto y = testing::Upload(std::vector<uint16_t>(p.n, 0xFFFF));  // NaN poison
         REQUIRE_OK(Int4MmaGemvAfterAddNorm(
             w, row, gated, reinterpret_cast<__nv_bfloat16*>(y.data()), nullptr, tuning));
@@ -464,8 +467,8 @@ TEST_CASE("int4 GEMV rejects bad shapes", "[cuda][int4_gemv]") {
   bad.eps = -1.0f;
   REQUIRE_STATUS_IS(Int4MmaGemvAfterAddNorm(small, bad, false, y + 4096, nullptr),
                     absl::StatusCode::kInvalidArgument);
-  REQUIRE_STATUS_IS(Int4MmaGemvAfterAddNorm(small, row, false, y + 4096, nullptr, {.stages = 4}),
-                    absl::StatusCode::kInvalidArgument);  // the default ring only
+  REQUIRE_STATUS_IS(Int4MmaGemvAfterAddNorm(small, row, false, y + 4096, nullptr, {.row_tiles = 2}),
+                    absl::StatusCode::kInvalidArgument);  // one row tile only
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);        // the accepted launch ran
 }
 
