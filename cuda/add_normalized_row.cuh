@@ -47,16 +47,6 @@ __device__ __forceinline__ void AddNormalizedRow(const ResidualAddNorm& row, int
   constexpr int kRegisterRuns = 2;
   const int step = blockDim.x * kWidth;
   const float multiplier = row.scalar == nullptr ? 1.0f : *row.scalar;  // * 1 is exact
-  // r[0, kWidth) at element i from the inputs loaded there.
-  const auto form = [&](const float(&delta)[kWidth], const float(&residual)[kWidth],
-                        float delta_scale, const __nv_bfloat16* delta_weight, float(&r)[kWidth]) {
-    float d[kWidth];
-#pragma unroll
-    for (int k = 0; k < kWidth; ++k) d[k] = delta[k];
-    ScaleRun<kWidth>(d, delta_scale, delta_weight);
-#pragma unroll
-    for (int k = 0; k < kWidth; ++k) r[k] = (residual[k] + d[k]) * multiplier;
-  };
 
   if constexpr (kWidth == kVectorWidth) {
     if (dim <= kRegisterRuns * step) {
@@ -119,10 +109,12 @@ __device__ __forceinline__ void AddNormalizedRow(const ResidualAddNorm& row, int
   const float delta_scale = InverseRms(BlockSum(delta_sum), dim, row.eps);
   // r at element i, recomputed from the inputs.
   const auto recompute = [&](int i, float(&r)[kWidth]) {
-    float d[kWidth], residual[kWidth];
+    float d[kWidth];
     LoadBf16<kWidth>(row.delta + i, d);
-    LoadF32<kWidth>(row.residual + i, residual);
-    form(d, residual, delta_scale, OffsetOrNull(row.delta_weight, i), r);
+    ScaleRun<kWidth>(d, delta_scale, OffsetOrNull(row.delta_weight, i));
+    LoadF32<kWidth>(row.residual + i, r);
+#pragma unroll
+    for (int k = 0; k < kWidth; ++k) r[k] = (r[k] + d[k]) * multiplier;
   };
   float next_sum = 0.0f;
   for (int i = threadIdx.x * kWidth; i < dim; i += step) {
