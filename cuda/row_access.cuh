@@ -95,23 +95,8 @@ __device__ __forceinline__ const __nv_bfloat16* OffsetOrNull(const __nv_bfloat16
   return p == nullptr ? nullptr : p + i;
 }
 
-// x[i] *= scale (then * weight[i] if weight is not null), in that order as
-// cpu::RmsNorm does.
-template <int kWidth>
-__device__ __forceinline__ void ScaleRun(float (&x)[kWidth], float scale,
-                                         const __nv_bfloat16* weight) {
-#pragma unroll
-  for (int i = 0; i < kWidth; ++i) x[i] *= scale;
-  if (weight != nullptr) {
-    float w[kWidth];
-    LoadBf16<kWidth>(weight, w);
-#pragma unroll
-    for (int i = 0; i < kWidth; ++i) x[i] *= w[i];
-  }
-}
-
-// ScaleRun with the weight's 8 bf16 already loaded (`raw`, used only when
-// `weighted`): the same two products in the same order.
+// x[i] *= scale, then x[i] *= the i-th bf16 of `raw` if `weighted` (a
+// weight's 8 values already loaded), in that order as cpu::RmsNorm does.
 __device__ __forceinline__ void ScaleRunBy(float (&x)[kVectorWidth], float scale, bool weighted,
                                            const uint4& raw) {
 #pragma unroll
@@ -121,6 +106,20 @@ __device__ __forceinline__ void ScaleRunBy(float (&x)[kVectorWidth], float scale
     UnpackBf16x8(raw, w);
 #pragma unroll
     for (int i = 0; i < kVectorWidth; ++i) x[i] *= w[i];
+  }
+}
+
+// x[i] *= scale (then * weight[i] if weight is not null), as ScaleRunBy.
+template <int kWidth>
+__device__ __forceinline__ void ScaleRun(float (&x)[kWidth], float scale,
+                                         const __nv_bfloat16* weight) {
+  static_assert(kWidth == 1 || kWidth == kVectorWidth);
+  if constexpr (kWidth == kVectorWidth) {
+    ScaleRunBy(x, scale, weight != nullptr,
+               weight == nullptr ? uint4{} : *reinterpret_cast<const uint4*>(weight));
+  } else {
+    x[0] *= scale;
+    if (weight != nullptr) x[0] *= __bfloat162float(*weight);
   }
 }
 
