@@ -546,16 +546,20 @@ absl::Status DeviceLinear::RunGeluGate(const __nv_bfloat16* x, int64_t m, __nv_b
 }
 
 absl::Status DeviceLinear::RunAfterAddNorm(const ResidualAddNorm& row, __nv_bfloat16* y,
-                                           cudaStream_t stream) const {
+                                           cudaStream_t stream,
+                                           const __nv_bfloat16* gelu_times) const {
   GQ_RETURN_IF_ERROR(CheckNotEmpty("RunAfterAddNorm"));
   if (!fuses_add_norm() || y == nullptr || !Aligned(y, 2)) {
     return Invalid(name_, absl::StrFormat("RunAfterAddNorm: expected the int4 form and an aligned "
                                           "y, but got %s and y %p",
                                           LinearFormName(form_), y));
   }
-  return Annotate(Int4MmaGemvAfterAddNorm(int4_, row, gate_pairs_, y, stream), Describe(),
-                  gate_pairs_ ? ", gated product after the residual add and norms"
-                              : ", after the residual add and norms");
+  return Annotate(Int4MmaGemvAfterAddNorm(
+                      int4_, row, {.gelu_pairs = gate_pairs_, .gelu_times = gelu_times}, y, stream),
+                  Describe(),
+                  gate_pairs_ || gelu_times != nullptr
+                      ? ", gated product after the residual add and norms"
+                      : ", after the residual add and norms");
 }
 
 absl::Status DeviceLinear::Gather(const int32_t* ids, int count, float multiplier,

@@ -138,11 +138,13 @@ class DeviceLinear {
   // (Int4MmaGemvAfterAddNorm: the residual add and norms of
   // AddNormalizedThenNorm, the new residual to row.residual_out), saving
   // the norm kernel: y[1, N] = x · Wᵀ as Run, or for a gate / up pair weight
-  // y[1, N/2] as RunGeluGate. The int4 form only (fuses_add_norm());
-  // InvalidArgument for another form or bad pointers, else the kernel's.
+  // y[1, N/2] as RunGeluGate; with `gelu_times` ([N] bf16 on the device, not
+  // for gate / up pairs), y = gelu_tanh(x · Wᵀ) * gelu_times. The int4 form
+  // only (fuses_add_norm()); InvalidArgument for another form or bad
+  // pointers, else the kernel's.
   bool fuses_add_norm() const { return form_ == LinearForm::kInt4; }
-  absl::Status RunAfterAddNorm(const ResidualAddNorm& row, __nv_bfloat16* y,
-                               cudaStream_t stream) const;
+  absl::Status RunAfterAddNorm(const ResidualAddNorm& row, __nv_bfloat16* y, cudaStream_t stream,
+                               const __nv_bfloat16* gelu_times = nullptr) const;
 
   // out[t, :] = bf16(row ids[t] of W, dequantized, * multiplier) for t < count,
   // ids int32 on the device (an id outside [0, N) gives a row of NaNs, as the

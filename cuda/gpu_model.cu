@@ -665,11 +665,12 @@ absl::Status EnqueueLayers(const GpuModel::State& m, GpuSequence::State& s, int6
     return ConvertFloatTo16(DType::kBF16, residual, reinterpret_cast<uint16_t*>(s.normed.data()),
                             t * h, stream);
   };
-  const auto run_pending = [&](const DeviceLinear& linear, bf16* y) -> absl::Status {
+  const auto run_pending = [&](const DeviceLinear& linear, bf16* y,
+                               const bf16* gelu_times = nullptr) -> absl::Status {
     ResidualAddNorm row = *std::exchange(pending, std::nullopt);
     row.residual = residual;
     row.residual_out = spare;
-    GQ_RETURN_IF_ERROR(linear.RunAfterAddNorm(row, y, stream));
+    GQ_RETURN_IF_ERROR(linear.RunAfterAddNorm(row, y, stream, gelu_times));
     std::swap(residual, spare);
     return absl::OkStatus();
   };
@@ -729,17 +730,19 @@ absl::Status EnqueueLayers(const GpuModel::State& m, GpuSequence::State& s, int6
     const bf16* next_norm = layer.index + 1 < layers ? m.layers[layer.index + 1].input_norm.data()
                                                      : m.final_norm.data();
     if (layer.has_ple) {  // spec §2.4, after the MLP; the PLE gate reads bf16(residual)
+      // gelu_tanh(gate(bf16(residual))) * this layer's per-layer input: at
+      // decode the gate GEMV's store forms the product.
+      const bf16* layer_input = s.per_layer.data() + int64_t{layer.index} * p;
       pending = add_norm(w.post_feedforward_norm.data(), nullptr, nullptr);
       pending->next_norm = false;
       if (const DeviceLinear* gate = fusing(w.ple_gate, false); gate != nullptr) {
-        GQ_RETURN_IF_ERROR(run_pending(*gate, s.gate_up.data()));
+        GQ_RETURN_IF_ERROR(run_pending(*gate, s.mlp.data(), layer_input));
       } else {
         GQ_RETURN_IF_ERROR(flush());
         GQ_RETURN_IF_ERROR(w.ple_gate.Run(s.normed.data(), t, s.gate_up.data(), linear, stream));
+        GQ_RETURN_IF_ERROR(GeluTanhMul(s.gate_up.data(), p, layer_input, int64_t{layers} * p, t, p,
+                                       s.mlp.data(), stream));
       }
-      GQ_RETURN_IF_ERROR(GeluTanhMul(s.gate_up.data(), p,
-                                     s.per_layer.data() + int64_t{layer.index} * p,
-                                     int64_t{layers} * p, t, p, s.mlp.data(), stream));
       GQ_RETURN_IF_ERROR(w.ple_projection.Run(s.mlp.data(), t, s.delta.data(), linear, stream));
       pending = add_norm(w.post_ple_norm.data(), w.layer_scalar.data(), next_norm);
     } else {

@@ -57,7 +57,13 @@ struct Args {
   int64_t x_slot_stride;
   // Int4MmaGemvGeluPairs: launch the kGeluPairs kernel (y is [m, n / 2]).
   bool gelu_pairs;
+  // Int4MmaEpilogue::gelu_times (the kGeluTimes kernel): [n] factors.
+  const __nv_bfloat16* gelu_times;
 };
+
+// What a finished unit's store writes: the sums; gelu_tanh(gate) * up of a
+// gate / up pair weight; or gelu_tanh(sum) * gelu_times[row].
+enum class Store { kSums, kGeluPairs, kGeluTimes };
 
 // The two nibbles at bits 0-3 and 16-19 of `word` as bf16 128 + q: the bits
 // 0x4300 | q are 128 + q exactly (bf16 has 7 mantissa bits). One LOP3 with
@@ -83,20 +89,25 @@ __device__ __forceinline__ uint32_t NibblesAsBf16(uint32_t word) {
 // them in warp order, so results do not depend on timing and nothing crosses
 // thread blocks.
 //
-// kGeluPairs (Int4MmaGemvGeluPairs): rows g and g + 8 of each row block are
-// a gate and an up row, and the store writes gelu_tanh(gate) * up. A
-// template flag, not a run-time one, so the plain kernels keep their
-// registers (the run-time branch spilled in several of them and cost M = 16
-// ~4%). kAddNorm (Int4MmaGemvAfterAddNorm, M = 1): x is formed from
-// `add_norm` instead of read; likewise a flag, and `add_norm` a parameter of
-// its own (in Args, or behind a run-time branch, it made ptxas spill in the
-// plain M = 1 and M = 16 kernels).
+// kStore kGeluPairs (Int4MmaGemvGeluPairs): rows g and g + 8 of each row
+// block are a gate and an up row, and the store writes gelu_tanh(gate) * up;
+// kGeluTimes (M = 1 after the add and norms only) multiplies each row's
+// gelu_tanh(sum) by a factor read in the store. Template values, not
+// run-time ones, so the plain kernels keep their registers (the run-time
+// branch spilled in several of them and cost M = 16 ~4%). kAddNorm
+// (Int4MmaGemvAfterAddNorm, M = 1): x is formed from `add_norm` instead of
+// read; likewise a flag, and `add_norm` a parameter of its own (in Args, or
+// behind a run-time branch, it made ptxas spill in the plain M = 1 and
+// M = 16 kernels).
 template <int kTokens, int kGroupsPerTile, bool kMinForm, int kStages, int kRowTiles,
-          bool kSelected, bool kGeluPairs, bool kAddNorm>
+          bool kSelected, Store kStore, bool kAddNorm>
 __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
     Int4MmaGemvKernel(const Args a, const ResidualAddNorm add_norm) {
+  constexpr bool kGeluPairs = kStore == Store::kGeluPairs;
   static_assert(!(kSelected && kGeluPairs), "experts have no gate / up pairs");
   static_assert(!kAddNorm || (kTokens == 1 && !kSelected), "the row is formed for one token");
+  static_assert(kStore != Store::kGeluTimes || (kAddNorm && kRowTiles == 1),
+                "factors are read for one token");
   constexpr int kTokenTiles = (kTokens + 7) / 8;
   constexpr bool kSharedX = kTokens == 1;
   constexpr int kSlotTokens = kSharedX ? 0 : kTokens;
@@ -211,7 +222,8 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
   using Sums = float[kRowTiles * kTokenTiles][4];  // [row tile * kTokenTiles + token tile]
   // Writes a finished unit's sums (per row tile: rows g, g, g+8, g+8; tokens
   // 2t, 2t+1, 2t, 2t+1, + 8 per token tile) to y; with kGeluPairs, the
-  // product of each lane's row g (gate) and row g + 8 (up) sums instead.
+  // product of each lane's row g (gate) and row g + 8 (up) sums instead;
+  // with kGeluTimes, gelu_tanh of each sum times its row's factor.
   const auto store = [&](int unit, const Sums& sum) {
     __nv_bfloat16* const y_out = kSelected ? a.y + int64_t{blockIdx.y} * a.n : a.y;
 #pragma unroll
@@ -234,7 +246,12 @@ __global__ void __launch_bounds__(kMaxWarpsPerBlock * 32, kTokens == 1 ? 2 : 1)
           for (int i = 0; i < 4; ++i) {
             const int token = 8 * n8 + 2 * t + i % 2;
             const int64_t row = block * kRows + g + 8 * (i / 2);
-            if (token < a.m) y_out[int64_t{token} * a.n + row] = __float2bfloat16(s[i]);
+            if (token >= a.m) continue;
+            float value = s[i];
+            if constexpr (kStore == Store::kGeluTimes) {
+              value = GeluTanh(value) * __bfloat162float(a.gelu_times[row]);
+            }
+            y_out[int64_t{token} * a.n + row] = __float2bfloat16(value);
           }
         }
       }
@@ -414,10 +431,10 @@ struct Plan {
 // `warps_per_sm` allows, each owning enough whole units that the grid is a
 // single wave.
 template <int kTokens, int kGroupsPerTile, bool kMinForm, int kStages, int kRowTiles,
-          bool kSelected, bool kGeluPairs, bool kAddNorm>
+          bool kSelected, Store kStore, bool kAddNorm>
 absl::Status Launch(const Args& base, const Plan& p) {
   constexpr auto kKernel = Int4MmaGemvKernel<kTokens, kGroupsPerTile, kMinForm, kStages, kRowTiles,
-                                             kSelected, kGeluPairs, kAddNorm>;
+                                             kSelected, kStore, kAddNorm>;
   const DeviceLimits& device = p.device;
   absl::StatusOr<int> max_dynamic = RaiseDynamicSharedLimit<kKernel>(device);
   if (!max_dynamic.ok()) return max_dynamic.status();
@@ -442,13 +459,13 @@ absl::Status Launch(const Args& base, const Plan& p) {
 }
 
 // kSelected: Int4MmaGemvSelected's kernel (its own instantiation, so the
-// plain one carries no expert lookup); kGeluPairs: Int4MmaGemvGeluPairs's;
+// plain one carries no expert lookup); kStore: what the store writes;
 // kAddNorm: Int4MmaGemvAfterAddNorm's.
-template <int kTokens, int kStages, int kRowTiles, bool kSelected = false, bool kGeluPairs = false,
-          bool kAddNorm = false>
+template <int kTokens, int kStages, int kRowTiles, bool kSelected = false,
+          Store kStore = Store::kSums, bool kAddNorm = false>
 absl::Status ForGroups(const Args& a, bool g32, bool min_form, const Plan& p) {
   const auto launch = [&]<int kGroupsPerTile, bool kMinForm>() {
-    return Launch<kTokens, kGroupsPerTile, kMinForm, kStages, kRowTiles, kSelected, kGeluPairs,
+    return Launch<kTokens, kGroupsPerTile, kMinForm, kStages, kRowTiles, kSelected, kStore,
                   kAddNorm>(a, p);
   };
   if (g32) {
@@ -462,20 +479,29 @@ template <int kStages, int kRowTiles>
 absl::Status ForTokens(const Args& a, bool g32, bool min_form, const Plan& p) {
   if (a.expert_ids != nullptr) return ForGroups<1, kStages, kRowTiles, true>(a, g32, min_form, p);
   if (p.add_norm != nullptr) {
-    // One token and one row tile only; gate / up pairs in 3 stages only
+    // One token and one row tile only; gated stores in 3 stages only
     // (CheckAndLaunch).
     if constexpr (kRowTiles == 1) {
-      if (!a.gelu_pairs) return ForGroups<1, kStages, 1, false, false, true>(a, g32, min_form, p);
-      if constexpr (kStages == 3) return ForGroups<1, 3, 1, false, true, true>(a, g32, min_form, p);
+      if (!a.gelu_pairs && a.gelu_times == nullptr) {
+        return ForGroups<1, kStages, 1, false, Store::kSums, true>(a, g32, min_form, p);
+      }
+      if constexpr (kStages == 3) {
+        if (a.gelu_pairs) {
+          return ForGroups<1, 3, 1, false, Store::kGeluPairs, true>(a, g32, min_form, p);
+        }
+        return ForGroups<1, 3, 1, false, Store::kGeluTimes, true>(a, g32, min_form, p);
+      }
     }
     return absl::InternalError("Int4MmaGemvAfterAddNorm: no kernel for these knobs");
   }
   if (a.gelu_pairs) {
     // Gate / up pairs come in the default ring depth only (CheckAndLaunch).
     if constexpr (kStages == 3) {
-      if (a.m == 1) return ForGroups<1, 3, kRowTiles, false, true>(a, g32, min_form, p);
-      if (a.m <= 8) return ForGroups<8, 3, kRowTiles, false, true>(a, g32, min_form, p);
-      return ForGroups<16, 3, kRowTiles, false, true>(a, g32, min_form, p);
+      if (a.m == 1)
+        return ForGroups<1, 3, kRowTiles, false, Store::kGeluPairs>(a, g32, min_form, p);
+      if (a.m <= 8)
+        return ForGroups<8, 3, kRowTiles, false, Store::kGeluPairs>(a, g32, min_form, p);
+      return ForGroups<16, 3, kRowTiles, false, Store::kGeluPairs>(a, g32, min_form, p);
     }
     return absl::InternalError("Int4MmaGemvGeluPairs: no kernel for this ring depth");
   }
@@ -534,8 +560,8 @@ absl::Status CheckAndLaunch(const Int4MmaWeight& w, Args a, cudaStream_t stream,
     return absl::InvalidArgumentError(
         absl::StrFormat("Int4MmaGemv: stages must be 3 or 4, not %d", tuning.stages));
   }
-  if (a.gelu_pairs && tuning.stages == 4) {
-    return absl::InvalidArgumentError("Int4MmaGemvGeluPairs: only the default 3 stages");
+  if ((a.gelu_pairs || a.gelu_times != nullptr) && tuning.stages == 4) {
+    return absl::InvalidArgumentError("Int4MmaGemv: gated stores only in the default 3 stages");
   }
   if (add_norm != nullptr && (a.m != 1 || tuning.row_tiles == 2)) {
     return absl::InvalidArgumentError("Int4MmaGemvAfterAddNorm: one token and 1 row tile only");
@@ -556,10 +582,10 @@ absl::Status CheckAndLaunch(const Int4MmaWeight& w, Args a, cudaStream_t stream,
                         : ForStages<1>(a, g32, w.min_form, tuning.stages, plan);
 }
 
-// One weight (Int4MmaGemv, or Int4MmaGemvGeluPairs with `gelu_pairs`; x
-// formed from `add_norm` when it is not null).
+// One weight (Int4MmaGemv, or Int4MmaGemvGeluPairs with `epilogue.gelu_pairs`;
+// x formed from `add_norm` when it is not null).
 absl::Status LaunchOneWeight(const char* op, const Int4MmaWeight& w, const __nv_bfloat16* x, int m,
-                             __nv_bfloat16* y, bool gelu_pairs, cudaStream_t stream,
+                             __nv_bfloat16* y, const Int4MmaEpilogue& epilogue, cudaStream_t stream,
                              const Int4MmaTuning& tuning,
                              const ResidualAddNorm* add_norm = nullptr) {
   if (w.qweight == nullptr || w.params == nullptr) {
@@ -571,7 +597,8 @@ absl::Status LaunchOneWeight(const char* op, const Int4MmaWeight& w, const __nv_
   a.x = x;
   a.y = y;
   a.m = m;
-  a.gelu_pairs = gelu_pairs;
+  a.gelu_pairs = epilogue.gelu_pairs;
+  a.gelu_times = epilogue.gelu_times;
   return CheckAndLaunch(w, a, stream, tuning, add_norm);
 }
 
@@ -603,20 +630,27 @@ absl::Status CheckAddNorm(const ResidualAddNorm& row, int64_t k) {
 
 absl::Status Int4MmaGemv(const Int4MmaWeight& w, const __nv_bfloat16* x, int m, __nv_bfloat16* y,
                          cudaStream_t stream, const Int4MmaTuning& tuning) {
-  return LaunchOneWeight("Int4MmaGemv", w, x, m, y, /*gelu_pairs=*/false, stream, tuning);
+  return LaunchOneWeight("Int4MmaGemv", w, x, m, y, {}, stream, tuning);
 }
 
 absl::Status Int4MmaGemvGeluPairs(const Int4MmaWeight& w, const __nv_bfloat16* x, int m,
                                   __nv_bfloat16* y, cudaStream_t stream,
                                   const Int4MmaTuning& tuning) {
-  return LaunchOneWeight("Int4MmaGemvGeluPairs", w, x, m, y, /*gelu_pairs=*/true, stream, tuning);
+  return LaunchOneWeight("Int4MmaGemvGeluPairs", w, x, m, y, {.gelu_pairs = true}, stream, tuning);
 }
 
 absl::Status Int4MmaGemvAfterAddNorm(const Int4MmaWeight& w, const ResidualAddNorm& row,
-                                     bool gelu_pairs, __nv_bfloat16* y, cudaStream_t stream,
-                                     const Int4MmaTuning& tuning) {
+                                     const Int4MmaEpilogue& epilogue, __nv_bfloat16* y,
+                                     cudaStream_t stream, const Int4MmaTuning& tuning) {
   if (absl::Status s = CheckAddNorm(row, w.k); !s.ok()) return s;
-  return LaunchOneWeight("Int4MmaGemvAfterAddNorm", w, nullptr, 1, y, gelu_pairs, stream, tuning,
+  if (epilogue.gelu_times != nullptr &&
+      (epilogue.gelu_pairs || reinterpret_cast<uintptr_t>(epilogue.gelu_times) % 2 != 0)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "Int4MmaGemvAfterAddNorm: gelu_times %p must be 2-byte aligned and not combined with "
+        "gelu_pairs",
+        epilogue.gelu_times));
+  }
+  return LaunchOneWeight("Int4MmaGemvAfterAddNorm", w, nullptr, 1, y, epilogue, stream, tuning,
                          &row);
 }
 

@@ -96,12 +96,21 @@ absl::Status Int4MmaGemvGeluPairs(const Int4MmaWeight& weight, const __nv_bfloat
 // Saves a decode step the norm kernel's launch and a round trip through
 // memory (bench/RESULTS.md: 31B decode +1.9% with the norm rows' inputs in
 // registers, E2B +6%). residual_out must not overlap residual
-// (the other blocks are still reading it). gelu_pairs: the epilogue of
-// Int4MmaGemvGeluPairs. Errors as Int4MmaGemv's, and InvalidArgument for a
-// null, misaligned (16 bytes) or overlapping vector or eps < 0.
+// (the other blocks are still reading it). `epilogue` says what is stored.
+// Errors as Int4MmaGemv's, and InvalidArgument for a null, misaligned (16
+// bytes) or overlapping vector, eps < 0, or both epilogues at once.
+struct Int4MmaEpilogue {
+  // y[1, N/2] = gelu_tanh(gate) * up of a gate / up pair weight, as
+  // Int4MmaGemvGeluPairs.
+  bool gelu_pairs = false;
+  // When set (device, [N] bf16): y[1, N] = gelu_tanh(x · Wᵀ) * gelu_times,
+  // from the fp32 sums. Gemma's per-layer-input gate times that layer's
+  // input (spec §2.4) without the elementwise launch between the two GEMVs.
+  const __nv_bfloat16* gelu_times = nullptr;
+};
 absl::Status Int4MmaGemvAfterAddNorm(const Int4MmaWeight& weight, const ResidualAddNorm& row,
-                                     bool gelu_pairs, __nv_bfloat16* y, cudaStream_t stream,
-                                     const Int4MmaTuning& tuning = {});
+                                     const Int4MmaEpilogue& epilogue, __nv_bfloat16* y,
+                                     cudaStream_t stream, const Int4MmaTuning& tuning = {});
 
 // The experts of one mixture-of-experts matrix (device_experts.cuh): every
 // expert has the shape and form of the Int4MmaWeight passed beside it, and

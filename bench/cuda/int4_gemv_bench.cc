@@ -87,7 +87,7 @@ void BM_Int4GemvAfterAddNorm(benchmark::State& state) {
                                         .residual_out = residual_out.data(),
                                         .delta = p.X(),
                                         .eps = kEps},
-                                       false, p.Y(), stream, tuning);
+                                       {}, p.Y(), stream, tuning);
     } else {
       status = AddNormalizedThenNorm(residual.data(), p.X(), 1, k, nullptr, kEps, nullptr, nullptr,
                                      row_bf16, stream);

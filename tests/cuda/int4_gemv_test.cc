@@ -302,21 +302,23 @@ TEST_CASE("int4 GEMV forms its input from the residual add and norms", "[cuda][i
   constexpr float kEps = 1e-6f;
   std::uniform_real_distribution<float> scalar_dist(0.25f, 2.0f), exponent(-2.0f, 2.0f);
   // 31B q/k/v-like, E2B-like, group 64 min form, and small odd ones; each
-  // also as gate / up pairs (the problem is then one of the two matrices).
+  // also as gate / up pairs (the problem is then one of the two matrices)
+  // and with the gelu_times store (a factor per output row).
   const Problem problems[] = {{8192, 5376, 32, false},
                               {2048, 1536, 32, true},
                               {48, 4096, 64, true},
                               {16, 64, 32, false},
                               {96, 192, 64, false}};
   for (const Problem& p : problems) {
-    for (bool gated : {false, true}) {
+    for (const char* store : {"sums", "gelu pairs", "gelu times"}) {
+      const bool gated = store[5] == 'p', times = store[5] == 't';
       // 0: both norms; 1: with layer_scalar, one warp a block; 2: no next
-      // norm (the PLE gate's bf16(r)), the 4-stage ring (plain weights: gate
-      // / up pairs come in 3 stages only).
+      // norm (the PLE gate's bf16(r)), the 4-stage ring for plain stores
+      // (the gated ones come in 3 stages only).
       for (int mode : {0, 1, 2}) {
         const bool with_scalar = mode == 1, next_norm = mode != 2;
         INFO("N=" << p.n << " K=" << p.k << " group " << p.group << " min form " << p.min_form
-                  << " gated " << gated << " mode " << mode);
+                  << " store " << store << " mode " << mode);
         // The row's inputs: a residual of magnitude 1e-2..1e2, delta and weights.
         const float magnitude = std::pow(10.0f, exponent(rng));
         std::vector<float> residual = testing::RandomBf16(p.k, 0.01f, 1.0f, rng).values;
@@ -365,11 +367,15 @@ TEST_CASE("int4 GEMV forms its input from the residual add and norms", "[cuda][i
         // The default block; one warp per block in mode 1 (the row then
         // longer than its registers hold: three passes); the 4-stage ring in
         // mode 2.
-        const Int4MmaTuning tuning = {.stages = mode == 2 && !gated ? 4 : 0,
+        const Int4MmaTuning tuning = {.stages = mode == 2 && !gated && !times ? 4 : 0,
                                       .warps_per_sm = mode == 1 ? 1 : 0};
+        const auto factors = testing::RandomBf16(p.n, 0.1f, 3.0f, rng);  // signed
+        auto factors_d = testing::Upload(factors.bits);
         auto y = testing::Upload(std::vector<uint16_t>(p.n, 0xFFFF));  // NaN poison
         REQUIRE_OK(Int4MmaGemvAfterAddNorm(
-            w, row, gated, reinterpret_cast<__nv_bfloat16*>(y.data()), nullptr, tuning));
+            w, row,
+            {.gelu_pairs = gated, .gelu_times = times ? testing::AsBf16(factors_d) : nullptr},
+            reinterpret_cast<__nv_bfloat16*>(y.data()), nullptr, tuning));
 
         // The residual, and the input left as it was.
         std::vector<float> got_residual(p.k), got_input(p.k);
@@ -404,8 +410,9 @@ TEST_CASE("int4 GEMV forms its input from the residual add and norms", "[cuda][i
         SetReference(gate, p, 1);
         SetReference(up, p, 1);
         std::vector<double> want = gate.y;
-        if (gated) {
-          for (int64_t i = 0; i < p.n; ++i) want[i] = GeluTanh(gate.y[i]) * up.y[i];
+        for (int64_t i = 0; i < p.n; ++i) {
+          if (gated) want[i] = GeluTanh(gate.y[i]) * up.y[i];
+          if (times) want[i] = GeluTanh(gate.y[i]) * factors.values[i];
         }
         std::vector<uint16_t> got(p.n);
         REQUIRE_OK(y.CopyToHost(got));
@@ -450,25 +457,36 @@ TEST_CASE("int4 GEMV rejects bad shapes", "[cuda][int4_gemv]") {
   const Int4MmaWeight small{tiles, params, 16, 64, 32};
   auto* floats = reinterpret_cast<float*>(buffer->data());
   const ResidualAddNorm row{floats, floats + 256, x, x, nullptr, x, 1e-6f};
-  REQUIRE_OK(Int4MmaGemvAfterAddNorm(small, row, false, y + 4096, nullptr));  // well-formed
+  REQUIRE_OK(Int4MmaGemvAfterAddNorm(small, row, {}, y + 4096, nullptr));  // well-formed
   ResidualAddNorm bad = row;
   bad.residual_out = floats + 32;  // overlaps the residual it reads
-  REQUIRE_STATUS_IS(Int4MmaGemvAfterAddNorm(small, bad, false, y + 4096, nullptr),
+  REQUIRE_STATUS_IS(Int4MmaGemvAfterAddNorm(small, bad, {}, y + 4096, nullptr),
                     absl::StatusCode::kInvalidArgument);
   bad = row;
   bad.delta = x + 1;  // not 16-byte aligned
-  REQUIRE_STATUS_IS(Int4MmaGemvAfterAddNorm(small, bad, false, y + 4096, nullptr),
+  REQUIRE_STATUS_IS(Int4MmaGemvAfterAddNorm(small, bad, {}, y + 4096, nullptr),
                     absl::StatusCode::kInvalidArgument);
   bad = row;
   bad.residual = nullptr;
-  REQUIRE_STATUS_IS(Int4MmaGemvAfterAddNorm(small, bad, false, y + 4096, nullptr),
+  REQUIRE_STATUS_IS(Int4MmaGemvAfterAddNorm(small, bad, {}, y + 4096, nullptr),
                     absl::StatusCode::kInvalidArgument);
   bad = row;
   bad.eps = -1.0f;
-  REQUIRE_STATUS_IS(Int4MmaGemvAfterAddNorm(small, bad, false, y + 4096, nullptr),
+  REQUIRE_STATUS_IS(Int4MmaGemvAfterAddNorm(small, bad, {}, y + 4096, nullptr),
                     absl::StatusCode::kInvalidArgument);
-  REQUIRE_STATUS_IS(Int4MmaGemvAfterAddNorm(small, row, false, y + 4096, nullptr, {.row_tiles = 2}),
+  REQUIRE_STATUS_IS(Int4MmaGemvAfterAddNorm(small, row, {}, y + 4096, nullptr, {.row_tiles = 2}),
                     absl::StatusCode::kInvalidArgument);  // one row tile only
+  REQUIRE_STATUS_IS(
+      Int4MmaGemvAfterAddNorm(small, row, {.gelu_pairs = true, .gelu_times = x}, y + 4096, nullptr),
+      absl::StatusCode::kInvalidArgument);  // one gated store at a time
+  REQUIRE_STATUS_IS(
+      Int4MmaGemvAfterAddNorm(small, row, {.gelu_times = x}, y + 4096, nullptr, {.stages = 4}),
+      absl::StatusCode::kInvalidArgument);  // gated stores: 3 stages only
+  REQUIRE_STATUS_IS(Int4MmaGemvAfterAddNorm(small, row,
+                                            {.gelu_times = reinterpret_cast<const __nv_bfloat16*>(
+                                                 reinterpret_cast<const char*>(x) + 1)},
+                                            y + 4096, nullptr),
+                    absl::StatusCode::kInvalidArgument);  // misaligned factors
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);        // the accepted launch ran
 }
 
