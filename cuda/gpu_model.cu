@@ -714,8 +714,9 @@ absl::Status EnqueueLayers(const GpuModel::State& m, GpuSequence::State& s, int6
     // MLP: down(gelu_tanh(gate(x)) * up(x)), gate and up as one GEMV, on
     // pre_feedforward_layernorm(residual + post_attention_layernorm(o)).
     pending = add_norm(w.post_attention_norm.data(), nullptr, w.pre_feedforward_norm.data());
-    if (const DeviceLinear* gate_up = fusing_gemv(w.gate_up, true);
-        gate_up != nullptr && !layer.has_moe) {  // MoE routing reads the residual first
+    // In MoE layers the router and the experts' norm read the new residual
+    // (`residual`, swapped by run_pending) after the dense MLP.
+    if (const DeviceLinear* gate_up = fusing_gemv(w.gate_up, true); gate_up != nullptr) {
       GQ_RETURN_IF_ERROR(run_pending(*gate_up, s.mlp.data()));
     } else {
       GQ_RETURN_IF_ERROR(flush());
