@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string_view>
 #include <vector>
 
 #include "bf16_test_data.h"
@@ -310,8 +311,8 @@ TEST_CASE("int4 GEMV forms its input from the residual add and norms", "[cuda][i
                               {16, 64, 32, false},
                               {96, 192, 64, false}};
   for (const Problem& p : problems) {
-    for (const char* store : {"sums", "gelu pairs", "gelu times"}) {
-      const bool gated = store[5] == 'p', times = store[5] == 't';
+    for (const std::string_view store : {"sums", "gelu pairs", "gelu times"}) {
+      const bool gated = store == "gelu pairs", times = store == "gelu times";
       // 0: both norms; 1: with layer_scalar, one warp a block; 2: no next
       // norm (the PLE gate's bf16(r)), the 4-stage ring for plain stores
       // (the gated ones come in 3 stages only).
