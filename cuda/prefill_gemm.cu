@@ -112,6 +112,7 @@ struct WeightOnlyGemm::Resources {
   cublasHandle_t handle = nullptr;
   cudaStream_t side = nullptr;     // dequantizes
   cudaEvent_t entry = nullptr;     // the caller's stream at Run's entry
+  size_t next_buffer = 0;          // of the next Run's first chunk
   std::vector<cudaEvent_t> ready;  // per buffer: its chunk is dequantized
   std::vector<cudaEvent_t> freed;  // per buffer: the last GEMM reading it is done
   DeviceBuffer<uint8_t> workspace;
@@ -193,8 +194,10 @@ absl::Status WeightOnlyGemm::Run(RowDequantizer dequantize, int64_t n, int64_t k
   }
   GQ_ASSIGN_OR_RETURN(const std::vector<int64_t> chunks, PrefillChunkRows(r.options, n, k, m));
 
-  GQ_RETURN_IF_CUDA_ERROR(cudaEventRecord(r.entry, stream));
-  GQ_RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(r.side, r.entry, 0));
+  if (!r.options.dequantize_ahead) {
+    GQ_RETURN_IF_CUDA_ERROR(cudaEventRecord(r.entry, stream));
+    GQ_RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(r.side, r.entry, 0));
+  }
   // cublasSetStream resets the workspace to cuBLAS's pool: set it after.
   GQ_RETURN_IF_CUBLAS_ERROR(cublasSetStream(r.handle, stream));
   GQ_RETURN_IF_CUBLAS_ERROR(cublasSetWorkspace(r.handle, r.workspace.data(), r.workspace.size()));
@@ -206,7 +209,7 @@ absl::Status WeightOnlyGemm::Run(RowDequantizer dequantize, int64_t n, int64_t k
   for (size_t i = 0; i < chunks.size(); ++i) {
     const int64_t rows = chunks[i];
     const bool first = i == 0, last = i + 1 == chunks.size();
-    const size_t b = i % r.scratch.size();
+    const size_t b = (r.next_buffer + i) % r.scratch.size();
     __nv_bfloat16* w = r.scratch[b].data();
     GQ_RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(r.side, r.freed[b], 0));
     // The first chunk's dequantization runs alone: the whole GPU. The others
@@ -237,6 +240,7 @@ absl::Status WeightOnlyGemm::Run(RowDequantizer dequantize, int64_t n, int64_t k
     GQ_RETURN_IF_CUDA_ERROR(cudaEventRecord(r.freed[b], stream));
     row += rows;
   }
+  r.next_buffer = (r.next_buffer + chunks.size()) % r.scratch.size();
   return absl::OkStatus();
 }
 

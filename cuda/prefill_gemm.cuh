@@ -20,12 +20,15 @@
 // overlaps, and the last GEMM use the whole GPU.
 //
 // Stream ordering (events, no host synchronization):
-//   - entry: the side stream waits for the caller's stream, so the weights
-//     and anything the caller queued before are ready;
+//   - entry (only with dequantize_ahead off): the side stream waits for the
+//     caller's stream, so anything the caller queued before is done;
 //   - buffer b: the side stream waits until the last GEMM that read b is
 //     done (event freed[b], also across Run calls and caller streams) before
 //     dequantizing into it, and the GEMM waits for that dequantization
-//     (event ready[b]);
+//     (event ready[b]). The buffers rotate across Run calls, so with
+//     dequantize_ahead a Run's first chunk goes to the buffer the previous
+//     Run's last GEMM is not reading and is dequantized while the caller's
+//     stream still runs that GEMM or whatever it queued after it;
 //   - exit: every GEMM runs on the caller's stream after its chunk's
 //     dequantization, so y is complete when the caller's stream reaches the
 //     end of Run's work.
@@ -86,6 +89,14 @@ struct WeightOnlyGemmOptions {
   // without a split: the next chunk's blocks then take SMs as soon as the
   // GEMM frees them; the GEMM waits for them anyway).
   bool dequantize_high_priority = true;
+  // Whether the side stream may dequantize a weight before the caller's
+  // stream reaches Run (it then waits only for its scratch buffers). Needs
+  // the weights complete on the device before Run is called, as the packers
+  // leave them (synchronous uploads); a dequantizer that reads data the
+  // caller's stream produces needs false. Measured on an H100 (31B, 2K
+  // prompt, bench/RESULTS.md): the first chunk's dequantization, exposed
+  // without it, then overlaps the previous GEMM or the attention.
+  bool dequantize_ahead = true;
 };
 
 // The split's d at M rows of x on a device with `multiprocessors` SMs:

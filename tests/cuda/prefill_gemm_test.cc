@@ -365,38 +365,51 @@ TEST_CASE("int4 weight-only GEMM matches a float64 reference", "[cuda][prefill_g
 TEST_CASE("weight-only GEMM orders its streams", "[cuda][prefill_gemm]") {
   GQ_SKIP_WITHOUT_CUDA();
   auto rng = testing::MakeRng();
-  // Two weights back to back on a non-blocking stream (no implicit ordering
-  // with the legacy stream), many chunks, no synchronization between the
-  // runs: the second run's dequantization must wait for the first run's GEMMs
-  // before it overwrites their scratch.
-  const Int4Shape shapes[] = {{256, 192, 64, false}, {512, 128, 32, true}};
-  const HostInt4 host[] = {MakeInt4(shapes[0], rng), MakeInt4(shapes[1], rng)};
-  const DeviceInt4 device[] = {UploadInt4(host[0]), UploadInt4(host[1])};
-  constexpr int64_t kM = 33;
-  WeightOnlyGemmOptions options;
-  options.chunk_rows = 16;
-  options.buffers = 2;
-  options.dequantize_multiprocessors = 2;
-  auto gemm = WeightOnlyGemm::Create(options);
-  REQUIRE_OK(gemm);
+  // Four weights back to back on a non-blocking stream (no implicit ordering
+  // with the legacy stream), no synchronization between the runs: a run's
+  // dequantization must wait for the GEMMs still reading its scratch buffer,
+  // in many chunks or one per weight (the buffers rotate across runs), with
+  // the side stream dequantizing ahead of the caller's stream or not.
+  const Int4Shape shapes[] = {
+      {256, 192, 64, false}, {512, 128, 32, true}, {384, 192, 32, false}, {128, 128, 64, true}};
+  constexpr int kWeights = 4;
+  std::vector<HostInt4> host;
+  std::vector<DeviceInt4> device;
+  for (const Int4Shape& shape : shapes) {
+    host.push_back(MakeInt4(shape, rng));
+    device.push_back(UploadInt4(host.back()));
+  }
+  constexpr int64_t kM = 257;
   cudaStream_t stream;
   REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
-  std::vector<std::vector<uint16_t>> x_host;
-  std::vector<DeviceBuffer<uint16_t>> x, y;
-  for (int i = 0; i < 2; ++i) {
-    x_host.push_back(RandomActivations(kM * shapes[i].k, rng));
-    x.push_back(testing::Upload(x_host[i]));
-    y.push_back(Poisoned(kM * shapes[i].n));
-  }
-  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);  // the uploads and poison are done
-  for (int i = 0; i < 2; ++i) {
-    REQUIRE_OK(gemm->Run(device[i].weight, Bf16(x[i]), kM, Bf16(y[i]), stream));
-  }
-  REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
-  for (int i = 0; i < 2; ++i) {
-    INFO("weight " << i);
-    CheckGemm(Download(y[i]), ToFloat(host[i].dequantized), ToFloat(x_host[i]), kM, shapes[i].n,
-              shapes[i].k, rng);
+  for (const bool ahead : {true, false}) {
+    for (const int64_t chunk_rows : {16, 0}) {
+      INFO("dequantize_ahead " << ahead << " chunk_rows " << chunk_rows);
+      WeightOnlyGemmOptions options;
+      options.chunk_rows = chunk_rows;
+      options.buffers = 2;
+      options.dequantize_multiprocessors = chunk_rows > 0 ? 2 : 0;
+      options.dequantize_ahead = ahead;
+      auto gemm = WeightOnlyGemm::Create(options);
+      REQUIRE_OK(gemm);
+      std::vector<std::vector<uint16_t>> x_host;
+      std::vector<DeviceBuffer<uint16_t>> x, y;
+      for (int i = 0; i < kWeights; ++i) {
+        x_host.push_back(RandomActivations(kM * shapes[i].k, rng));
+        x.push_back(testing::Upload(x_host[i]));
+        y.push_back(Poisoned(kM * shapes[i].n));
+      }
+      REQUIRE(cudaDeviceSynchronize() == cudaSuccess);  // the uploads and poison are done
+      for (int i = 0; i < kWeights; ++i) {
+        REQUIRE_OK(gemm->Run(device[i].weight, Bf16(x[i]), kM, Bf16(y[i]), stream));
+      }
+      REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
+      for (int i = 0; i < kWeights; ++i) {
+        INFO("weight " << i);
+        CheckGemm(Download(y[i]), ToFloat(host[i].dequantized), ToFloat(x_host[i]), kM, shapes[i].n,
+                  shapes[i].k, rng);
+      }
+    }
   }
   REQUIRE(cudaStreamDestroy(stream) == cudaSuccess);
 }
