@@ -1,5 +1,7 @@
 // Flash-attention style prefill kernel (mma.sync m16n8k16 bf16, fp32
-// accumulation), in the schedule of FlashAttention-2.
+// accumulation), in the schedule of FlashAttention-2, and the entry point
+// (argument checks, then this kernel or the wgmma one of
+// prefill_attention_wgmma.cu on Hopper).
 //
 // Work split. One block per (query head, tile of kRows = 64 consecutive
 // queries). Its warps form a kRowWarps x kColWarps grid: warp (slab, slice)
@@ -57,14 +59,13 @@
 #include "launch.cuh"
 #include "online_softmax.cuh"
 #include "prefill_attention.cuh"
+#include "prefill_attention_internal.cuh"
 
 namespace gquant::cuda {
 namespace {
 
-constexpr int kRows = 64;       // queries per block
-constexpr int kKeys = 64;       // keys per tile
-constexpr int kSliceDim = 256;  // head-dim columns per warp: a 16 x 256 fp32 accumulator
-constexpr int kRowWarps = kRows / 16;
+using namespace prefill_attention_internal;
+
 constexpr int kMaxQueryTiles = 65535;       // gridDim.y
 constexpr int64_t kMaxPositions = 1 << 30;  // positions and slots: int32 math with headroom
 static_assert(kRows == kKeys, "the Q, K and V tiles share one size");
@@ -85,28 +86,6 @@ struct Shape {
   static_assert(kThreads % kChunksPerRow == 0 && kRows % (kThreads / kChunksPerRow) == 0);
   static_assert(kSharedBytes <= 227 * 1024, "over the H100's shared memory per block");
 };
-
-struct Params {
-  const __nv_bfloat16* q;  // [tokens, num_heads, D]
-  __nv_bfloat16* out;      // [tokens, num_heads, D]
-  const __nv_bfloat16* k;  // [capacity, num_kv_heads, D]
-  const __nv_bfloat16* v;  // [capacity, num_kv_heads, D]
-  int tokens;
-  int num_heads;
-  int group;  // query heads per KV head
-  int num_kv_heads;
-  int first_position;       // of query row 0
-  int window;               // 0: none
-  int capacity;             // slots of the cache, clamped to kMaxPositions (slot = position beyond)
-  const int32_t* last_key;  // [tokens] last key each query sees; null: its own position
-};
-
-// Byte offset of 16-byte chunk `chunk` of tile row `row` (chunks swizzled by
-// row % 8).
-template <int kRowBytes>
-__device__ __forceinline__ uint32_t SwizzledOffset(int row, int chunk) {
-  return row * kRowBytes + ((chunk ^ (row & 7)) << 4);
-}
 
 // Copies the kRows rows of a tile into shared memory: row_source(r) is the
 // global address of row r (kHeadDim bf16), or null for a row to zero-fill.
@@ -143,16 +122,6 @@ __global__ void __launch_bounds__(Shape<kHeadDim>::kThreads, kHeadDim == 256 ? 2
   uint8_t* const v_tile = shared + 2 * S::kTileBytes;
   float4* const exchange = reinterpret_cast<float4*>(shared + 3 * S::kTileBytes);
 
-  const int head = blockIdx.x;
-  const int kv_head = head / p.group;
-  // Later query tiles see more keys: they get the lower block indices, so
-  // the longest blocks start first.
-  const int q0 = (static_cast<int>(gridDim.y) - 1 - static_cast<int>(blockIdx.y)) * kRows;
-  const int valid_rows = min(kRows, p.tokens - q0);
-  const int first_query = p.first_position + q0;  // position of row 0
-  const int last_query = first_query + valid_rows - 1;
-  const int key_first = p.window > 0 ? max(0, first_query - p.window + 1) : 0;
-
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int slab = warp % kRowWarps;   // query rows [16 slab, 16 slab + 16)
   const int slice = warp / kRowWarps;  // head-dim columns [256 slice, 256 slice + 256)
@@ -160,36 +129,9 @@ __global__ void __launch_bounds__(Shape<kHeadDim>::kThreads, kHeadDim == 256 ? 2
   const int g = lane / 4, t = lane % 4;  // mma fragment coordinates
 
   WaitForPredecessor();  // q and the cache come from earlier kernels
-
-  // The last key any row sees: its own position, or beyond it (image tokens
-  // seeing the rest of their image) when last_key is given.
-  int last_key = last_query;
-  if (p.last_key != nullptr) {
-    for (int r = 0; r < valid_rows; ++r) last_key = max(last_key, p.last_key[q0 + r]);
-  }
-  const int tile_first = key_first / kKeys, tile_last = last_key / kKeys;
-
-  // Row r of key tile `tile` in `base` (k or v), or null outside the keys
-  // this block may read. The tile's readable positions [lo, hi] span at most
-  // `capacity` (the launcher checks it), so their slots wrap at most once:
-  // slot = position - lo + lo_slot, less capacity from position `wrap` on.
-  // One division per tile instead of one per row.
-  const auto cache_rows = [&](const __nv_bfloat16* base, int tile) {
-    const int lo = max(tile * kKeys, key_first), hi = min(tile * kKeys + kKeys - 1, last_key);
-    const int lo_slot = lo % p.capacity;
-    const int wrap = lo + (p.capacity - lo_slot);  // < 2^31: lo and capacity are <= 2^30
-    return [=](int row) -> const __nv_bfloat16* {
-      const int position = tile * kKeys + row;
-      if (position < lo || position > hi) return nullptr;
-      const int slot = position - lo + lo_slot - (position >= wrap ? p.capacity : 0);
-      return base + (static_cast<int64_t>(slot) * p.num_kv_heads + kv_head) * kHeadDim;
-    };
-  };
-  LoadTile<kHeadDim>(q_tile, [&](int row) -> const __nv_bfloat16* {
-    if (row >= valid_rows) return nullptr;
-    return p.q + (static_cast<int64_t>(q0 + row) * p.num_heads + head) * kHeadDim;
-  });
-  LoadTile<kHeadDim>(k_tile, cache_rows(p.k, tile_first));
+  const QueryBlock<kHeadDim> b(p);
+  LoadTile<kHeadDim>(q_tile, [&](int row) { return b.QueryRow(row); });
+  LoadTile<kHeadDim>(k_tile, b.CacheRows(p.k, b.tile_first));
   CommitCopies();
 
   // ldmatrix.x4: lane l gives the address of row l % 8 of matrix l / 8.
@@ -214,17 +156,12 @@ __global__ void __launch_bounds__(Shape<kHeadDim>::kThreads, kHeadDim == 256 ? 2
   float row_max[2] = {-INFINITY, -INFINITY};  // rows g and g + 8, unscaled
   float row_sum[2] = {0.0f, 0.0f};            // this thread's columns only
   int row_last[2];                            // the last key rows g and g + 8 see
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int row = slab * 16 + g + 8 * h;
-    row_last[h] = first_query + row;
-    if (p.last_key != nullptr && row < valid_rows) row_last[h] = p.last_key[q0 + row];
-  }
+  b.RowLastKeys(slab, g, row_last);
 
-  for (int tile = tile_first; tile <= tile_last; ++tile) {
+  for (int tile = b.tile_first; tile <= b.tile_last; ++tile) {
     WaitCopies<0>();
     __syncthreads();  // K(tile) (and Q) are in; every warp is done with V(tile - 1)
-    LoadTile<kHeadDim>(v_tile, cache_rows(p.v, tile));
+    LoadTile<kHeadDim>(v_tile, b.CacheRows(p.v, tile));
     CommitCopies();
 
     // S = Q Kᵀ over this warp's 256 columns: 16 rows x 64 keys.
@@ -235,12 +172,12 @@ __global__ void __launch_bounds__(Shape<kHeadDim>::kThreads, kHeadDim == 256 ? 2
       LoadMatrixX4(q_address + SwizzledOffset<kRowBytes>(a_row, slice_chunk + 2 * kk + a_chunk), a);
 #pragma unroll
       for (int np = 0; np < kKeys / 16; ++np) {
-        uint32_t b[4];
+        uint32_t bk[4];
         LoadMatrixX4(
             k_address + SwizzledOffset<kRowBytes>(np * 16 + k_row, slice_chunk + 2 * kk + k_chunk),
-            b);
-        Mma(s[2 * np], a, b[0], b[1]);
-        Mma(s[2 * np + 1], a, b[2], b[3]);
+            bk);
+        Mma(s[2 * np], a, bk[0], bk[1]);
+        Mma(s[2 * np + 1], a, bk[2], bk[3]);
       }
     }
     if constexpr (S::kColWarps > 1) {
@@ -269,32 +206,14 @@ __global__ void __launch_bounds__(Shape<kHeadDim>::kThreads, kHeadDim == 256 ? 2
       }
     }
 
-    // Mask where the tile crosses the diagonal or the window's lower edge
-    // for some row of the block.
-    const int tile_key = tile * kKeys;
-    const bool crosses_diagonal = tile_key + kKeys - 1 > first_query;
-    const bool crosses_window = p.window > 0 && last_query - tile_key >= p.window;
-    if (crosses_diagonal || crosses_window) {
-#pragma unroll
-      for (int nt = 0; nt < kKeys / 8; ++nt) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int key = tile_key + nt * 8 + 2 * t + i % 2;
-          const int query = first_query + slab * 16 + g + 8 * (i / 2);
-          if (key > row_last[i / 2] || (p.window > 0 && query - key >= p.window)) {
-            s[nt][i] = -INFINITY;
-          }
-        }
-      }
-    }
-
+    b.Mask(s, tile, slab, g, t, row_last);
     // Online softmax: new row maxima, rescale, exponentiate.
     OnlineSoftmaxStep(s, o, row_max, row_sum);
 
     WaitCopies<0>();
     __syncthreads();  // V(tile) is in; every warp is done with K(tile)
-    if (tile < tile_last) {
-      LoadTile<kHeadDim>(k_tile, cache_rows(p.k, tile + 1));
+    if (tile < b.tile_last) {
+      LoadTile<kHeadDim>(k_tile, b.CacheRows(p.k, tile + 1));
       CommitCopies();
     }
 
@@ -307,41 +226,18 @@ __global__ void __launch_bounds__(Shape<kHeadDim>::kThreads, kHeadDim == 256 ? 2
                              PackBf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
       for (int dp = 0; dp < kSliceDim / 16; ++dp) {
-        uint32_t b[4];
+        uint32_t bv[4];
         LoadMatrixX4Transposed(
             v_address + SwizzledOffset<kRowBytes>(kk * 16 + v_row, slice_chunk + 2 * dp + v_chunk),
-            b);
-        Mma(o[2 * dp], a, b[0], b[1]);
-        Mma(o[2 * dp + 1], a, b[2], b[3]);
+            bv);
+        Mma(o[2 * dp], a, bv[0], bv[1]);
+        Mma(o[2 * dp + 1], a, bv[2], bv[3]);
       }
     }
   }
 
-  // Normalize, stage in this warp's own rows and columns of the Q tile, and
-  // write each row's 512 bytes with one 16-byte store per lane.
-  float inverse[2];
-  RowInverseSums(row_sum, inverse);
-#pragma unroll
-  for (int nt = 0; nt < kSliceDim / 8; ++nt) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = slab * 16 + g + 8 * h;
-      *reinterpret_cast<uint32_t*>(q_tile + SwizzledOffset<kRowBytes>(row, slice_chunk + nt) +
-                                   4 * t) =
-          PackBf16x2(o[nt][2 * h] * inverse[h], o[nt][2 * h + 1] * inverse[h]);
-    }
-  }
-  __syncwarp();
-#pragma unroll 4
-  for (int r = 0; r < 16; ++r) {
-    const int row = slab * 16 + r;
-    if (row >= valid_rows) break;
-    const uint4 value = *reinterpret_cast<const uint4*>(
-        q_tile + SwizzledOffset<kRowBytes>(row, slice_chunk + lane));
-    *reinterpret_cast<uint4*>(p.out +
-                              (static_cast<int64_t>(q0 + row) * p.num_heads + head) * kHeadDim +
-                              (slice_chunk + lane) * 8) = value;
-  }
+  // This warp's rows and columns of the Q tile (no other warp reads them).
+  b.StoreOutput(o, row_sum, q_tile, slab, slice, lane);
   AllowDependents();  // late: the grid has several waves (device_primitives.cuh)
 }
 
@@ -367,7 +263,8 @@ absl::Status Launch(const Params& p, cudaStream_t stream) {
 
 absl::Status PrefillAttention(const __nv_bfloat16* q, int64_t tokens, int num_heads,
                               int64_t first_position, int64_t window, const KvLayerView& cache,
-                              __nv_bfloat16* out, cudaStream_t stream, const int32_t* last_key) {
+                              __nv_bfloat16* out, cudaStream_t stream, const int32_t* last_key,
+                              PrefillAttentionPath path) {
   const auto invalid = [](const auto&... parts) {
     return absl::InvalidArgumentError(absl::StrCat("PrefillAttention: ", parts...));
   };
@@ -424,7 +321,18 @@ absl::Status PrefillAttention(const __nv_bfloat16* q, int64_t tokens, int num_he
   p.window = window > keys.last ? 0 : static_cast<int>(window);
   p.capacity = static_cast<int>(std::min<int64_t>(cache.capacity, kMaxPositions));
   p.last_key = last_key;
+  const bool wgmma = WgmmaAvailable();
+  if (path == PrefillAttentionPath::kWgmma && !wgmma) {
+    return absl::FailedPreconditionError(
+        "PrefillAttention: the wgmma kernel needs a build for sm_90a and a compute capability 9.0 "
+        "device");
+  }
+  if (wgmma && path != PrefillAttentionPath::kMmaSync) {
+    return LaunchWgmma(p, cache.head_dim, stream);
+  }
   return cache.head_dim == 256 ? Launch<256>(p, stream) : Launch<512>(p, stream);
 }
+
+bool PrefillAttentionWgmmaAvailable() { return WgmmaAvailable(); }
 
 }  // namespace gquant::cuda

@@ -1,10 +1,10 @@
 // Prefill attention for Gemma 4 (spec gemma4.md §2.5, §6): a chunk of
 // `tokens` queries attends, with grouped-query heads, scale 1.0 and the
 // causal (and sliding-window) mask, to the keys and values already in a
-// layer's KV cache, the chunk's own included. A flash-attention style kernel
-// on the tensor cores (mma.sync m16n8k16, bf16 inputs, fp32 accumulation and
-// softmax with online rescaling); the layout and schedule are described in
-// prefill_attention.cu.
+// layer's KV cache, the chunk's own included. Flash-attention style kernels
+// on the tensor cores (bf16 inputs, fp32 accumulation and softmax with
+// online rescaling): mma.sync m16n8k16 on any GPU (layout and schedule in
+// prefill_attention.cu) and wgmma on Hopper (prefill_attention_wgmma.cu).
 #ifndef GQUANT_CUDA_PREFILL_ATTENTION_CUH_
 #define GQUANT_CUDA_PREFILL_ATTENTION_CUH_
 
@@ -47,6 +47,14 @@ inline int64_t VisiblePairs(int64_t first_position, int64_t tokens, int64_t wind
   return ramp + (end - ramp_end) * (window > 0 ? window : 0);
 }
 
+// Which kernel PrefillAttention runs: the fastest the build and device
+// have (wgmma on an sm_90a build and a compute capability 9.0 device, else
+// mma.sync), or one by name (tests and benchmarks run both).
+enum class PrefillAttentionPath { kFastest, kMmaSync, kWgmma };
+
+// Whether the wgmma kernel runs on the current device. Host only.
+bool PrefillAttentionWgmmaAvailable();
+
 // out[t, h, :] = softmax_j(q[t, h, :] · k[j, h / group, :]) v[j, h / group, :]
 // over the keys j query t sees (mask above), group = num_heads /
 // cache.num_kv_heads, keys and values at slot j % cache.capacity.
@@ -63,7 +71,8 @@ inline int64_t VisiblePairs(int64_t first_position, int64_t tokens, int64_t wind
 // head_dim other than 256 or 512, first_position < 0, window < 0, a
 // capacity smaller than ChunkKeyRange(...).size(), or positions or head
 // counts beyond what the kernel indexes (int32 positions, 65535 query tiles).
-// tokens == 0 does nothing. Internal for a CUDA error.
+// tokens == 0 does nothing. FailedPrecondition for PrefillAttentionPath::kWgmma
+// where it cannot run. Internal for a CUDA error.
 //   last_key: null (causal), or int32 [tokens] on the device: the last key
 //        position each query sees, >= its own and <= the chunk's last
 //        position (the 31B's image tokens see the rest of their image on
@@ -71,7 +80,8 @@ inline int64_t VisiblePairs(int64_t first_position, int64_t tokens, int64_t wind
 absl::Status PrefillAttention(const __nv_bfloat16* q, int64_t tokens, int num_heads,
                               int64_t first_position, int64_t window, const KvLayerView& cache,
                               __nv_bfloat16* out, cudaStream_t stream,
-                              const int32_t* last_key = nullptr);
+                              const int32_t* last_key = nullptr,
+                              PrefillAttentionPath path = PrefillAttentionPath::kFastest);
 
 }  // namespace gquant::cuda
 

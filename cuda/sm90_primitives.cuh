@@ -118,6 +118,56 @@ __device__ __forceinline__ void WgmmaM64N256K16(float (&d)[128], uint64_t a, uin
 #endif
 }
 
+// wgmma descriptor of an MN-major operand in the same 128-byte swizzle:
+// rows of the tile run along K (8-row atoms 1024 bytes apart, the stride
+// byte offset), each row holds 64 consecutive N (or M) elements, and the
+// next 64 of them sit `panel_bytes` further (the leading byte offset). The
+// k16 step s starts 16 rows (2048 bytes) further.
+__device__ __forceinline__ uint64_t Swizzle128MnMajorDescriptor(uint32_t tile,
+                                                                uint32_t panel_bytes) {
+  return static_cast<uint64_t>((tile & 0x3FFFF) >> 4) |
+         (static_cast<uint64_t>((panel_bytes & 0x3FFFF) >> 4) << 16) | (uint64_t{1024 >> 4} << 32) |
+         (uint64_t{1} << 62);
+}
+
+// D[64, 32] += A[64, 16] · B[32, 16]ᵀ, A and B by descriptor (both
+// K-major), D fp32 in registers in the layout of WgmmaM64N256K16 (j < 4).
+__device__ __forceinline__ void WgmmaM64N32K16(float (&d)[16], uint64_t a, uint64_t b,
+                                               bool accumulate) {
+#if GQUANT_SM90A_DEVICE
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, "
+      "0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15])
+      : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));
+#else
+  __trap();
+#endif
+}
+
+// D[64, 256] += A[64, 16] · B[16, 256] with A bf16 in registers (warp w's
+// rows 16 w.. as an mma.sync m16n8k16 A fragment: a[0] row g, columns 2t,
+// 2t + 1; a[1] row g + 8; a[2], a[3] the same at columns + 8) and B by an
+// MN-major descriptor (Swizzle128MnMajorDescriptor); D as in WgmmaM64N256K16.
+__device__ __forceinline__ void WgmmaM64N256K16RegisterA(float (&d)[128], const uint32_t (&a)[4],
+                                                         uint64_t b) {
+#if GQUANT_SM90A_DEVICE
+  // Operands: D, A, B, scale-d (p: accumulate), scale-a, scale-b, B transposed.
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %133, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " GQUANT_WGMMA_D128_REGISTERS
+      ", {%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
+      : GQUANT_WGMMA_D128_OPERANDS(d)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+#else
+  __trap();
+#endif
+}
+
 // Moves this warp group's register allocation to kRegisters a thread
 // (increase or release), so warp groups of different roles split the
 // register file unevenly; every warp of the group runs it.

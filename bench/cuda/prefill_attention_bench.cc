@@ -58,13 +58,13 @@ struct AttentionProblem {
     out = *std::move(buffer);
   }
 
-  void Launch(cudaStream_t stream) {
+  void Launch(cudaStream_t stream, PrefillAttentionPath path) {
     const KvLayerView cache{reinterpret_cast<__nv_bfloat16*>(k.data()),
                             reinterpret_cast<__nv_bfloat16*>(v.data()), keys.size(),
                             layer.num_kv_heads, layer.head_dim};
     if (!PrefillAttention(reinterpret_cast<const __nv_bfloat16*>(q.data()), tokens, layer.num_heads,
                           first_position, layer.window, cache,
-                          reinterpret_cast<__nv_bfloat16*>(out.data()), stream)
+                          reinterpret_cast<__nv_bfloat16*>(out.data()), stream, nullptr, path)
              .ok()) {
       std::abort();
     }
@@ -176,13 +176,21 @@ std::string Label(const AttentionProblem& p, const char* what) {
                       p.first_position, " (", p.keys.size(), " keys)");
 }
 
-// The kernel. Args: layer index, tokens, first position.
+// The kernel. Args: layer index, tokens, first position, kernel (0:
+// mma.sync, 1: wgmma).
 void BM_PrefillAttention(benchmark::State& state) {
   if (NoGpu(state)) return;
+  const bool wgmma = state.range(3) != 0;
+  if (wgmma && !PrefillAttentionWgmmaAvailable()) {
+    state.SkipWithError("the wgmma kernel needs an sm_90a build and a compute capability 9.0 GPU");
+    return;
+  }
+  const PrefillAttentionPath path =
+      wgmma ? PrefillAttentionPath::kWgmma : PrefillAttentionPath::kMmaSync;
   const int layer_index = static_cast<int>(state.range(0));
   AttentionProblem p(kLayers[layer_index], state.range(1), state.range(2));
   const double cublas_seconds = CublasSeconds(layer_index, p.tokens, p.first_position);
-  TimeLaunches(state, [&](int64_t) { p.Launch(nullptr); });
+  TimeLaunches(state, [&](int64_t) { p.Launch(nullptr, path); });
   Report(state, p.bytes());
   const double iterations = static_cast<double>(state.iterations());
   state.counters["TFLOPS"] =
@@ -192,7 +200,7 @@ void BM_PrefillAttention(benchmark::State& state) {
   state.counters["cublas_TFLOPS"] = cublas_tflops;
   state.counters["vs_cublas"] = benchmark::Counter(p.flops() * iterations / 1e12 / cublas_tflops,
                                                    benchmark::Counter::kIsRate);
-  state.SetLabel(Label(p, "flash attention (mma.sync)"));
+  state.SetLabel(Label(p, wgmma ? "flash attention (wgmma)" : "flash attention (mma.sync)"));
 }
 
 // cuBLAS's two unmasked GEMMs at the same shape. Args as above.
@@ -213,16 +221,28 @@ void BM_PrefillAttentionCublas(benchmark::State& state) {
 // A 2048-token prompt (first chunk) on every layer; the 31B layers also as
 // a later chunk (from position 2048: the window's steady state on sliding
 // layers, 4096 keys on full ones).
+// The 31B full layer also at 16K keys (a long prompt's later chunk).
 void Chunks(benchmark::internal::Benchmark* b) {
   for (int layer = 0; layer < static_cast<int>(std::size(kLayers)); ++layer) {
     b->Args({layer, 2048, 0});
     if (layer < 2) b->Args({layer, 2048, 2048});
+    if (layer == 1) b->Args({layer, 2048, 14336});
+  }
+}
+// The same for both kernels.
+void KernelChunks(benchmark::internal::Benchmark* b) {
+  for (int layer = 0; layer < static_cast<int>(std::size(kLayers)); ++layer) {
+    for (int wgmma : {0, 1}) {
+      b->Args({layer, 2048, 0, wgmma});
+      if (layer < 2) b->Args({layer, 2048, 2048, wgmma});
+      if (layer == 1) b->Args({layer, 2048, 14336, wgmma});
+    }
   }
 }
 
 BENCHMARK(BM_PrefillAttention)
-    ->ArgNames({"layer", "tokens", "first"})
-    ->Apply(Chunks)
+    ->ArgNames({"layer", "tokens", "first", "wgmma"})
+    ->Apply(KernelChunks)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond)
     ->MinTime(0.2);

@@ -125,7 +125,17 @@ std::vector<float> ToFloat(const std::vector<uint16_t>& bits) {
 }
 
 // Runs the kernel on a poisoned output and returns it (bf16 bits).
-std::vector<uint16_t> RunKernel(const Problem& p) {
+// The kernels this device runs: mma.sync everywhere, wgmma on Hopper.
+std::vector<PrefillAttentionPath> Paths() {
+  std::vector<PrefillAttentionPath> paths = {PrefillAttentionPath::kMmaSync};
+  if (PrefillAttentionWgmmaAvailable()) paths.push_back(PrefillAttentionPath::kWgmma);
+  return paths;
+}
+const char* Name(PrefillAttentionPath path) {
+  return path == PrefillAttentionPath::kWgmma ? "wgmma" : "mma.sync";
+}
+
+std::vector<uint16_t> RunKernel(const Problem& p, PrefillAttentionPath path) {
   auto q = testing::Upload(p.q);
   auto k = testing::Upload(p.k);
   auto v = testing::Upload(p.v);
@@ -140,7 +150,7 @@ std::vector<uint16_t> RunKernel(const Problem& p) {
   REQUIRE_OK(PrefillAttention(reinterpret_cast<const __nv_bfloat16*>(q.data()), p.c.tokens,
                               p.c.num_heads, p.c.first_position, p.c.window, cache,
                               reinterpret_cast<__nv_bfloat16*>(out->data()), nullptr,
-                              last_key.has_value() ? last_key->data() : nullptr));
+                              last_key.has_value() ? last_key->data() : nullptr, path));
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   std::vector<uint16_t> got(p.q.size());
   REQUIRE_OK(out->CopyToHost(got));
@@ -239,9 +249,12 @@ TEST_CASE("PrefillAttention matches a float64 reference", "[cuda]") {
                 << ", window " << c.window << ", tokens " << c.tokens << " from position "
                 << c.first_position << ", capacity " << c.capacity << ", q scale " << c.q_scale);
     const Problem p = MakeProblem(c, rng);
-    const std::vector<uint16_t> got = RunKernel(p);
     const std::vector<float> k = ToFloat(p.k), v = ToFloat(p.v);
-    CheckOutputs(p, got, [&](int64_t token, int head) { return Reference(p, k, v, token, head); });
+    for (PrefillAttentionPath path : Paths()) {
+      INFO(Name(path));
+      CheckOutputs(p, RunKernel(p, path),
+                   [&](int64_t token, int head) { return Reference(p, k, v, token, head); });
+    }
   }
 }
 
@@ -250,7 +263,6 @@ TEST_CASE("PrefillAttention agrees with cpu::Attention", "[cuda]") {
   std::mt19937_64 rng = testing::MakeRng();
   // Window 8, the ring wrapped (positions 23..46 in 24 slots).
   const Problem p = MakeProblem({"cpu", 4, 2, 256, 8, 17, 30, 0}, rng);
-  const std::vector<uint16_t> got = RunKernel(p);
   const std::vector<float> q = ToFloat(p.q), k = ToFloat(p.k), v = ToFloat(p.v);
   std::vector<float> cpu_out(q.size());
   const gemma4::cpu::KvView kv{k.data(), v.data(), p.capacity, p.c.num_kv_heads, p.c.head_dim};
@@ -258,12 +270,15 @@ TEST_CASE("PrefillAttention agrees with cpu::Attention", "[cuda]") {
                          nullptr);
   // cpu::Attention is float32 (errors ~2^-20): the same bound applies, with
   // A from the float64 reference.
-  CheckOutputs(p, got, [&](int64_t token, int head) {
-    ReferenceRow row = Reference(p, k, v, token, head);
-    const int64_t begin = (token * p.c.num_heads + head) * p.c.head_dim;
-    for (int i = 0; i < p.c.head_dim; ++i) row.out[i] = cpu_out[begin + i];
-    return row;
-  });
+  for (PrefillAttentionPath path : Paths()) {
+    INFO(Name(path));
+    CheckOutputs(p, RunKernel(p, path), [&](int64_t token, int head) {
+      ReferenceRow row = Reference(p, k, v, token, head);
+      const int64_t begin = (token * p.c.num_heads + head) * p.c.head_dim;
+      for (int i = 0; i < p.c.head_dim; ++i) row.out[i] = cpu_out[begin + i];
+      return row;
+    });
+  }
 }
 
 // Image runs of a chunk (rows [begin, end)): each of their queries sees up
@@ -300,26 +315,31 @@ TEST_CASE("PrefillAttention lets image tokens see the rest of their image", "[cu
     INFO(ic.c.name);
     Problem p = MakeProblem(ic.c, rng);
     SetImageRuns(p, ic.runs);
-    const std::vector<uint16_t> got = RunKernel(p);
     const std::vector<float> k = ToFloat(p.k), v = ToFloat(p.v);
-    CheckOutputs(p, got, [&](int64_t token, int head) { return Reference(p, k, v, token, head); });
+    for (PrefillAttentionPath path : Paths()) {
+      INFO(Name(path));
+      CheckOutputs(p, RunKernel(p, path),
+                   [&](int64_t token, int head) { return Reference(p, k, v, token, head); });
+    }
   }
   // And against cpu::Attention with the same last keys.
   Problem p = MakeProblem({"cpu", 4, 2, 256, 8, 40, 30, 0}, rng);
   SetImageRuns(p, {{3, 25}});
-  const std::vector<uint16_t> got = RunKernel(p);
   const std::vector<float> q = ToFloat(p.q), k = ToFloat(p.k), v = ToFloat(p.v);
   std::vector<float> cpu_out(q.size());
   const gemma4::cpu::KvView kv{k.data(), v.data(), p.capacity, p.c.num_kv_heads, p.c.head_dim};
   const std::vector<int64_t> last(p.last_key.begin(), p.last_key.end());
   gemma4::cpu::Attention(q, p.c.tokens, p.c.num_heads, p.c.first_position, p.c.window, kv, cpu_out,
                          nullptr, last);
-  CheckOutputs(p, got, [&](int64_t token, int head) {
-    ReferenceRow row = Reference(p, k, v, token, head);
-    const int64_t begin = (token * p.c.num_heads + head) * p.c.head_dim;
-    for (int i = 0; i < p.c.head_dim; ++i) row.out[i] = cpu_out[begin + i];
-    return row;
-  });
+  for (PrefillAttentionPath path : Paths()) {
+    INFO(Name(path));
+    CheckOutputs(p, RunKernel(p, path), [&](int64_t token, int head) {
+      ReferenceRow row = Reference(p, k, v, token, head);
+      const int64_t begin = (token * p.c.num_heads + head) * p.c.head_dim;
+      for (int i = 0; i < p.c.head_dim; ++i) row.out[i] = cpu_out[begin + i];
+      return row;
+    });
+  }
 }
 
 TEST_CASE("PrefillAttention rejects bad arguments") {
@@ -371,6 +391,13 @@ TEST_CASE("PrefillAttention rejects bad arguments") {
   REQUIRE_STATUS_IS(call(buffer, int64_t{65536} * 64, 32, 0, 0, huge, buffer), kInvalid);
   // An empty chunk is fine and launches nothing.
   REQUIRE_OK(call(buffer, 0, 32, 0, 0, good, buffer));
+  // The wgmma kernel by name where it cannot run (checked after the
+  // arguments; on Hopper it would launch, so only elsewhere).
+  if (!PrefillAttentionWgmmaAvailable()) {
+    REQUIRE_STATUS_IS(PrefillAttention(buffer, 16, 32, 0, 0, good, buffer, nullptr, nullptr,
+                                       PrefillAttentionPath::kWgmma),
+                      absl::StatusCode::kFailedPrecondition);
+  }
 }
 
 TEST_CASE("ChunkKeyRange and VisiblePairs count the mask's keys") {
