@@ -77,38 +77,22 @@ struct Shape {
   static constexpr int kWarps = kRowWarps * kColWarps;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kRowBytes = kHeadDim * 2;
-  static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
   static constexpr int kTileBytes = kRows * kRowBytes;
   // Partial scores of every warp: 8 n-tiles x 32 lanes x float4.
   static constexpr int kExchangeBytes = kColWarps > 1 ? (kKeys / 8) * 32 * 16 * kWarps : 0;
   static constexpr int kSharedBytes = 3 * kTileBytes + kExchangeBytes;
   static_assert(kHeadDim % kSliceDim == 0);
-  static_assert(kThreads % kChunksPerRow == 0 && kRows % (kThreads / kChunksPerRow) == 0);
   static_assert(kSharedBytes <= 227 * 1024, "over the H100's shared memory per block");
 };
 
-// Copies the kRows rows of a tile into shared memory: row_source(r) is the
-// global address of row r (kHeadDim bf16), or null for a row to zero-fill.
-// Thread i copies chunk i % kChunksPerRow of every (kThreads / kChunksPerRow)-th
-// row, so a warp reads 512 contiguous bytes per copy.
+// Copies the kRows rows of a tile into shared memory, rows of 16-byte
+// chunks swizzled by row % 8 (CopyTileRows).
 template <int kHeadDim, typename RowSource>
 __device__ __forceinline__ void LoadTile(uint8_t* tile, RowSource row_source) {
   using S = Shape<kHeadDim>;
-  constexpr int kRowsPerPass = S::kThreads / S::kChunksPerRow;
-  const int chunk = threadIdx.x % S::kChunksPerRow;
-  const int first_row = threadIdx.x / S::kChunksPerRow;
-  const uint32_t tile_address = SharedAddress(tile);
-#pragma unroll
-  for (int i = 0; i < kRows / kRowsPerPass; ++i) {
-    const int row = first_row + i * kRowsPerPass;
-    const __nv_bfloat16* source = row_source(row);
-    const uint32_t offset = SwizzledOffset<S::kRowBytes>(row, chunk);
-    if (source != nullptr) {
-      CopyAsync16(tile_address + offset, source + chunk * 8);
-    } else {
-      *reinterpret_cast<uint4*>(tile + offset) = make_uint4(0, 0, 0, 0);
-    }
-  }
+  CopyTileRows<kHeadDim, kRows, S::kThreads>(tile, row_source, [](int row, int chunk) {
+    return SwizzledOffset<S::kRowBytes>(row, chunk);
+  });
 }
 
 template <int kHeadDim>
@@ -244,19 +228,9 @@ __global__ void __launch_bounds__(Shape<kHeadDim>::kThreads, kHeadDim == 256 ? 2
 template <int kHeadDim>
 absl::Status Launch(const Params& p, cudaStream_t stream) {
   using S = Shape<kHeadDim>;
-  const auto kernel = PrefillAttentionKernel<kHeadDim>;
-  // Above 48 KiB of shared memory a kernel must opt in; once per process.
-  static const cudaError_t opted_in =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSharedBytes);
-  if (opted_in != cudaSuccess) {
-    return CudaStatus(opted_in,
-                      absl::StrCat("cudaFuncSetAttribute(PrefillAttentionKernel<", kHeadDim,
-                                   ">, MaxDynamicSharedMemorySize, ", S::kSharedBytes, ")")
-                          .c_str());
-  }
-  const dim3 grid(p.num_heads, (p.tokens + kRows - 1) / kRows);
-  return LaunchKernel(kernel, grid, dim3(S::kThreads), S::kSharedBytes, stream, /*overlap=*/true,
-                      p);
+  return LaunchOnQueryTiles<PrefillAttentionKernel<kHeadDim>>(
+      kHeadDim == 256 ? "PrefillAttentionKernel<256>" : "PrefillAttentionKernel<512>", S::kThreads,
+      S::kSharedBytes, p, stream);
 }
 
 }  // namespace

@@ -12,7 +12,10 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "cuda_status.cuh"
 #include "device_primitives.cuh"
+#include "launch.cuh"
 #include "online_softmax.cuh"
 
 namespace gquant::cuda::prefill_attention_internal {
@@ -42,6 +45,32 @@ struct Params {
 template <int kRowBytes>
 __device__ __forceinline__ uint32_t SwizzledOffset(int row, int chunk) {
   return row * kRowBytes + ((chunk ^ (row & 7)) << 4);
+}
+
+// Copies kTileRows rows of kHeadDim bf16 into a shared-memory tile with
+// kThreads threads: row_source(r) is the global address of row r, or null for
+// a row to zero-fill; offset(r, c) the byte offset of its 16-byte chunk c.
+// Thread i copies chunk i % (kHeadDim / 8) of every (kThreads / (kHeadDim /
+// 8))-th row, so a warp reads 512 contiguous bytes per copy.
+template <int kHeadDim, int kTileRows, int kThreads, typename RowSource, typename Offset>
+__device__ __forceinline__ void CopyTileRows(uint8_t* tile, RowSource row_source, Offset offset) {
+  constexpr int kChunksPerRow = kHeadDim / 8;
+  constexpr int kRowsPerPass = kThreads / kChunksPerRow;
+  static_assert(kThreads % kChunksPerRow == 0 && kTileRows % kRowsPerPass == 0);
+  const int chunk = threadIdx.x % kChunksPerRow;
+  const int first_row = threadIdx.x / kChunksPerRow;
+  const uint32_t tile_address = SharedAddress(tile);
+#pragma unroll
+  for (int i = 0; i < kTileRows / kRowsPerPass; ++i) {
+    const int row = first_row + i * kRowsPerPass;
+    const __nv_bfloat16* source = row_source(row);
+    const uint32_t at = offset(row, chunk);
+    if (source != nullptr) {
+      CopyAsync16(tile_address + at, source + chunk * 8);
+    } else {
+      *reinterpret_cast<uint4*>(tile + at) = make_uint4(0, 0, 0, 0);
+    }
+  }
 }
 
 // What a block (query head, tile of kRows queries) reads: its queries, the
@@ -167,6 +196,23 @@ struct QueryBlock {
     }
   }
 };
+
+// Launches kKernel on the (query head, query tile) grid with `threads` a
+// block and `shared_bytes` of dynamic shared memory, which above 48 KiB a
+// kernel must opt in to: once per kernel and process. `name` labels errors.
+template <auto kKernel>
+absl::Status LaunchOnQueryTiles(const char* name, int threads, int shared_bytes, const Params& p,
+                                cudaStream_t stream) {
+  static const cudaError_t opted_in =
+      cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared_bytes);
+  if (opted_in != cudaSuccess) {
+    return CudaStatus(opted_in, absl::StrCat("cudaFuncSetAttribute(", name,
+                                             ", MaxDynamicSharedMemorySize, ", shared_bytes, ")")
+                                    .c_str());
+  }
+  const dim3 grid(p.num_heads, (p.tokens + kRows - 1) / kRows);
+  return LaunchKernel(kKernel, grid, dim3(threads), shared_bytes, stream, /*overlap=*/true, p);
+}
 
 // The wgmma kernels (prefill_attention_wgmma.cu): whether they run here
 // (built for sm_90a, on a compute capability 9.0 device with the shared

@@ -52,29 +52,14 @@ struct WgmmaShape {
   static_assert(kSharedBytes <= 227 * 1024, "over the H100's shared memory per block");
 };
 
-// Copies rows [0, kTileRows) of a tile into 64-column panels of kTileRows
-// rows each: row_source(r) is the global address of row r (kHeadDim bf16),
-// or null for a row to zero-fill.
+// Copies kTileRows rows of a tile into 64-column panels of kTileRows rows
+// each, in the 128-byte swizzle (CopyTileRows).
 template <int kHeadDim, int kTileRows, typename RowSource>
 __device__ __forceinline__ void LoadPanels(uint8_t* tile, RowSource row_source) {
-  constexpr int kChunksPerRow = kHeadDim / 8;
-  constexpr int kThreads = WgmmaShape<kHeadDim>::kThreads;
-  constexpr int kRowsPerPass = kThreads / kChunksPerRow;
-  static_assert(kTileRows % kRowsPerPass == 0);
-  const int chunk = threadIdx.x % kChunksPerRow;
-  const int first_row = threadIdx.x / kChunksPerRow;
-  const uint32_t tile_address = SharedAddress(tile);
-#pragma unroll
-  for (int i = 0; i < kTileRows / kRowsPerPass; ++i) {
-    const int row = first_row + i * kRowsPerPass;
-    const __nv_bfloat16* source = row_source(row);
-    const uint32_t offset = (chunk / 8) * (kTileRows * 128) + Swizzle128Offset(row, chunk % 8);
-    if (source != nullptr) {
-      CopyAsync16(tile_address + offset, source + chunk * 8);
-    } else {
-      *reinterpret_cast<uint4*>(tile + offset) = make_uint4(0, 0, 0, 0);
-    }
-  }
+  CopyTileRows<kHeadDim, kTileRows, WgmmaShape<kHeadDim>::kThreads>(
+      tile, row_source, [](int row, int chunk) {
+        return (chunk / 8) * (kTileRows * 128) + Swizzle128Offset(row, chunk % 8);
+      });
 }
 
 template <int kHeadDim>
@@ -182,18 +167,9 @@ __global__ void __launch_bounds__(WgmmaShape<kHeadDim>::kThreads, kHeadDim == 25
 template <int kHeadDim>
 absl::Status Launch(const Params& p, cudaStream_t stream) {
   using S = WgmmaShape<kHeadDim>;
-  const auto kernel = PrefillAttentionWgmmaKernel<kHeadDim>;
-  static const cudaError_t opted_in =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSharedBytes);
-  if (opted_in != cudaSuccess) {
-    return CudaStatus(opted_in,
-                      absl::StrCat("cudaFuncSetAttribute(PrefillAttentionWgmmaKernel<", kHeadDim,
-                                   ">, MaxDynamicSharedMemorySize, ", S::kSharedBytes, ")")
-                          .c_str());
-  }
-  const dim3 grid(p.num_heads, (p.tokens + kRows - 1) / kRows);
-  return LaunchKernel(kernel, grid, dim3(S::kThreads), S::kSharedBytes, stream, /*overlap=*/true,
-                      p);
+  return LaunchOnQueryTiles<PrefillAttentionWgmmaKernel<kHeadDim>>(
+      kHeadDim == 256 ? "PrefillAttentionWgmmaKernel<256>" : "PrefillAttentionWgmmaKernel<512>",
+      S::kThreads, S::kSharedBytes, p, stream);
 }
 
 }  // namespace

@@ -241,6 +241,21 @@ void CheckOutputs(const Problem& p, const std::vector<uint16_t>& got, Expected e
   REQUIRE(std::sqrt(err2 / ref2) <= kNormBound);
 }
 
+// Both kernels against cpu::Attention's output: float32 (errors ~2^-20), so
+// the same bound applies, with A from the float64 reference.
+void CheckAgainstCpu(const Problem& p, const std::vector<float>& k, const std::vector<float>& v,
+                     const std::vector<float>& cpu_out) {
+  for (PrefillAttentionPath path : Paths()) {
+    INFO(Name(path));
+    CheckOutputs(p, RunKernel(p, path), [&](int64_t token, int head) {
+      ReferenceRow row = Reference(p, k, v, token, head);
+      const int64_t begin = (token * p.c.num_heads + head) * p.c.head_dim;
+      for (int i = 0; i < p.c.head_dim; ++i) row.out[i] = cpu_out[begin + i];
+      return row;
+    });
+  }
+}
+
 TEST_CASE("PrefillAttention matches a float64 reference", "[cuda]") {
   GQ_SKIP_WITHOUT_CUDA();
   std::mt19937_64 rng = testing::MakeRng();
@@ -268,17 +283,7 @@ TEST_CASE("PrefillAttention agrees with cpu::Attention", "[cuda]") {
   const gemma4::cpu::KvView kv{k.data(), v.data(), p.capacity, p.c.num_kv_heads, p.c.head_dim};
   gemma4::cpu::Attention(q, p.c.tokens, p.c.num_heads, p.c.first_position, p.c.window, kv, cpu_out,
                          nullptr);
-  // cpu::Attention is float32 (errors ~2^-20): the same bound applies, with
-  // A from the float64 reference.
-  for (PrefillAttentionPath path : Paths()) {
-    INFO(Name(path));
-    CheckOutputs(p, RunKernel(p, path), [&](int64_t token, int head) {
-      ReferenceRow row = Reference(p, k, v, token, head);
-      const int64_t begin = (token * p.c.num_heads + head) * p.c.head_dim;
-      for (int i = 0; i < p.c.head_dim; ++i) row.out[i] = cpu_out[begin + i];
-      return row;
-    });
-  }
+  CheckAgainstCpu(p, k, v, cpu_out);
 }
 
 // Image runs of a chunk (rows [begin, end)): each of their queries sees up
@@ -331,15 +336,7 @@ TEST_CASE("PrefillAttention lets image tokens see the rest of their image", "[cu
   const std::vector<int64_t> last(p.last_key.begin(), p.last_key.end());
   gemma4::cpu::Attention(q, p.c.tokens, p.c.num_heads, p.c.first_position, p.c.window, kv, cpu_out,
                          nullptr, last);
-  for (PrefillAttentionPath path : Paths()) {
-    INFO(Name(path));
-    CheckOutputs(p, RunKernel(p, path), [&](int64_t token, int head) {
-      ReferenceRow row = Reference(p, k, v, token, head);
-      const int64_t begin = (token * p.c.num_heads + head) * p.c.head_dim;
-      for (int i = 0; i < p.c.head_dim; ++i) row.out[i] = cpu_out[begin + i];
-      return row;
-    });
-  }
+  CheckAgainstCpu(p, k, v, cpu_out);
 }
 
 TEST_CASE("PrefillAttention rejects bad arguments") {
