@@ -176,12 +176,10 @@ absl::Status Launch(const Params& p, cudaStream_t stream) {
 
 bool WgmmaAvailable() {
 #if defined(GQUANT_CUDA_SM90A)
-  static const bool available = [] {
-    absl::StatusOr<DeviceLimits> device = CurrentDeviceLimits();
-    return device.ok() && device->major == 9 && device->minor == 0 &&
-           device->shared_per_block >= WgmmaShape<512>::kSharedBytes;
-  }();
-  return available;
+  // Per call: the current device may change between calls.
+  absl::StatusOr<DeviceLimits> device = CurrentDeviceLimits();
+  return device.ok() && device->major == 9 && device->minor == 0 &&
+         device->shared_per_block >= WgmmaShape<512>::kSharedBytes;
 #else
   return false;
 #endif
