@@ -59,4 +59,14 @@ absl::StatusOr<DeviceLimits> CurrentDeviceLimits() {
   return found;
 }
 
+bool Sm90aKernelsRun(int shared_bytes) {
+#if defined(GQUANT_CUDA_SM90A)
+  absl::StatusOr<DeviceLimits> device = CurrentDeviceLimits();
+  return device.ok() && device->major == 9 && device->minor == 0 &&
+         device->shared_per_block >= shared_bytes;
+#else
+  return false;
+#endif
+}
+
 }  // namespace gquant::cuda

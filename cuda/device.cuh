@@ -39,6 +39,12 @@ struct DeviceLimits {
 // a CUDA error.
 absl::StatusOr<DeviceLimits> CurrentDeviceLimits();
 
+// Whether sm_90a kernels (wgmma, the bulk copy engine) run on the current
+// device: the build has their code (CMake's GQUANT_CUDA_SM90A), the device
+// is compute capability 9.0 and grants `shared_bytes` of shared memory to a
+// block.
+bool Sm90aKernelsRun(int shared_bytes);
+
 }  // namespace gquant::cuda
 
 #endif  // GQUANT_CUDA_DEVICE_CUH_

@@ -325,15 +325,7 @@ int64_t Int4WgmmaGemmTiles(int64_t n, int64_t m) {
   return (m + kTokensPerTile - 1) / kTokensPerTile * ((n + kRowsPerTile - 1) / kRowsPerTile);
 }
 
-bool Int4WgmmaGemmAvailable() {
-#if defined(GQUANT_CUDA_SM90A)
-  absl::StatusOr<DeviceLimits> device = CurrentDeviceLimits();
-  return device.ok() && device->major == 9 && device->minor == 0 &&
-         device->shared_per_block >= kSharedBytes;
-#else
-  return false;
-#endif
-}
+bool Int4WgmmaGemmAvailable() { return Sm90aKernelsRun(kSharedBytes); }
 
 absl::Status Int4WgmmaGemm(const Int4MmaWeight& weight, const __nv_bfloat16* x, int64_t m,
                            __nv_bfloat16* y, cudaStream_t stream) {

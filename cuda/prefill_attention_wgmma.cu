@@ -119,11 +119,7 @@ __global__ void __launch_bounds__(WgmmaShape<kHeadDim>::kThreads, kHeadDim == 25
     }
     WgmmaCommit();
     WgmmaWait<0>();
-#pragma unroll
-    for (int nt = 0; nt < kTileKeys / 8; ++nt) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) PinRegister(s[nt][i]);
-    }
+    PinRegisters(s);
 
     b.Mask(s, tile, slab, g, t, row_last);
     OnlineSoftmaxStep(s, o, row_max, row_sum);
@@ -149,11 +145,7 @@ __global__ void __launch_bounds__(WgmmaShape<kHeadDim>::kThreads, kHeadDim == 25
     }
     WgmmaCommit();
     WgmmaWait<0>();
-#pragma unroll
-    for (int nt = 0; nt < kSliceDim / 8; ++nt) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) PinRegister(o[nt][i]);
-    }
+    PinRegisters(o);
   }
 
   // The Q tile is free once every warp group's last wgmmas are done: stage
@@ -174,16 +166,7 @@ absl::Status Launch(const Params& p, cudaStream_t stream) {
 
 }  // namespace
 
-bool WgmmaAvailable() {
-#if defined(GQUANT_CUDA_SM90A)
-  // Per call: the current device may change between calls.
-  absl::StatusOr<DeviceLimits> device = CurrentDeviceLimits();
-  return device.ok() && device->major == 9 && device->minor == 0 &&
-         device->shared_per_block >= WgmmaShape<512>::kSharedBytes;
-#else
-  return false;
-#endif
-}
+bool WgmmaAvailable() { return Sm90aKernelsRun(WgmmaShape<512>::kSharedBytes); }
 
 absl::Status LaunchWgmma(const Params& p, int head_dim, cudaStream_t stream) {
   return head_dim == 256 ? Launch<256>(p, stream) : Launch<512>(p, stream);

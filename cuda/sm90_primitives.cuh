@@ -65,6 +65,14 @@ __device__ __forceinline__ void WgmmaWait() {
 // Keeps the compiler from moving accesses to an accumulator across the
 // asynchronous wgmma (which the compiler does not see write it).
 __device__ __forceinline__ void PinRegister(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+template <int kRows, int kColumns>
+__device__ __forceinline__ void PinRegisters(float (&r)[kRows][kColumns]) {
+#pragma unroll
+  for (int i = 0; i < kRows; ++i) {
+#pragma unroll
+    for (int j = 0; j < kColumns; ++j) PinRegister(r[i][j]);
+  }
+}
 
 // The 128 accumulator operands of an m64n256 wgmma: "{%0, ..., %127}" in the
 // instruction, and each register as an in-out operand (kept apart from the
