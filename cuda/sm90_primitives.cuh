@@ -1,8 +1,10 @@
 // Hopper (sm_90a) building blocks for wgmma kernels: the generic -> async
-// proxy fence, wgmma matrix descriptors for 128-byte-swizzled K-major tiles,
-// the wgmma instruction the int4 prefill GEMM issues (m64n256k16, bf16
-// inputs, fp32 accumulators), register reallocation between warp groups,
-// transaction barriers and the copy engine's loads. Device code only; all
+// proxy fence, wgmma matrix descriptors for 128-byte-swizzled K-major and
+// MN-major tiles, the wgmma instructions the int4 prefill GEMM and the
+// prefill attention issue (bf16 inputs, fp32 accumulators: m64n256k16 and
+// m64n32k16 from shared memory, m64n256k16 with A from registers), register
+// reallocation between warp groups, transaction barriers and the copy
+// engine's loads. Device code only; all
 // but the fence and descriptors compile to nothing (or a trap) on targets
 // other than sm_90a, and their host launchers refuse to run there
 // (GQUANT_CUDA_SM90A, set by CMake).
