@@ -218,24 +218,30 @@ void BM_PrefillAttentionCublas(benchmark::State& state) {
                               tokens, " tokens x ", keys.size(), " keys, unmasked"));
 }
 
-// A 2048-token prompt (first chunk) on every layer; the 31B layers also as
-// a later chunk (from position 2048: the window's steady state on sliding
-// layers, 4096 keys on full ones).
-// The 31B full layer also at 16K keys (a long prompt's later chunk).
-void Chunks(benchmark::internal::Benchmark* b) {
-  for (int layer = 0; layer < static_cast<int>(std::size(kLayers)); ++layer) {
-    b->Args({layer, 2048, 0});
-    if (layer < 2) b->Args({layer, 2048, 2048});
-    if (layer == 1) b->Args({layer, 2048, 14336});
+// (layer, tokens, first position) of every chunk measured: a 2048-token
+// prompt (first chunk) on every layer; the 31B layers also as a later chunk
+// (from position 2048: the window's steady state on sliding layers, 4096
+// keys on full ones), and the 31B full layer at 16K keys (a long prompt's
+// later chunk).
+std::vector<std::vector<int64_t>> ChunkArgs() {
+  std::vector<std::vector<int64_t>> args;
+  for (int64_t layer = 0; layer < static_cast<int64_t>(std::size(kLayers)); ++layer) {
+    args.push_back({layer, 2048, 0});
+    if (layer < 2) args.push_back({layer, 2048, 2048});
+    if (layer == 1) args.push_back({layer, 2048, 14336});
   }
+  return args;
+}
+void Chunks(benchmark::internal::Benchmark* b) {
+  for (const std::vector<int64_t>& a : ChunkArgs()) b->Args(a);
 }
 // The same for both kernels.
 void KernelChunks(benchmark::internal::Benchmark* b) {
-  for (int layer = 0; layer < static_cast<int>(std::size(kLayers)); ++layer) {
-    for (int wgmma : {0, 1}) {
-      b->Args({layer, 2048, 0, wgmma});
-      if (layer < 2) b->Args({layer, 2048, 2048, wgmma});
-      if (layer == 1) b->Args({layer, 2048, 14336, wgmma});
+  for (const std::vector<int64_t>& a : ChunkArgs()) {
+    for (int64_t wgmma : {0, 1}) {
+      std::vector<int64_t> with_kernel = a;
+      with_kernel.push_back(wgmma);
+      b->Args(with_kernel);
     }
   }
 }

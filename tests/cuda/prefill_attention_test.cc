@@ -124,7 +124,6 @@ std::vector<float> ToFloat(const std::vector<uint16_t>& bits) {
   return out;
 }
 
-// Runs the kernel on a poisoned output and returns it (bf16 bits).
 // The kernels this device runs: mma.sync everywhere, wgmma on Hopper.
 std::vector<PrefillAttentionPath> Paths() {
   std::vector<PrefillAttentionPath> paths = {PrefillAttentionPath::kMmaSync};
@@ -135,6 +134,7 @@ const char* Name(PrefillAttentionPath path) {
   return path == PrefillAttentionPath::kWgmma ? "wgmma" : "mma.sync";
 }
 
+// Runs kernel `path` on a poisoned output and returns it (bf16 bits).
 std::vector<uint16_t> RunKernel(const Problem& p, PrefillAttentionPath path) {
   auto q = testing::Upload(p.q);
   auto k = testing::Upload(p.k);
